@@ -1,0 +1,140 @@
+"""Settings for every ripplerec process: the one place that reads the environment.
+
+Every variable is prefixed ``RIPPLEREC_``; nested groups use ``__`` (``RIPPLEREC_TOPICS__EVENTS``).
+Everything else in the package takes a :class:`Settings` (or parts of it) as an argument.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "TopicNames", "Limits", "KafkaSecurity", "get_settings"]
+
+ACTIONS: tuple[str, ...] = ("view", "click", "cart", "purchase", "rate", "skip")
+
+
+class TopicNames(BaseModel):
+    """Topic names and partition counts (DESIGN.md's topic table)."""
+
+    events: str = "ripple.events"
+    items: str = "ripple.items"
+    rec_requests: str = "ripple.rec-requests"
+    recommendations: str = "ripple.recommendations"
+    training: str = "ripple.training"
+    model_updates: str = "ripple.model-updates"
+    drift: str = "ripple.drift"
+    dlq: str = "ripple.dlq"
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    def all(self) -> dict[str, str]:
+        """Logical name -> topic name, for every topic."""
+        return {
+            k: v for k, v in self.model_dump().items() if k not in ("partitions", "replication_factor")
+        }
+
+    def compacted(self) -> set[str]:
+        return {self.items, self.model_updates}
+
+
+class Limits(BaseModel):
+    """Input limits the producers and the ingest agent enforce."""
+
+    max_id_length: int = Field(default=256, ge=1)
+    max_text_length: int = Field(default=16_384, ge=1)
+    max_title_length: int = Field(default=1_024, ge=1)
+    max_context_entries: int = Field(default=32, ge=0)
+    max_context_value_length: int = Field(default=1_024, ge=1)
+    max_attributes: int = Field(default=64, ge=0)
+    max_relations: int = Field(default=256, ge=0)
+    max_k: int = Field(default=1_000, ge=1)
+    # Events from further in the future than this are rejected (clock skew allowance).
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    # Events older than 2000-01-01 are rejected unless this is lowered (MovieLens starts in 1997).
+    min_timestamp: float = 0.0
+
+
+class KafkaSecurity(BaseModel):
+    """Passed through unchanged to kafka-python / aiokafka."""
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    def kafka_python_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, key)
+            if value is not None:
+                kwargs[key] = str(value)
+        return kwargs
+
+
+class Settings(BaseSettings):
+    """All runtime settings; read from ``RIPPLEREC_*`` variables and an optional ``.env`` file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RIPPLEREC_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    kafka: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    # kafka-python 3 consumer groups need an explicit api_version against the embedded broker.
+    kafka_api_version: str = "2.4"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    schema_registry_url: str | None = None
+    schema_registry_path: Path = Path(".ripplerec/schemas.json")
+    topics: TopicNames = Field(default_factory=TopicNames)
+    limits: Limits = Field(default_factory=Limits)
+
+    # Faust
+    app_id: str = "ripplerec"
+    # A new consumer group's first join waits the full rebalance timeout on the embedded broker.
+    rebalance_timeout_s: float = 5.0
+    ingest_batch_size: int = Field(default=2_000, ge=1)
+    ingest_batch_within_s: float = Field(default=0.05, gt=0)
+    history_length: int = Field(default=50, ge=1)
+    profile_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
+    web_port: int = 6066
+
+    # Model
+    model_name: str = "all-MiniLM-L6-v2"
+    model_path: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    snapshot_dir: Path = Path(".ripplerec/snapshots")
+
+    @field_validator("kafka_api_version")
+    @classmethod
+    def _api_version_is_dotted(cls, value: str) -> str:
+        parts = value.split(".")
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f"kafka_api_version must look like '2.4', got {value!r}")
+        return value
+
+    @property
+    def api_version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.kafka_api_version.split("."))
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection arguments for kafka-python clients (bootstrap + security passthrough)."""
+        return {"bootstrap_servers": self.bootstrap_servers.split(","), **self.kafka.kafka_python_kwargs()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
