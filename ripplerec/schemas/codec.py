@@ -113,6 +113,25 @@ class AvroCodec:
             self._writers[schema_id] = writer
         return writer
 
+    def name_of(self, data: bytes) -> str:
+        """Which record name the header's schema id belongs to (current or older versions)."""
+        schema_id = read_header(data)
+        for name, known in self._ids.items():
+            if known == schema_id:
+                return name
+        writer_name = self._writer_schema(schema_id).get("name", "")
+        for name, raw in self._raw.items():
+            if full_name(raw) == writer_name:
+                return name
+        raise UnknownSchemaError(schema_id, "not a version of any record this codec knows")
+
+    def decode_any(self, data: bytes, allowed: Iterable[str]) -> tuple[str, dict[str, Any]]:
+        """Decode a message that may carry any of the ``allowed`` records (e.g. an event or a batch)."""
+        name = self.name_of(data)
+        if name not in allowed:
+            raise DecodeError(f"a {name} record is not accepted here (expected one of {sorted(allowed)})")
+        return name, self.decode(name, data)
+
     def decode(self, name: str, data: bytes) -> dict[str, Any]:
         """Decode bytes written with any compatible version of schema ``name``."""
         reader = self._parsed[self._check_name(name)]
