@@ -69,6 +69,15 @@ class AvroCodec:
             self._canonical[name] = canonical_form(schema)
             self._writers[schema_id] = parsed
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> AvroCodec:
+        """A codec on the registry the settings name: a Confluent URL, else the local file registry."""
+        from .registry import ConfluentSchemaRegistry, FileSchemaRegistry
+
+        if settings.schema_registry_url:
+            return cls(ConfluentSchemaRegistry(settings.schema_registry_url))
+        return cls(FileSchemaRegistry(settings.schema_registry_path))
+
     @property
     def names(self) -> list[str]:
         return list(self._raw)
