@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from ripplerec.config import Settings
+
+
+def test_env_is_read_with_prefix_and_nesting(monkeypatch) -> None:
+    monkeypatch.setenv("RIPPLEREC_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("RIPPLEREC_TOPICS__EVENTS", "prod.events")
+    monkeypatch.setenv("RIPPLEREC_TOPICS__PARTITIONS", "12")
+    monkeypatch.setenv("RIPPLEREC_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RIPPLEREC_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("RIPPLEREC_KAFKA__SASL_USERNAME", "app")
+    monkeypatch.setenv("RIPPLEREC_KAFKA__SASL_PASSWORD", "s3cret")
+    settings = Settings()
+    assert settings.topics.events == "prod.events" and settings.topics.partitions == 12
+    kwargs = settings.kafka_client_kwargs()
+    assert kwargs["bootstrap_servers"] == ["k1:9092", "k2:9092"]
+    assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_plain_password"] == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_bad_values_fail_clearly(monkeypatch) -> None:
+    monkeypatch.setenv("RIPPLEREC_KAFKA_API_VERSION", "two")
+    with pytest.raises(ValidationError, match="kafka_api_version"):
+        Settings()
+    monkeypatch.delenv("RIPPLEREC_KAFKA_API_VERSION")
+    monkeypatch.setenv("RIPPLEREC_TOPICS__PARTITIONS", "0")
+    with pytest.raises(ValidationError):
+        Settings()

@@ -1,0 +1,45 @@
+"""Dependencies point one way: client side without torch/faust, models without Kafka/Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _loaded_after(statement: str, forbidden: list[str]) -> list[str]:
+    code = (
+        f"import sys\n{statement}\n"
+        f"hit = [m for m in {forbidden!r} if m in sys.modules or any(k.startswith(m + '.') for k in sys.modules)]\n"
+        "print(','.join(hit))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return [m for m in out.strip().split(",") if m]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import ripplerec",
+        "import ripplerec.schemas, ripplerec.config",
+        "from ripplerec import Settings",
+    ],
+)
+def test_client_side_imports_without_heavy_dependencies(statement: str) -> None:
+    assert _loaded_after(statement, ["torch", "faust", "redis", "transformers", "aiokafka"]) == []
+
+
+def test_producers_and_consumers_import_without_torch() -> None:
+    pytest.importorskip("ripplerec.producers")
+    pytest.importorskip("ripplerec.consumers")
+    assert _loaded_after(
+        "import ripplerec.producers, ripplerec.consumers", ["torch", "faust", "redis", "transformers", "aiokafka"]
+    ) == []
+
+
+def test_models_do_not_import_kafka_or_redis() -> None:
+    assert _loaded_after(
+        "import ripplerec.models, ripplerec.models.base",
+        ["faust", "aiokafka", "kafka", "redis", "ripplerec.streams"],
+    ) == []
