@@ -1,0 +1,41 @@
+"""The client side apps import to publish: ``EventProducer`` and its typed errors.
+
+Imports only kafka-python, fastavro and pydantic (no torch, faust or redis).
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ClientError,
+    FieldTooLargeError,
+    InvalidTimestampError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingFieldError,
+    PublishError,
+    UnknownActionError,
+    UnknownFieldError,
+    ValidationError,
+)
+from .event_producer import DEFAULT_PRODUCER_KWARGS, EventProducer
+from .uuid7 import uuid7, uuid7_time_ms
+from .validation import RecordValidator, timestamp_ms
+
+__all__ = [
+    "EventProducer",
+    "DEFAULT_PRODUCER_KWARGS",
+    "ClientError",
+    "ValidationError",
+    "MissingFieldError",
+    "InvalidTypeError",
+    "UnknownFieldError",
+    "UnknownActionError",
+    "FieldTooLargeError",
+    "InvalidTimestampError",
+    "InvalidValueError",
+    "PublishError",
+    "RecordValidator",
+    "timestamp_ms",
+    "uuid7",
+    "uuid7_time_ms",
+]
