@@ -76,8 +76,10 @@ def test_children_die_with_a_killed_parent(tmp_path) -> None:
 def test_ctrl_c_stops_children() -> None:
     script = textwrap.dedent(
         """
-        import time
+        import signal, time
         from ripplerec.embedded import EmbeddedStack
+        # A shell starting us in the background (CI) leaves SIGINT ignored; a terminal does not.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with EmbeddedStack() as stack:
             print(" ".join(str(p.pid) for p in stack.processes()), flush=True)
             time.sleep(60)
