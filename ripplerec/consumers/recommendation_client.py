@@ -1,0 +1,315 @@
+"""``RecommendationClient``: request/reply over topics with a correlation id and a timeout.
+
+A request goes to ``ripple.rec-requests`` keyed by user id; the scorer answers on
+``ripple.recommendations`` with a ``Recommendation`` that carries the same ``request_id``. One
+background thread per client reads every partition of the replies topic (plain ``assign``, no
+consumer group, so it starts at once), positioned at the end before the first request is sent,
+and hands each reply to the caller waiting for it. Many threads may call :meth:`request` at once,
+and :meth:`submit` returns a future so callers can pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, cast
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kafka_errors
+
+from ripplerec.config import Settings, get_settings
+from ripplerec.producers.errors import InvalidValueError, PublishError
+from ripplerec.producers.uuid7 import uuid7
+from ripplerec.producers.validation import RecordValidator
+from ripplerec.schemas import AvroCodec, DecodeError
+from ripplerec.schemas.records import Recommendation
+
+from .errors import RecommendationError, RecommendationTimeout
+
+__all__ = ["RecommendationClient", "PendingRecommendation"]
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 50
+
+
+class PendingRecommendation(Future):  # type: ignore[type-arg]
+    """A ``Future`` of one reply; ``request_id`` correlates it (what :meth:`~RecommendationClient.submit` returns)."""
+
+    def __init__(self, request_id: str, timeout: float) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    def _settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        try:
+            if error is None:
+                self.set_result(result)
+            else:
+                self.set_exception(error)
+        except InvalidStateError:  # the caller cancelled it, or it was settled already
+            pass
+
+
+class RecommendationClient:
+    """Asks the scorer for recommendations and waits for the reply.
+
+    Parameters
+    ----------
+    settings:
+        Where to connect, the topics and the input limits; the process settings by default.
+    codec:
+        The Avro codec; one on the settings' schema registry by default.
+    ready_timeout:
+        How long to wait for the replies topic's partitions and end offsets at start.
+    producer_kwargs, consumer_kwargs:
+        Extra kafka-python arguments.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        codec: AvroCodec | None = None,
+        ready_timeout: float = 30.0,
+        producer_kwargs: Mapping[str, Any] | None = None,
+        consumer_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else get_settings()
+        self.codec = codec if codec is not None else AvroCodec.from_settings(self.settings)
+        self.requests_topic = self.settings.topics.rec_requests
+        self.replies_topic = self.settings.topics.recommendations
+        self._validator = RecordValidator(self.settings.limits)
+        self._pending: dict[str, PendingRecommendation] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._closed = False
+        self._listener_error: BaseException | None = None
+        #: Messages on the replies topic that could not be decoded (they cannot be matched to a caller).
+        self.undecodable = 0
+        common = {**self.settings.kafka_client_kwargs(), "api_version": self.settings.api_version_tuple}
+        try:
+            self._producer = KafkaProducer(
+                **{
+                    **common,
+                    "client_id": "ripplerec-recommendation-client",
+                    "acks": "all",
+                    "enable_idempotence": False,  # see EventProducer: the embedded broker lacks it
+                    "linger_ms": 0,
+                    **(producer_kwargs or {}),
+                }
+            )
+            self._consumer = KafkaConsumer(
+                **{
+                    **common,
+                    "client_id": "ripplerec-recommendation-client",
+                    "group_id": None,
+                    "enable_auto_commit": False,
+                    "auto_offset_reset": "latest",
+                    "fetch_max_wait_ms": 100,
+                    **(consumer_kwargs or {}),
+                }
+            )
+        except kafka_errors.KafkaError as exc:
+            self._close_clients()
+            raise PublishError(f"cannot connect to {self.settings.bootstrap_servers}: {exc}") from exc
+        try:
+            self._assign_at_end(ready_timeout)
+        except BaseException:
+            self._close_clients()
+            raise
+        self._thread = threading.Thread(
+            target=self._listen, name=f"ripplerec-replies-{self.replies_topic}", daemon=True
+        )
+        self._thread.start()
+
+    def _assign_at_end(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        partitions = None
+        while True:
+            partitions = self._consumer.partitions_for_topic(self.replies_topic)
+            if partitions or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if not partitions:
+            raise PublishError(
+                f"topic {self.replies_topic!r} has no partitions (does it exist?)", topic=self.replies_topic
+            )
+        assigned = [TopicPartition(self.replies_topic, p) for p in sorted(partitions)]
+        self._consumer.assign(assigned)
+        self._consumer.seek_to_end(*assigned)
+        remaining_ms = max(1_000, int((deadline - time.monotonic()) * 1000))
+        for tp in assigned:  # resolve the end offsets now, so replies to our first request are seen
+            self._consumer.position(tp, timeout_ms=remaining_ms)
+
+    # -- the reply listener ----------------------------------------------------------------------
+    def _listen(self) -> None:
+        consumer, decode = self._consumer, self.codec.decode
+        next_sweep = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                batches = consumer.poll(timeout_ms=_POLL_MS)
+            except Exception as exc:  # the client is unusable: tell every waiter, keep the cause
+                if self._stop.is_set():
+                    break
+                log.exception("recommendation reply listener failed")
+                self._listener_error = exc
+                self._fail_all(RecommendationError(None, f"reply listener failed: {exc!r}"))
+                return
+            for messages in batches.values():
+                for message in messages:
+                    if message.value is None:
+                        continue
+                    try:
+                        reply = decode("Recommendation", message.value)
+                    except DecodeError as exc:
+                        self.undecodable += 1
+                        log.warning(
+                            "undecodable message on %s[%d]@%d: %s",
+                            message.topic, message.partition, message.offset, exc,
+                        )
+                        continue
+                    request_id = reply.get("request_id")
+                    if request_id is None:
+                        continue  # a proactive recommendation, not a reply
+                    with self._lock:
+                        pending = self._pending.pop(request_id, None)
+                    if pending is None:
+                        continue  # another client's reply, or one that timed out already
+                    if reply.get("error"):
+                        pending._settle(error=RecommendationError(request_id, str(reply["error"])))
+                    else:
+                        pending._settle(reply)
+            now = time.monotonic()
+            if now >= next_sweep:
+                self._expire(now)
+                next_sweep = now + _POLL_MS / 1000
+
+    def _expire(self, now: float) -> None:
+        with self._lock:
+            if not self._pending:
+                return
+            expired = [p for p in self._pending.values() if p.deadline <= now]
+            for pending in expired:
+                del self._pending[pending.request_id]
+        for pending in expired:
+            pending._settle(error=RecommendationTimeout(pending.request_id, pending.timeout))
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for waiter in pending:
+            waiter._settle(error=error)
+
+    # -- requests --------------------------------------------------------------------------------
+    def submit(
+        self,
+        user_id: str,
+        k: int = 10,
+        exclude: Iterable[str] = (),
+        context: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> PendingRecommendation:
+        """Send a request and return a future of its ``Recommendation`` without waiting.
+
+        The future fails with :class:`RecommendationTimeout` once ``timeout`` seconds pass without a
+        reply, with :class:`RecommendationError` if the reply carries an error, and with
+        :class:`~ripplerec.producers.PublishError` if the request could not be sent.
+        """
+        if self._closed:
+            raise RecommendationError(None, "this RecommendationClient is closed")
+        if self._listener_error is not None:
+            raise RecommendationError(None, f"reply listener failed: {self._listener_error!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0 \
+                or not math.isfinite(timeout):
+            raise InvalidValueError("timeout", f"must be a positive number of seconds, got {timeout!r}")
+        record = self._validator.recommendation_request(uuid7(), user_id, k, exclude, context)
+        value = self.codec.encode("RecommendationRequest", record)
+        request_id: str = record["request_id"]
+        pending = PendingRecommendation(request_id, float(timeout))
+        with self._lock:  # registered before sending: the reply cannot overtake its waiter
+            self._pending[request_id] = pending
+        try:
+            sent = self._producer.send(self.requests_topic, value=value, key=record["user_id"].encode("utf-8"))
+        except kafka_errors.KafkaError as exc:
+            self._forget(request_id)
+            raise PublishError(f"could not send to {self.requests_topic!r}: {exc}", topic=self.requests_topic) \
+                from exc
+        sent.add_errback(self._on_send_error, request_id)
+        return pending
+
+    def _on_send_error(self, request_id: str, exc: BaseException) -> None:
+        pending = self._forget(request_id)
+        if pending is not None:
+            error = PublishError(f"request {request_id} was not accepted: {exc!r}", topic=self.requests_topic)
+            pending._settle(error=error)
+
+    def _forget(self, request_id: str) -> PendingRecommendation | None:
+        with self._lock:
+            return self._pending.pop(request_id, None)
+
+    def request(
+        self,
+        user_id: str,
+        k: int = 10,
+        exclude: Iterable[str] = (),
+        context: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> Recommendation:
+        """Ask for ``k`` recommendations for ``user_id`` and wait up to ``timeout`` seconds.
+
+        Raises :class:`RecommendationTimeout`, :class:`RecommendationError`, a
+        :class:`~ripplerec.producers.ValidationError` naming a bad argument, or
+        :class:`~ripplerec.producers.PublishError`.
+        """
+        pending = self.submit(user_id, k, exclude, context, timeout)
+        try:
+            return cast(Recommendation, pending.result(timeout=timeout))
+        except RecommendationTimeout:
+            raise
+        except TimeoutError:  # our wait ended a moment before the listener's sweep
+            self._forget(pending.request_id)
+            raise RecommendationTimeout(pending.request_id, timeout) from None
+
+    @property
+    def pending(self) -> int:
+        """How many requests are waiting for a reply."""
+        return len(self._pending)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the reply listener and close the clients; waiting requests fail. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._thread.join(timeout)
+        self._fail_all(RecommendationError(None, "the RecommendationClient was closed"))
+        self._close_clients(timeout)
+
+    def _close_clients(self, timeout: float = 5.0) -> None:
+        consumer, producer = getattr(self, "_consumer", None), getattr(self, "_producer", None)
+        try:  # closing is best effort: the broker may be gone
+            if consumer is not None:
+                consumer.close(autocommit=False, timeout_ms=int(timeout * 1000))
+        except Exception:
+            log.debug("closing the reply consumer failed", exc_info=True)
+        try:
+            if producer is not None:
+                producer.close(timeout)
+        except Exception:
+            log.debug("closing the request producer failed", exc_info=True)
+
+    def __enter__(self) -> RecommendationClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RecommendationClient {self.settings.bootstrap_servers} {self.requests_topic} -> {self.replies_topic}>"
