@@ -25,6 +25,7 @@ __all__ = [
     "RankingModel",
     "ModelLoadError",
     "top_k_indices",
+    "clocks_for",
 ]
 
 #: Every action a behaviour event may carry, in the order used for action embeddings.
@@ -169,8 +170,11 @@ class RankingModel(ABC):
         """Update the model from a batch of interactions, in order."""
 
     @abstractmethod
-    def score_many(self, users: Sequence[UserState], now: float | None = None) -> NDArray[np.float32]:
-        """Scores of every known item for each user, shape ``(len(users), len(item_ids))``."""
+    def score_many(self, users: Sequence[UserState], now: float | Sequence[float] | None = None) -> NDArray[np.float32]:
+        """Scores of every known item for each user, shape ``(len(users), len(item_ids))``.
+
+        ``now``: one clock for all users, one per user, or None (each user's last behaviour time).
+        """
 
     @abstractmethod
     def save(self, directory: str | Path) -> None:
@@ -203,6 +207,10 @@ class RankingModel(ABC):
         ids = self.item_ids
         return [ScoredItem(ids[i], float(scores[i])) for i in top if np.isfinite(scores[i])]
 
+    def item_index(self) -> Mapping[str, int]:
+        """Item id -> column of :meth:`score_many`."""
+        return self._index()
+
     def _index(self) -> Mapping[str, int]:
         """Item id -> column; subclasses with their own index override this."""
         return {item_id: i for i, item_id in enumerate(self.item_ids)}
@@ -224,3 +232,15 @@ def top_k_indices(scores: NDArray[Any], k: int) -> list[int]:
     part = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
     order = np.lexsort((part, -scores[part]))
     return [int(i) for i in part[order]]
+
+
+def clocks_for(users: Sequence[UserState], now: float | Sequence[float] | None) -> list[float]:
+    """One clock per user: ``now`` itself, its entries, or each user's last behaviour time (0 if none)."""
+    if now is None:
+        return [user.history[-1].ts if user.history else 0.0 for user in users]
+    if isinstance(now, int | float):
+        return [float(now)] * len(users)
+    clocks = [float(value) for value in now]
+    if len(clocks) != len(users):
+        raise ValueError(f"{len(clocks)} clocks for {len(users)} users")
+    return clocks

@@ -1,0 +1,103 @@
+"""``ripplerec eval``: every model side by side under the prequential protocol."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+__all__ = ["eval_app"]
+
+eval_app = typer.Typer(add_completion=False, help="Prequential (test-then-learn) evaluation of every model.")
+
+
+@eval_app.command()
+def evaluate(
+    dataset: str = typer.Option("ml-100k", help="ml-100k, or synthetic (planted preferences, for a quick look)"),
+    every: int = typer.Option(10, min=1, help="evaluate every n-th event; every event is learned"),
+    batch_size: int = typer.Option(256, min=1, help="events per learning batch (evaluated before it)"),
+    models: str = typer.Option("all", help="comma-separated model names, or 'all'"),
+    encoder: str = typer.Option("all-MiniLM-L6-v2", help="checkpoint alias or local path, or 'hashing'"),
+    cache_dir: Path = typer.Option(Path(".ripplerec/cache"), help="item embedding cache"),
+    out: Path | None = typer.Option(None, help="output folder (default runs/eval-<timestamp>)"),
+    limit: int = typer.Option(0, min=0, help="only the first N events (0: all)"),
+    data_dir: Path | None = typer.Option(None, help="folder with ml-100k.* (default: the recbole wheel)"),
+    kg_neighbours: int = typer.Option(3, min=0, help="knowledge-graph neighbours per relation in item text"),
+    history_length: int = typer.Option(50, min=1, help="behaviours in a user state"),
+    dim: int = typer.Option(64, min=1, help="head dimension"),
+    lr: float = typer.Option(3e-3, min=0.0, help="head learning rate"),
+    steps_per_batch: int = typer.Option(1, min=1, help="optimizer steps per learning batch"),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads (0: leave torch's default)"),
+    seed: int = typer.Option(0, help="seed of every model"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Run the prequential protocol and write result.json, results.md and rolling_ndcg.png."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ripplerec.datasets.base import Dataset, DatasetNotFoundError
+    from ripplerec.evaluation.prequential import PrequentialConfig, prequential
+    from ripplerec.evaluation.report import markdown_table, write_report
+    from ripplerec.evaluation.zoo import MODEL_NAMES, ZooConfig, build_models
+
+    console = Console(stderr=True)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    names = list(MODEL_NAMES) if models == "all" else [name.strip() for name in models.split(",") if name.strip()]
+    data: Dataset
+    try:
+        if dataset == "ml-100k":
+            from ripplerec.datasets.movielens import load_movielens_100k
+
+            data = load_movielens_100k(data_dir, neighbours_per_relation=kg_neighbours)
+        elif dataset == "synthetic":
+            from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
+
+            data = synthetic_stream(SyntheticConfig(n_users=500, n_items=2000, n_events=50_000, seed=seed))
+        else:
+            raise typer.BadParameter(f"unknown dataset {dataset!r} (ml-100k or synthetic)")
+    except DatasetNotFoundError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
+    if limit:
+        data = data.head(limit)
+    try:
+        zoo = ZooConfig(
+            encoder=encoder,
+            cache_dir=cache_dir,
+            dim=dim,
+            history_length=history_length,
+            seed=seed,
+            lr=lr,
+            steps_per_batch=steps_per_batch,
+        )
+        built = build_models(names, zoo)
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
+    config = PrequentialConfig(every=every, batch_size=batch_size, history_length=history_length)
+    folder = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
+    console.print(
+        f"{data.name}: {len(data.items):,} items, {len(data.interactions):,} events; models: {', '.join(names)}"
+    )
+    with Progress(
+        TextColumn("[bold]prequential"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task("events", total=len(data.interactions))
+        result = prequential(built, data, config, progress=lambda n: bar.advance(task, n))
+    paths = write_report(result, folder)
+    typer.echo(markdown_table(result))
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    eval_app()

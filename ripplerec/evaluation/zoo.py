@@ -1,0 +1,92 @@
+"""Every model of the evaluation, built by name with the settings the benchmark uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ripplerec.models.base import RankingModel
+
+__all__ = ["MODEL_NAMES", "ZooConfig", "build_models"]
+
+MODEL_NAMES: tuple[str, ...] = (
+    "transformer",
+    "id-only",
+    "item-knn",
+    "popularity",
+    "popularity-decay",
+    "biased-mf",
+)
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """Settings shared by the models of one run. ``encoder``: alias/path, or ``hashing`` (no LM)."""
+
+    encoder: str = "all-MiniLM-L6-v2"
+    cache_dir: Path | None = Path(".ripplerec/cache")
+    dim: int = 64
+    history_length: int = 50
+    seed: int = 0
+    lr: float = 3e-3
+    train_batch: int = 256
+    steps_per_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.history_length < 1 or self.train_batch < 1 or self.steps_per_batch < 1:
+            raise ValueError("dim, history_length, train_batch and steps_per_batch must be >= 1")
+
+
+def build_models(names: Sequence[str], config: ZooConfig | None = None) -> list[RankingModel]:
+    """Fresh, untrained models for ``names`` (see :data:`MODEL_NAMES`), in that order."""
+    config = config or ZooConfig()
+    unknown = [name for name in names if name not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODEL_NAMES)}")
+    models: list[RankingModel] = []
+    needs_head = any(name in ("transformer", "id-only") for name in names)
+    if needs_head:
+        from ripplerec.models.head import HeadConfig
+        from ripplerec.models.trainer import TrainerConfig
+        from ripplerec.models.transformer_scorer import TransformerScorerConfig
+
+        scorer_config = TransformerScorerConfig(
+            HeadConfig(dim=config.dim, history_length=config.history_length),
+            TrainerConfig(
+                lr=config.lr, batch_size=config.train_batch, steps_per_batch=config.steps_per_batch, seed=config.seed
+            ),
+        )
+    for name in names:
+        if name == "transformer":
+            from ripplerec.models.embedding_cache import EmbeddingCache
+            from ripplerec.models.encoder import EncoderConfig, HashingEncoder, TextEncoder, TransformerEncoder
+            from ripplerec.models.transformer_scorer import TransformerScorer
+
+            encoder: TextEncoder = (
+                HashingEncoder(256, config.seed)
+                if config.encoder == "hashing"
+                else TransformerEncoder(EncoderConfig(model=config.encoder))
+            )
+            models.append(TransformerScorer(scorer_config, encoder, EmbeddingCache(config.cache_dir)))
+        elif name == "id-only":
+            from ripplerec.models.id_only import IdOnlyScorer
+
+            models.append(IdOnlyScorer(scorer_config))
+        elif name == "item-knn":
+            from ripplerec.models.item_knn import ItemKNN
+
+            models.append(ItemKNN())
+        elif name == "popularity":
+            from ripplerec.models.popularity import Popularity
+
+            models.append(Popularity())
+        elif name == "popularity-decay":
+            from ripplerec.models.popularity import DecayedPopularity
+
+            models.append(DecayedPopularity())
+        elif name == "biased-mf":
+            from ripplerec.models.biased_mf import BiasedMFConfig, BiasedMFScorer
+
+            models.append(BiasedMFScorer(BiasedMFConfig(seed=config.seed)))
+    return models

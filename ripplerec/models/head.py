@@ -1,0 +1,175 @@
+"""The lightweight, online part of the model: user tower, item adapter and growing item biases.
+
+A user vector is an attention pooling over the user's last L behaviours; each behaviour is its item's
+vector plus embeddings of its action, rating value, recency (log-scaled age) and position. The score of
+an item is ``user_vector . item_vector + item_bias``, so ranking the whole catalog is one matrix product.
+Item vectors come from the item's text embedding through an adapter (``text``), from a learned id
+embedding (``id``, the ID-only baseline), or both (``text+id``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ripplerec.models.base import ACTIONS
+
+__all__ = ["HeadConfig", "Head", "HistoryBatch", "RECENCY_BUCKETS", "VALUE_BUCKETS", "recency_bucket"]
+
+RECENCY_BUCKETS = 40  # log2 of age in seconds: 2**39 s is beyond any history
+VALUE_BUCKETS = 12  # 0: no value; 1..11: value rounded and clipped to 0..10
+ITEM_REPRESENTATIONS = ("text", "id", "text+id")
+
+
+def recency_bucket(age_seconds: float) -> int:
+    """Log-scaled age bucket.
+
+    >>> recency_bucket(0.0), recency_bucket(1.0), recency_bucket(3600.0)
+    (0, 1, 11)
+    """
+    if not age_seconds > 0.0:  # also catches NaN
+        return 0
+    return min(int(math.log2(1.0 + age_seconds)), RECENCY_BUCKETS - 1)
+
+
+def value_bucket(value: float | None) -> int:
+    if value is None or value != value:
+        return 0
+    return 1 + min(max(int(round(value)), 0), VALUE_BUCKETS - 2)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Architecture of the head (saved as JSON beside its weights)."""
+
+    text_dim: int = 384  # encoder output size; unused for item_representation == "id"
+    dim: int = 64
+    history_length: int = 50
+    heads: int = 2
+    item_representation: str = "text"
+    tower_hidden: int = 128
+
+    def __post_init__(self) -> None:
+        if self.item_representation not in ITEM_REPRESENTATIONS:
+            raise ValueError(f"item_representation must be one of {ITEM_REPRESENTATIONS}")
+        if self.item_representation != "id" and self.text_dim < 1:
+            raise ValueError("text_dim must be >= 1 when items are represented by text")
+        for name in ("dim", "history_length", "heads", "tower_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @property
+    def uses_text(self) -> bool:
+        return self.item_representation in ("text", "text+id")
+
+    @property
+    def uses_ids(self) -> bool:
+        return self.item_representation in ("id", "text+id")
+
+
+class HistoryBatch(NamedTuple):
+    """Behaviours of a batch of users as tensors, shape ``(B, L)``; ``mask`` is True where a slot is used."""
+
+    items: torch.Tensor  # long, catalog row (0 where masked)
+    actions: torch.Tensor  # long
+    values: torch.Tensor  # long, value bucket
+    recency: torch.Tensor  # long, recency bucket
+    mask: torch.Tensor  # bool
+
+
+class Head(nn.Module):
+    """User tower + item adapter + item biases; the item tables grow with :meth:`grow`."""
+
+    def __init__(self, config: HeadConfig, capacity: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.item_text: torch.Tensor
+        self.register_buffer("item_text", torch.zeros(capacity, config.text_dim if config.uses_text else 0))
+        self.adapter = nn.Linear(config.text_dim, d) if config.uses_text else None
+        self.item_ids = nn.Parameter(torch.randn(capacity, d) * 0.05) if config.uses_ids else None
+        self.item_bias = nn.Parameter(torch.zeros(capacity))
+        self.action = nn.Embedding(len(ACTIONS), d)
+        self.value = nn.Embedding(VALUE_BUCKETS, d)
+        self.recency = nn.Embedding(RECENCY_BUCKETS, d)
+        self.position = nn.Embedding(config.history_length, d)
+        for table in (self.action, self.value, self.recency, self.position):
+            nn.init.normal_(table.weight, std=0.02)
+        self.history_norm = nn.LayerNorm(d)
+        self.attention_key = nn.Linear(d, d)
+        self.attention_query = nn.Parameter(torch.randn(config.heads, d) * 0.1)
+        self.attention_value = nn.Linear(d * config.heads, d)
+        self.tower = nn.Sequential(nn.Linear(d, config.tower_hidden), nn.GELU(), nn.Linear(config.tower_hidden, d))
+
+    @property
+    def capacity(self) -> int:
+        return int(self.item_bias.shape[0])
+
+    def grow(self, capacity: int) -> dict[nn.Parameter, nn.Parameter]:
+        """Make room for ``capacity`` items; returns old -> new parameters for optimizer state transfer."""
+        if capacity <= self.capacity:
+            return {}
+        extra = capacity - self.capacity
+        replaced: dict[nn.Parameter, nn.Parameter] = {}
+        with torch.no_grad():
+            self.item_text = torch.cat([self.item_text, self.item_text.new_zeros(extra, self.item_text.shape[1])])
+            old_bias = self.item_bias
+            self.item_bias = nn.Parameter(torch.cat([old_bias.data, old_bias.data.new_zeros(extra)]))
+            replaced[old_bias] = self.item_bias
+            if self.item_ids is not None:
+                old_ids = self.item_ids
+                fresh = torch.randn(extra, self.config.dim, dtype=old_ids.dtype) * 0.05
+                self.item_ids = nn.Parameter(torch.cat([old_ids.data, fresh.to(old_ids.device)]))
+                replaced[old_ids] = self.item_ids
+        return replaced
+
+    def dense_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters shared by all items and users (the ones pulled toward the anchor)."""
+        return {name: p for name, p in self.named_parameters() if not name.startswith(("item_bias", "item_ids"))}
+
+    def item_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Item vectors for catalog ``rows`` (all rows when None)."""
+        parts = []
+        if self.adapter is not None:
+            text = self.item_text if rows is None else self.item_text[rows]
+            parts.append(self.adapter(text))
+        if self.item_ids is not None:
+            parts.append(self.item_ids if rows is None else self.item_ids[rows])
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+    def user_vectors(
+        self, history: HistoryBatch, item_vectors: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """User vectors ``(B, d)`` and attention weights ``(B, L)`` (mean over heads).
+
+        ``item_vectors``: precomputed :meth:`item_vectors` for the whole catalog, to save work.
+        """
+        batch, length = history.items.shape
+        items = item_vectors[history.items] if item_vectors is not None else self.item_vectors(history.items)
+        positions = torch.arange(length, device=items.device).flip(0)  # 0 = most recent slot
+        behaviour = (
+            items
+            + self.action(history.actions)
+            + self.value(history.values)
+            + self.recency(history.recency)
+            + self.position(positions.clamp(max=self.config.history_length - 1))
+        )
+        behaviour = self.history_norm(behaviour)
+        keys = torch.tanh(self.attention_key(behaviour))  # (B, L, d)
+        logits = torch.einsum("bld,hd->bhl", keys, self.attention_query)
+        logits = logits.masked_fill(~history.mask.unsqueeze(1), -1e9)
+        weights = torch.softmax(logits, dim=-1) * history.mask.unsqueeze(1)  # empty history -> zeros
+        pooled = torch.einsum("bhl,bld->bhd", weights, behaviour).reshape(batch, -1)
+        pooled = self.attention_value(pooled)
+        users = pooled + self.tower(pooled)
+        return users, weights.mean(dim=1)
+
+    def forward(self, history: HistoryBatch) -> torch.Tensor:
+        """Scores of the whole catalog for each user, ``(B, capacity)``."""
+        vectors = self.item_vectors()
+        users, _ = self.user_vectors(history, vectors)
+        return users @ vectors.T + self.item_bias

@@ -1,0 +1,138 @@
+"""Online training of a :class:`~ripplerec.models.head.Head`: mini-batches, sampled negatives, AdamW,
+and an L2 pull toward anchor weights (the last snapshot) so online updates do not wander off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ripplerec.models.head import Head, HistoryBatch
+
+__all__ = ["TrainerConfig", "OnlineTrainer"]
+
+LOSSES = ("softmax", "bpr")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Optimisation knobs (saved beside the weights with the head config).
+
+    ``loss``: ``softmax`` (sampled softmax; the full catalog when it has at most ``full_softmax_max``
+    items) or ``bpr`` (pairwise, ``negatives`` uniform negatives per positive).
+    ``anchor_l2``: strength of the pull toward the anchor weights (:meth:`OnlineTrainer.set_anchor`).
+    ``mask_history``: leave the user's own recent items out of the negatives (they are not recommended).
+    """
+
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    loss: str = "softmax"
+    negatives: int = 512
+    full_softmax_max: int = 20_000
+    anchor_l2: float = 1e-5
+    batch_size: int = 256
+    steps_per_batch: int = 1
+    mask_history: bool = True
+    grad_clip: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.anchor_l2 < 0 or self.grad_clip <= 0:
+            raise ValueError("lr and grad_clip must be > 0; weight_decay and anchor_l2 >= 0")
+        for name in ("negatives", "full_softmax_max", "batch_size", "steps_per_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+class OnlineTrainer:
+    """Owns the optimizer of a head and takes one or more steps per mini-batch of examples."""
+
+    def __init__(self, head: Head, config: TrainerConfig | None = None) -> None:
+        self.head = head
+        self.config = config or TrainerConfig()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.optimizer = torch.optim.AdamW(head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.steps = 0
+        self.examples = 0
+        self.anchor: dict[str, torch.Tensor] = {}
+        self.set_anchor()
+
+    def set_anchor(self, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Pull toward ``weights`` (a snapshot's dense head weights) from now on; default: current weights.
+
+        This is the seam for snapshot fine-tuning: after a snapshot is promoted, call it with the
+        snapshot's head weights.
+        """
+        dense = self.head.dense_parameters()
+        source = weights if weights is not None else {name: p.detach() for name, p in dense.items()}
+        missing = set(dense) - set(source)
+        if missing:
+            raise ValueError(f"anchor lacks {sorted(missing)}")
+        self.anchor = {name: source[name].detach().clone() for name in dense}
+
+    def grow(self, capacity: int) -> None:
+        """Grow the head's item tables, carrying the optimizer state of the grown parameters along."""
+        replaced = self.head.grow(capacity)
+        if not replaced:
+            return
+        groups = self.optimizer.param_groups[0]
+        groups["params"] = [replaced.get(p, p) for p in groups["params"]]
+        for old, new in replaced.items():
+            state = self.optimizer.state.pop(old, None)
+            if not state:
+                continue
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == old.shape:
+                    pad = value.new_zeros((new.shape[0] - old.shape[0],) + tuple(value.shape[1:]))
+                    state[key] = torch.cat([value, pad])
+            self.optimizer.state[new] = state
+
+    def step(self, history: HistoryBatch, positives: torch.Tensor, n_items: int) -> float:
+        """Train on one mini-batch: ``positives`` (B,) are catalog rows; returns the last loss."""
+        self.head.train()
+        loss_value = 0.0
+        for _ in range(self.config.steps_per_batch):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(history, positives, n_items)
+            if self.config.anchor_l2 > 0 and self.anchor:
+                pull = sum(((p - self.anchor[name]) ** 2).sum() for name, p in self.head.dense_parameters().items())
+                loss = loss + self.config.anchor_l2 * pull
+            loss.backward()  # type: ignore[no-untyped-call]
+            nn.utils.clip_grad_norm_(self.head.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            loss_value = float(loss.detach())
+            self.steps += 1
+        self.examples += int(positives.shape[0])
+        self.head.eval()
+        return loss_value
+
+    def _loss(self, history: HistoryBatch, positives: torch.Tensor, n_items: int) -> torch.Tensor:
+        head = self.head
+        config = self.config
+        batch = positives.shape[0]
+        if config.loss == "softmax" and n_items <= config.full_softmax_max:
+            vectors = head.item_vectors(torch.arange(n_items))
+            users, _ = head.user_vectors(history, vectors)
+            logits = users @ vectors.T + head.item_bias[:n_items]
+            if config.mask_history:
+                seen = torch.zeros(batch, n_items, dtype=torch.bool)
+                seen.scatter_(1, history.items, history.mask)
+                seen[torch.arange(batch), positives] = False
+                logits = logits.masked_fill(seen, -1e9)
+            return nn.functional.cross_entropy(logits, positives)
+        negatives = torch.randint(0, n_items, (config.negatives,), generator=self.generator)
+        rows = torch.cat([positives, negatives])
+        vectors = head.item_vectors(rows)
+        users, _ = head.user_vectors(history)
+        positive_scores = (users * vectors[:batch]).sum(-1) + head.item_bias[positives]
+        negative_scores = users @ vectors[batch:].T + head.item_bias[negatives]  # (B, N)
+        # a sampled negative that is the positive itself is not a negative
+        negative_scores = negative_scores.masked_fill(negatives.unsqueeze(0) == positives.unsqueeze(1), -1e9)
+        if config.loss == "bpr":
+            return -nn.functional.logsigmoid(positive_scores.unsqueeze(1) - negative_scores).mean()
+        logits = torch.cat([positive_scores.unsqueeze(1), negative_scores], dim=1)
+        return nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))

@@ -1,0 +1,451 @@
+"""The transformer scorer: frozen text encoder + online head, with influence explanations.
+
+Construct it from plain data::
+
+    scorer = TransformerScorer(encoder=TransformerEncoder())   # or HashingEncoder() in tests
+    scorer.add_items(items)                                    # encodes (through the cache) once
+    scorer.learn(interactions, now)                            # test-then-learn friendly
+    scorer.recommend(UserState(user_id, history), k=10, exclude=seen, now=now)
+    scorer.explain(UserState(user_id, history), item_id, now)  # -> list[Influence]
+    scorer.save(folder); TransformerScorer.load(folder, encoder=...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from ripplerec.models.base import (
+    ACTIONS,
+    Behavior,
+    Influence,
+    Interaction,
+    Item,
+    ModelLoadError,
+    RankingModel,
+    ScoredItem,
+    UserState,
+    clocks_for,
+    top_k_indices,
+)
+from ripplerec.models.embedding_cache import EmbeddingCache
+from ripplerec.models.encoder import TextEncoder
+from ripplerec.models.head import Head, HeadConfig, HistoryBatch, recency_bucket, value_bucket
+from ripplerec.models.serialization import FORMAT_VERSION, check_shapes, read_manifest, write_json
+from ripplerec.models.trainer import OnlineTrainer, TrainerConfig
+
+__all__ = ["TransformerScorerConfig", "TransformerScorer", "item_text"]
+
+_ACTION_INDEX = {action: i for i, action in enumerate(ACTIONS)}
+
+
+def item_text(item: Item) -> str:
+    """The text the encoder reads for an item: its text, else its title plus attributes."""
+    if item.text:
+        return item.text if item.title in item.text else f"{item.title}. {item.text}"
+    details = ". ".join(f"{key}: {value}" for key, value in sorted(item.attributes.items()) if value)
+    return f"{item.title}. {details}" if details else item.title
+
+
+@dataclass(frozen=True)
+class TransformerScorerConfig:
+    """Everything that shapes the scorer's weights, saved as JSON beside them."""
+
+    head: HeadConfig = field(default_factory=HeadConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    influences: int = 3  # influences attached to each recommended item
+
+    def __post_init__(self) -> None:
+        if self.influences < 0:
+            raise ValueError("influences must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> TransformerScorerConfig:
+        try:
+            return cls(
+                head=HeadConfig(**payload["head"]),
+                trainer=TrainerConfig(**payload["trainer"]),
+                influences=int(payload.get("influences", 3)),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelLoadError(f"invalid scorer config: {error}") from error
+
+
+class TransformerScorer(RankingModel):
+    """Scores the whole catalog with ``user_vector . item_vector + bias``; learns the head online."""
+
+    name = "transformer"
+
+    def __init__(
+        self,
+        config: TransformerScorerConfig | None = None,
+        encoder: TextEncoder | None = None,
+        cache: EmbeddingCache | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.config = config or TransformerScorerConfig()
+        if name is not None:
+            self.name = name
+        head_config = self.config.head
+        if encoder is not None and head_config.uses_text and encoder.dim != head_config.text_dim:
+            head_config = HeadConfig(**{**asdict(head_config), "text_dim": encoder.dim})
+            self.config = TransformerScorerConfig(head_config, self.config.trainer, self.config.influences)
+        self.encoder = encoder
+        self.encoder_version = encoder.version if encoder is not None and head_config.uses_text else None
+        self.cache = cache if cache is not None else EmbeddingCache(None)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.trainer.seed)
+            self.head = Head(head_config, capacity=0)
+        self.head.eval()
+        self.trainer = OnlineTrainer(self.head, self.config.trainer)
+        self._item_ids: list[str] = []
+        self._index_of: dict[str, int] = {}
+        self._histories: dict[str, deque[Behavior]] = {}
+        self._vectors: torch.Tensor | None = None  # item vectors of the current weights
+
+    # -- identity ---------------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        payload = json.dumps([self.config.to_dict(), self.encoder_version], sort_keys=True)
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
+        return f"{self.name}-{digest}-s{self.trainer.steps}"
+
+    @property
+    def item_ids(self) -> Sequence[str]:
+        return self._item_ids
+
+    def _index(self) -> Mapping[str, int]:
+        return self._index_of
+
+    # -- catalog ----------------------------------------------------------------------------------
+    def add_items(self, items: Sequence[Item], embeddings: NDArray[np.float32] | None = None) -> None:
+        """Make items known; their text is encoded (through the cache) unless ``embeddings`` are given."""
+        fresh = [item for item in dict((item.item_id, item) for item in items).values()]
+        fresh = [item for item in fresh if item.item_id not in self._index_of]
+        if not fresh:
+            return
+        start = len(self._item_ids)
+        needed = start + len(fresh)
+        if needed > self.head.capacity:
+            self.trainer.grow(max(needed, 2 * self.head.capacity, 64))
+        if self.config.head.uses_text:
+            if embeddings is None:
+                if self.encoder is None:
+                    raise ValueError(f"{self.name} represents items by text: pass an encoder or embeddings")
+                embeddings = self.cache.encode(self.encoder, [item_text(item) for item in fresh])
+            if embeddings.shape != (len(fresh), self.config.head.text_dim):
+                raise ValueError(
+                    f"embeddings shape {embeddings.shape}, expected {(len(fresh), self.config.head.text_dim)}"
+                )
+            with torch.no_grad():
+                self.head.item_text[start:needed] = torch.from_numpy(np.ascontiguousarray(embeddings))
+        for offset, item in enumerate(fresh):
+            self._index_of[item.item_id] = start + offset
+            self._item_ids.append(item.item_id)
+        self._vectors = None
+
+    # -- tensors from plain data ------------------------------------------------------------------
+    def _history_batch(self, histories: Sequence[Sequence[Behavior]], nows: Sequence[float]) -> HistoryBatch:
+        length = self.config.head.history_length
+        batch = len(histories)
+        items = np.zeros((batch, length), dtype=np.int64)
+        actions = np.zeros((batch, length), dtype=np.int64)
+        values = np.zeros((batch, length), dtype=np.int64)
+        recency = np.zeros((batch, length), dtype=np.int64)
+        mask = np.zeros((batch, length), dtype=bool)
+        index = self._index_of
+        for row, (history, now) in enumerate(zip(histories, nows, strict=True)):
+            recent = list(history)[-length:]
+            slot = length - len(recent)  # left-padded: the most recent behaviour is in the last slot
+            for behaviour in recent:
+                column = index.get(behaviour.item_id)
+                if column is not None:
+                    items[row, slot] = column
+                    actions[row, slot] = _ACTION_INDEX.get(behaviour.action, 0)
+                    values[row, slot] = value_bucket(behaviour.value)
+                    recency[row, slot] = recency_bucket(now - behaviour.ts)
+                    mask[row, slot] = True
+                slot += 1
+        return HistoryBatch(
+            torch.from_numpy(items),
+            torch.from_numpy(actions),
+            torch.from_numpy(values),
+            torch.from_numpy(recency),
+            torch.from_numpy(mask),
+        )
+
+    def _item_vectors(self) -> torch.Tensor:
+        if self._vectors is None:
+            with torch.no_grad():
+                self._vectors = self.head.item_vectors(torch.arange(len(self._item_ids)))
+        return self._vectors
+
+    # -- learning ---------------------------------------------------------------------------------
+    def learn(self, interactions: Sequence[Interaction], now: float) -> None:
+        """Learn from interactions in order; the model keeps each user's recent history for this.
+
+        Each interaction is trained with the user's history *before* it; events on unknown items only
+        extend the history. ``now`` is the batch's clock; ages use each interaction's own timestamp.
+        """
+        length = self.config.head.history_length
+        histories: list[tuple[Behavior, ...]] = []
+        positives: list[int] = []
+        clocks: list[float] = []
+        for event in interactions:
+            history = self._histories.get(event.user_id)
+            if history is None:
+                history = self._histories[event.user_id] = deque(maxlen=length)
+            row = self._index_of.get(event.item_id)
+            if row is not None:
+                histories.append(tuple(history))
+                positives.append(row)
+                clocks.append(event.ts)
+            history.append(Behavior(event.item_id, event.action, event.value, event.ts))
+        size = self.config.trainer.batch_size
+        for start in range(0, len(positives), size):
+            batch = self._history_batch(histories[start : start + size], clocks[start : start + size])
+            self.trainer.step(batch, torch.tensor(positives[start : start + size]), len(self._item_ids))
+        if positives:
+            self._vectors = None
+
+    def fit(self, users: Sequence[UserState], positives: Sequence[str], now: float) -> float:
+        """One training step on explicit examples (a trainer that holds user states elsewhere)."""
+        rows = [self._index_of[item_id] for item_id in positives]
+        batch = self._history_batch([user.history for user in users], [now] * len(users))
+        loss = self.trainer.step(batch, torch.tensor(rows), len(self._item_ids))
+        self._vectors = None
+        return loss
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def score_many(self, users: Sequence[UserState], now: float | Sequence[float] | None = None) -> NDArray[np.float32]:
+        if not users:
+            return np.zeros((0, len(self._item_ids)), dtype=np.float32)
+        clocks = clocks_for(users, now)
+        batch = self._history_batch([u.history for u in users], clocks)
+        with torch.no_grad():
+            vectors = self._item_vectors()
+            user_vectors, _ = self.head.user_vectors(batch, vectors)
+            scores = user_vectors @ vectors.T + self.head.item_bias[: len(self._item_ids)]
+        return scores.numpy().astype(np.float32, copy=False)
+
+    def _leave_one_out(self, user: UserState, now: float | None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """User vectors with all behaviours (row 0) and without each used one (rows 1..); attention weights;
+        positions in ``user.history`` of the used behaviours."""
+        clock = clocks_for([user], now)[0]
+        batch = self._history_batch([user.history], [clock])
+        length = self.config.head.history_length
+        used = [slot for slot in range(length) if bool(batch.mask[0, slot])]
+        offset = length - min(len(user.history), length)
+        positions = [len(user.history) - min(len(user.history), length) + slot - offset for slot in used]
+        variants = len(used) + 1
+        masks = batch.mask.repeat(variants, 1)
+        for row, slot in enumerate(used, start=1):
+            masks[row, slot] = False
+        repeated = HistoryBatch(
+            batch.items.repeat(variants, 1),
+            batch.actions.repeat(variants, 1),
+            batch.values.repeat(variants, 1),
+            batch.recency.repeat(variants, 1),
+            masks,
+        )
+        with torch.no_grad():
+            user_vectors, weights = self.head.user_vectors(repeated, self._item_vectors())
+        return user_vectors, weights[0, used], positions
+
+    def _influences(
+        self, user: UserState, user_vectors: torch.Tensor, weights: torch.Tensor, positions: list[int], row: int
+    ) -> list[Influence]:
+        vectors = self._item_vectors()
+        with torch.no_grad():
+            scores = user_vectors @ vectors[row]  # bias cancels in the differences
+        deltas = (scores[0] - scores[1:]).tolist()
+        influences = [
+            Influence(
+                user.history[position].item_id,
+                user.history[position].action,
+                user.history[position].ts,
+                float(weight),
+                float(delta),
+            )
+            for position, weight, delta in zip(positions, weights.tolist(), deltas, strict=True)
+        ]
+        influences.sort(key=lambda influence: (-influence.delta, -influence.weight))
+        return influences
+
+    def explain(self, user: UserState, item_id: str, now: float | None = None) -> list[Influence]:
+        """Past behaviours of ``user``, most influential first, for the score of ``item_id``.
+
+        ``delta`` is score(with all behaviours) - score(without this one); ``weight`` its attention weight.
+        """
+        row = self._index_of.get(item_id)
+        if row is None:
+            raise KeyError(f"unknown item {item_id!r}")
+        if not user.history:
+            return []
+        user_vectors, weights, positions = self._leave_one_out(user, now)
+        return self._influences(user, user_vectors, weights, positions, row)
+
+    def recommend(
+        self, user: UserState, k: int, exclude: Collection[str] = (), now: float | None = None
+    ) -> list[ScoredItem]:
+        """Top-k items with their strongest ``config.influences`` influences attached."""
+        top = super().recommend(user, k, exclude, now)
+        if not top or not user.history or self.config.influences == 0:
+            return top
+        user_vectors, weights, positions = self._leave_one_out(user, now)
+        if not positions:
+            return top
+        out = []
+        for scored in top:
+            influences = self._influences(user, user_vectors, weights, positions, self._index_of[scored.item_id])
+            out.append(ScoredItem(scored.item_id, scored.score, tuple(influences[: self.config.influences])))
+        return out
+
+    def top_k(self, user: UserState, k: int, now: float | None = None) -> list[tuple[str, float]]:
+        """Top-k (item, score) over the whole catalog without influences (the fast path)."""
+        scores = self.score_all(user, now)
+        return [(self._item_ids[i], float(scores[i])) for i in top_k_indices(scores, k)]
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "class": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "steps": self.trainer.steps,
+            "examples": self.trainer.examples,
+            "encoder_version": self.encoder_version,
+            "config": self.config.to_dict(),
+            "n_items": len(self._item_ids),
+        }
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The learned head weights (no item text: that comes from the encoder)."""
+        n = len(self._item_ids)
+        state = {}
+        for key, value in self.head.state_dict().items():
+            if key == "item_text":
+                continue
+            state[key] = (value[:n] if key in ("item_bias", "item_ids") else value).detach().clone().contiguous()
+        return state
+
+    def save_head(self, directory: str | Path) -> None:
+        """Write only the head (``head.safetensors`` + ``head.json``), for a trainer publishing versions."""
+        from safetensors.torch import save_file
+
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".head.safetensors.tmp"
+        save_file(self.head_state(), str(tmp))
+        tmp.replace(folder / "head.safetensors")
+        write_json(folder / "head.json", {**self._manifest(), "item_ids": self._item_ids})
+
+    def load_head(self, directory: str | Path) -> None:
+        """Replace the head weights with ones written by :meth:`save_head` (same config, known items)."""
+        from safetensors.torch import load_file
+
+        folder = Path(directory)
+        manifest = read_manifest(folder, type(self).__name__, "head.json")
+        if manifest["config"]["head"] != asdict(self.config.head):
+            raise ModelLoadError(f"{folder}: head config {manifest['config']['head']} != {asdict(self.config.head)}")
+        saved_ids = list(manifest.get("item_ids", []))
+        if saved_ids != self._item_ids[: len(saved_ids)]:
+            raise ModelLoadError(f"{folder}: saved head's items are not a prefix of this scorer's catalog")
+        state = load_file(str(folder / "head.safetensors"))
+        current = self.head_state()
+        expected = {
+            key: (len(saved_ids),) + tuple(value.shape[1:]) if key in ("item_bias", "item_ids") else tuple(value.shape)
+            for key, value in current.items()
+        }
+        check_shapes(str(folder / "head.safetensors"), expected, {k: tuple(v.shape) for k, v in state.items()})
+        with torch.no_grad():
+            for key, value in state.items():
+                target = getattr(self.head, key) if key in ("item_bias", "item_ids") else None
+                if target is not None:
+                    target[: len(saved_ids)] = value
+                else:
+                    self.head.state_dict()[key].copy_(value)
+        self.trainer.steps = int(manifest.get("steps", self.trainer.steps))
+        self.trainer.examples = int(manifest.get("examples", self.trainer.examples))
+        self._vectors = None
+
+    def set_anchor(self, directory: str | Path | None = None) -> None:
+        """Anchor the L2 pull at a saved head's dense weights, or at the current weights when None."""
+        if directory is None:
+            self.trainer.set_anchor()
+            return
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(directory) / "head.safetensors"))
+        self.trainer.set_anchor({name: state[name] for name in self.head.dense_parameters() if name in state})
+
+    def save(self, directory: str | Path) -> None:
+        """Write config, head weights, item embeddings and learning histories into ``directory``."""
+        from safetensors.torch import save_file
+
+        folder = Path(directory)
+        self.save_head(folder)
+        n = len(self._item_ids)
+        tmp = folder / ".items.safetensors.tmp"
+        save_file({"item_text": self.head.item_text[:n].contiguous()}, str(tmp))
+        tmp.replace(folder / "items.safetensors")
+        histories = {
+            user: [[b.item_id, b.action, b.value, b.ts] for b in history] for user, history in self._histories.items()
+        }
+        write_json(folder / "histories.json", {"histories": histories})
+        write_json(folder / "config.json", {**self._manifest(), "item_ids": self._item_ids})
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, encoder: TextEncoder | None = None, cache: EmbeddingCache | None = None
+    ) -> TransformerScorer:
+        """Rebuild a scorer written by :meth:`save`; with ``encoder``, its version must match the saved one."""
+        from safetensors.torch import load_file
+
+        folder = Path(directory)
+        manifest = read_manifest(folder, cls.__name__)
+        config = TransformerScorerConfig.from_dict(manifest["config"])
+        saved_encoder = manifest.get("encoder_version")
+        if encoder is not None and config.head.uses_text and encoder.version != saved_encoder:
+            raise ModelLoadError(
+                f"{folder} was trained with encoder {saved_encoder!r}, not {encoder.version!r}: "
+                "re-encode items or load with the matching encoder"
+            )
+        scorer = cls.__new__(cls)
+        TransformerScorer.__init__(scorer, config, encoder, cache, manifest.get("name"))
+        scorer.encoder_version = saved_encoder
+        item_ids = list(manifest.get("item_ids", []))
+        if config.head.uses_text:
+            text = load_file(str(folder / "items.safetensors"))["item_text"]
+            if tuple(text.shape) != (len(item_ids), config.head.text_dim):
+                raise ModelLoadError(
+                    f"{folder}/items.safetensors holds {tuple(text.shape)}, "
+                    f"expected {(len(item_ids), config.head.text_dim)}"
+                )
+            embeddings: NDArray[np.float32] | None = text.numpy()
+        else:
+            embeddings = None
+        scorer.add_items([Item(item_id, item_id) for item_id in item_ids], embeddings)
+        scorer.load_head(folder)
+        histories_path = folder / "histories.json"
+        if histories_path.is_file():
+            length = config.head.history_length
+            for user, rows in json.loads(histories_path.read_text())["histories"].items():
+                scorer._histories[user] = deque(
+                    (Behavior(str(i), str(a), None if v is None else float(v), float(t)) for i, a, v, t in rows),
+                    maxlen=length,
+                )
+        return scorer
