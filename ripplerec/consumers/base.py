@@ -61,7 +61,8 @@ class RecordConsumer(Generic[R]):
         What an undecodable message does: ``"raise"`` :class:`UndecodableMessageError` (iterating
         again moves past it), or ``"skip"`` it and count it in :attr:`errors`.
     idle_timeout:
-        Stop iterating after this many seconds without a record (``None``: iterate forever).
+        Stop iterating after this many seconds without a record once partitions are assigned
+        (``None``: iterate forever).
     consumer_kwargs:
         Extra ``KafkaConsumer`` arguments; they override the group timings.
     """
@@ -148,8 +149,11 @@ class RecordConsumer(Generic[R]):
                 for messages in batches.values():
                     self._buffer.extend(messages)
                 idle_since = time.monotonic()
-            elif self.idle_timeout is not None and time.monotonic() - idle_since >= self.idle_timeout:
-                raise StopIteration
+            elif self.idle_timeout is not None:
+                if not self._consumer.assignment():
+                    idle_since = time.monotonic()  # still joining the group: not idle yet
+                elif time.monotonic() - idle_since >= self.idle_timeout:
+                    raise StopIteration
 
     def wait_for_assignment(self, timeout: float = 30.0) -> bool:
         """Join the group now (records that arrive meanwhile are kept); ``True`` once partitions are assigned."""
