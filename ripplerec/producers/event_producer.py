@@ -41,6 +41,8 @@ DEFAULT_PRODUCER_KWARGS: dict[str, Any] = {
 # Room an EventBatch leaves under max_request_size for the record and request framing.
 _ENVELOPE_SLACK_BYTES = 16 * 1024
 _PARTITION_CACHE_SIZE = 100_000
+# How often a cache miss re-reads the topic's partitions (to notice added partitions).
+_PARTITIONS_RECHECK_S = 5.0
 
 
 class EventProducer:
@@ -97,7 +99,8 @@ class EventProducer:
             raise PublishError(f"cannot connect to {self.settings.bootstrap_servers}: {exc}") from exc
         self._partitioner = config.get("partitioner")
         self._partition_cache: dict[str, int] = {}
-        self._partition_count = 0
+        self._partition_list: list[int] = []
+        self._partitions_checked_at = -_PARTITIONS_RECHECK_S
         self._failures_lock = threading.Lock()
         self._failed = 0
         self._first_failure: BaseException | None = None
@@ -136,7 +139,9 @@ class EventProducer:
         validator = self._validator
         event_id = uuid7() if event_id is None else validator.check_id("event_id", event_id)
         record = validator.behavior_event(event_id, user_id, item_id, action, value, ts, context, now_ms)
-        self._publish(self.events_topic, record["user_id"], self._encode_event(record))
+        user = record["user_id"]
+        # The cached key -> partition map spares kafka-python's pure-Python murmur2 per send.
+        self._publish(self.events_topic, user, self._encode_event(record), self._partition_for(user))
         return event_id
 
     def track_many(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -149,9 +154,12 @@ class EventProducer:
         if self.envelope:
             self._send_envelopes(records)
         else:
-            send, topic, encode = self._publish, self.events_topic, self._encode_event
+            send, topic, encode, partition_of = (
+                self._publish, self.events_topic, self._encode_event, self._partition_for
+            )
             for record in records:
-                send(topic, record["user_id"], encode(record))
+                user = record["user_id"]
+                send(topic, user, encode(record), partition_of(user))
         return [record["event_id"] for record in records]
 
     def _build_events(self, events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -210,24 +218,27 @@ class EventProducer:
 
     def _partition_for(self, user_id: str) -> int:
         """The partition the producer's partitioner maps this user-id key to (cached)."""
-        cache = self._partition_cache
-        partition = cache.get(user_id)
+        partition = self._partition_cache.get(user_id)
         if partition is not None:
             return partition
-        partitions = sorted(self._partitions(self.events_topic))
-        if len(partitions) != self._partition_count:
-            cache.clear()  # partitions were added: every key may map elsewhere now
-            self._partition_count = len(partitions)
-        elif len(cache) >= _PARTITION_CACHE_SIZE:
-            cache.clear()
+        now = time.monotonic()
+        if now >= self._partitions_checked_at + _PARTITIONS_RECHECK_S:
+            partitions = sorted(self._partitions(self.events_topic))
+            self._partitions_checked_at = now
+            if partitions != self._partition_list:
+                self._partition_cache.clear()  # partitions were added: keys may map elsewhere now
+                self._partition_list = partitions
+        if len(self._partition_cache) >= _PARTITION_CACHE_SIZE:
+            self._partition_cache.clear()
         key = user_id.encode("utf-8")
         if self._partitioner is None or type(self._partitioner) is DefaultPartitioner:
+            partitions = self._partition_list
             partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
         else:  # a custom partitioner: ask it, with the producer's cluster view
             partition = self._partitioner.partition(
                 self.events_topic, user_id, key, None, None, self._producer._metadata
             )
-        cache[user_id] = partition
+        self._partition_cache[user_id] = partition
         return partition
 
     def _partitions(self, topic: str) -> set[int]:
