@@ -135,6 +135,8 @@ class EventProducer:
 
         ``ts`` is a ``datetime`` (naive means UTC), epoch milliseconds, or ``None`` for now.
         """
+        if self._closed:
+            raise PublishError("this EventProducer is closed", topic=self.events_topic)
         now_ms = time.time_ns() // 1_000_000
         validator = self._validator
         event_id = uuid7() if event_id is None else validator.check_id("event_id", event_id)
@@ -150,6 +152,8 @@ class EventProducer:
         Every event is validated before any is sent, so one bad event sends none; the error's
         ``index`` says which. In envelope mode the events travel as ``EventBatch`` messages.
         """
+        if self._closed:
+            raise PublishError("this EventProducer is closed", topic=self.events_topic)
         records = self._build_events(events)
         if self.envelope:
             self._send_envelopes(records)
