@@ -111,6 +111,34 @@ class Settings(BaseSettings):
     profile_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
     web_port: int = 6066
 
+    # Streaming core (issue 3): Redis layout, ingest, proactive recommendations, scorer choice.
+    # Redis key prefix for profiles and item stats; None means the app id, so two apps never mix.
+    redis_prefix: str | None = None
+    # A replayed event_id is dropped as a duplicate for this long after it was first seen.
+    dedupe_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+    # Time-decayed item popularity halves every this many seconds of event time.
+    popularity_half_life_s: float = Field(default=7 * 24 * 3600, gt=0)
+    # Each new event counts as co-occurring with this many of the user's previous behaviours.
+    cooccurrence_window: int = Field(default=5, ge=0)
+    emit_training: bool = True
+    training_history_length: int = Field(default=20, ge=0)
+    training_negatives: int = Field(default=4, ge=0)
+    # A user whose profile gained this many events gets a proactive recommendation (0 disables),
+    # at most once per interval.
+    proactive_min_events: int = Field(default=5, ge=0)
+    proactive_interval_s: float = Field(default=60.0, gt=0)
+    proactive_k: int = Field(default=10, ge=1)
+    scorer: Literal["heuristic", "transformer"] = "heuristic"
+    # The embedded broker lets a new group member join after about half the session timeout.
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    # Faust consumer knobs for the hot topic.
+    broker_max_poll_records: int | None = Field(default=None, ge=1)
+    consumer_fetch_max_wait_ms: int = Field(default=10, ge=0)
+
+    @property
+    def redis_key_prefix(self) -> str:
+        return self.redis_prefix if self.redis_prefix is not None else self.app_id
+
     # Model
     model_name: str = "all-MiniLM-L6-v2"
     model_path: Path | None = None

@@ -1,0 +1,73 @@
+"""Prometheus metrics of the streaming core, on one registry per process.
+
+Workers expose them on ``/metrics`` through Faust's web server; ``ripplerec demo`` reads them back
+to show progress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["StreamMetrics", "parse_metrics", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4"
+
+_BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass
+class StreamMetrics:
+    """Counters and histograms the agents update; ``render()`` is the ``/metrics`` body."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events_ingested = Counter(
+            "ripplerec_events_ingested", "Behaviour events applied to profiles (duplicates excluded)", registry=r
+        )
+        self.events_duplicate = Counter(
+            "ripplerec_events_duplicate", "Events dropped because their event_id was seen before", registry=r
+        )
+        self.dead_letters = Counter(
+            "ripplerec_dead_letters", "Messages sent to the dead letter topic", ["topic", "error_type"], registry=r
+        )
+        self.ingest_batch_seconds = Histogram(
+            "ripplerec_ingest_batch_seconds", "Time to decode, apply and emit one ingest batch",
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.training_examples = Counter(
+            "ripplerec_training_examples", "TrainingExamples published", registry=r
+        )
+        self.items_upserted = Counter("ripplerec_items_upserted", "Catalog items written", registry=r)
+        self.recommendations = Counter(
+            "ripplerec_recommendations", "Recommendations published", ["kind"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "ripplerec_request_seconds", "Scoring time per recommendation request, decode to publish",
+            buckets=_REQUEST_BUCKETS, registry=r,
+        )
+        self.scoring_errors = Counter("ripplerec_scoring_errors", "Requests answered with an error", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Flatten a ``/metrics`` body to ``{"name{label=value}": value}`` (labels summed when absent).
+
+    >>> parse_metrics('# TYPE x counter\\nx_total 3.0\\n')["x_total"]
+    3.0
+    """
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+            if sample.labels:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out

@@ -1,0 +1,220 @@
+"""User profiles and item statistics as pure functions of the events that built them.
+
+This module defines what the ingest agent's Redis script must compute: the integration tests replay
+the same events through :func:`apply_batch` and compare the result with what is in Redis. Nothing
+here does I/O, mutates its inputs or reads the clock (``now_ms`` is always an argument).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+__all__ = [
+    "ProfileEntry",
+    "Profile",
+    "ItemStats",
+    "StoreState",
+    "BatchParams",
+    "apply_events",
+    "apply_batch",
+    "encode_entry",
+    "decode_entry",
+    "decayed_exponent",
+    "logaddexp2",
+    "ENTRY_SEP",
+    "LIST_SEP",
+]
+
+#: Separates the fields of one history entry in Redis (ids may not contain control characters).
+ENTRY_SEP = "\x1f"
+#: Separates entries when a script returns a whole list as one string (one reply element per user).
+LIST_SEP = "\x1e"
+
+
+class ProfileEntry(NamedTuple):
+    """One behaviour in a user's recent history (a tuple: cheap to build once per event)."""
+
+    item_id: str
+    action: str
+    value: float | None
+    ts: int  # epoch milliseconds
+
+
+def encode_entry(item_id: str, action: str, value: float | None, ts: int) -> str:
+    """The Redis form of a history entry.
+
+    >>> encode_entry("42", "rate", 4.0, 1000)
+    '42\\x1frate\\x1f4.0\\x1f1000'
+    >>> decode_entry(encode_entry("42", "view", None, 5))
+    ProfileEntry(item_id='42', action='view', value=None, ts=5)
+    """
+    return f"{item_id}{ENTRY_SEP}{action}{ENTRY_SEP}{'' if value is None else repr(float(value))}{ENTRY_SEP}{ts}"
+
+
+def decode_entry(raw: str) -> ProfileEntry:
+    item_id, action, value, ts = raw.split(ENTRY_SEP)
+    return ProfileEntry(item_id, action, float(value) if value else None, int(ts))
+
+
+def decayed_exponent(ts_ms: int, half_life_s: float) -> float:
+    """log2 of one event's time-decayed popularity increment, ``2 ** (t / half_life)``.
+
+    Popularity is kept in log2 space so it never overflows: ranking by it at any moment equals
+    ranking by the decayed count, and the count at time ``t`` is ``2 ** (score - t / half_life)``.
+    """
+    return ts_ms / 1000.0 / half_life_s
+
+
+def logaddexp2(a: float, b: float) -> float:
+    """``log2(2**a + 2**b)``, written exactly as the Redis script computes it (Lua 5.1 has no log2).
+
+    >>> logaddexp2(3.0, 3.0)
+    4.0
+    """
+    hi, lo = (a, b) if a >= b else (b, a)
+    return hi + math.log(1 + 2 ** (lo - hi)) / math.log(2)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A user's profile: capped recent history (oldest first), per-action counts, last seen."""
+
+    user_id: str
+    history: tuple[ProfileEntry, ...] = ()
+    counts: Mapping[str, int] = field(default_factory=dict)
+    events: int = 0
+    last_seen_ms: int | None = None
+    updated_ms: int | None = None
+    consumed: frozenset[str] = frozenset()
+
+    def to_comparable(self) -> dict[str, Any]:
+        """Plain data for equality checks in tests (history as tuples, counts as a dict)."""
+        return {
+            "user_id": self.user_id,
+            "history": [tuple(e) for e in self.history],
+            "counts": dict(self.counts),
+            "events": self.events,
+            "last_seen_ms": self.last_seen_ms,
+            "updated_ms": self.updated_ms,
+            "consumed": set(self.consumed),
+        }
+
+
+def apply_events(
+    profile: Profile, events: Iterable[Mapping[str, Any]], now_ms: int, history_length: int = 50
+) -> Profile:
+    """The profile after ``events`` (new, not yet applied; in arrival order). Inputs are not mutated.
+
+    >>> p = apply_events(Profile("u"), [{"item_id": "i", "action": "view", "value": None, "ts": 7}], 10)
+    >>> (p.counts, p.events, p.last_seen_ms, p.history[-1].item_id)
+    ({'view': 1}, 1, 7, 'i')
+    """
+    history = list(profile.history)
+    counts = dict(profile.counts)
+    consumed = set(profile.consumed)
+    last_seen = profile.last_seen_ms
+    n = 0
+    for event in events:
+        ts = int(event["ts"])
+        history.append(ProfileEntry(event["item_id"], event["action"], event["value"], ts))
+        counts[event["action"]] = counts.get(event["action"], 0) + 1
+        consumed.add(event["item_id"])
+        last_seen = ts if last_seen is None else max(last_seen, ts)
+        n += 1
+    if n == 0:
+        return profile
+    return replace(
+        profile,
+        history=tuple(history[-history_length:]),
+        counts=counts,
+        events=profile.events + n,
+        last_seen_ms=last_seen,
+        updated_ms=now_ms,
+        consumed=frozenset(consumed),
+    )
+
+
+@dataclass(frozen=True)
+class ItemStats:
+    """Catalog-wide statistics: event counts, time-decayed popularity (log2), co-occurrence counts."""
+
+    popularity: Mapping[str, int] = field(default_factory=dict)
+    decayed: Mapping[str, float] = field(default_factory=dict)
+    cooccurrence: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """The knobs :func:`apply_batch` and the Redis script share (from Settings)."""
+
+    history_length: int = 50
+    half_life_s: float = 7 * 24 * 3600
+    cooccurrence_window: int = 5
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> BatchParams:
+        return cls(settings.history_length, settings.popularity_half_life_s, settings.cooccurrence_window)
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """Everything the ingest agent keeps, as plain data: the reference the Redis state must equal."""
+
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+    seen_event_ids: frozenset[str] = frozenset()
+    items: ItemStats = field(default_factory=ItemStats)
+
+
+#: Actions that say nothing good about an item: not counted as popularity or co-occurrence.
+NEGATIVE_ACTIONS = frozenset({"skip"})
+
+
+def apply_batch(
+    state: StoreState, events: Sequence[Mapping[str, Any]], now_ms: int, params: BatchParams
+) -> tuple[StoreState, list[bool]]:
+    """Apply one ingest batch: drop duplicate event ids, update profiles and item statistics.
+
+    Returns the new state and, per event, whether it was new. Co-occurrence pairs each new event
+    with the user's ``cooccurrence_window`` previous behaviours (skips and same-item pairs left out).
+    """
+    seen = set(state.seen_event_ids)
+    fresh_by_user: dict[str, list[Mapping[str, Any]]] = {}
+    flags: list[bool] = []
+    popularity = dict(state.items.popularity)
+    decayed = dict(state.items.decayed)
+    co: dict[str, dict[str, int]] = {k: dict(v) for k, v in state.items.cooccurrence.items()}
+    recent: dict[str, list[tuple[str, str]]] = {}
+    window = params.cooccurrence_window
+    for event in events:
+        event_id = event["event_id"]
+        if event_id in seen:
+            flags.append(False)
+            continue
+        seen.add(event_id)
+        flags.append(True)
+        user_id, item_id, action = event["user_id"], event["item_id"], event["action"]
+        fresh_by_user.setdefault(user_id, []).append(event)
+        if user_id not in recent:
+            prior = state.profiles.get(user_id)
+            recent[user_id] = [(e.item_id, e.action) for e in prior.history] if prior else []
+        history = recent[user_id]
+        if action not in NEGATIVE_ACTIONS:
+            popularity[item_id] = popularity.get(item_id, 0) + 1
+            x = decayed_exponent(int(event["ts"]), params.half_life_s)
+            decayed[item_id] = x if item_id not in decayed else logaddexp2(decayed[item_id], x)
+            if window > 0:
+                for prev_item, prev_action in reversed(history[-window:]):
+                    if prev_action in NEGATIVE_ACTIONS or prev_item == item_id:
+                        continue
+                    co.setdefault(prev_item, {})[item_id] = co.get(prev_item, {}).get(item_id, 0) + 1
+                    co.setdefault(item_id, {})[prev_item] = co.get(item_id, {}).get(prev_item, 0) + 1
+        history.append((item_id, action))
+    profiles = dict(state.profiles)
+    for user_id, fresh in fresh_by_user.items():
+        prior = profiles.get(user_id, Profile(user_id))
+        profiles[user_id] = apply_events(prior, fresh, now_ms, params.history_length)
+    items = ItemStats(popularity, decayed, co)
+    return StoreState(profiles, frozenset(seen), items), flags

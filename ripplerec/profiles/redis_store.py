@@ -1,0 +1,397 @@
+"""``ProfileStore`` on Redis: one Lua script call per ingest batch, one per scoring request.
+
+Key layout under a prefix ``P`` (the app id unless configured):
+
+=====================  ======  ==========================================================
+``P:u:{user}``         hash    ``c:{action}`` counts, ``n``, ``last_seen``, ``updated`` (ms)
+``P:h:{user}``         list    recent history, newest first, capped (``encode_entry`` form)
+``P:seen:{user}``      set     every item the user consumed (excluded from recommendations)
+``P:ev:{event_id}``    string  dedupe marker, expires after ``dedupe_ttl_s``
+``P:pro:{user}``       hash    ``pending`` events since the last proactive recommendation
+``P:rl:{user}``        string  proactive rate limit marker (expires after the interval)
+``P:pop``              zset    item -> event count (skips excluded)
+``P:popd``             zset    item -> log2 of time-decayed popularity
+``P:co:{item}``        zset    other item -> co-occurrence count
+``P:users``            set     user ids with a profile
+``P:item:{item}``      hash    catalog metadata: title, text, attributes, relations (JSON)
+``P:items``            set     catalog item ids
+=====================  ======  ==========================================================
+
+Profile keys slide their TTL on every write. The scripts touch keys they do not declare, which a
+single Redis allows; a Redis Cluster deployment would need the batch split per hash slot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ripplerec.profiles.profile import (
+    ENTRY_SEP,
+    LIST_SEP,
+    BatchParams,
+    Profile,
+    ProfileEntry,
+    decayed_exponent,
+    decode_entry,
+    encode_entry,
+)
+from ripplerec.profiles.store import BatchOutcome, ScoringSignals
+
+__all__ = ["RedisProfileStore", "APPLY_BATCH_LUA", "SCORING_SIGNALS_LUA"]
+
+FIELDS_PER_EVENT = 7
+
+# Mirrors ripplerec.profiles.profile.apply_batch; the integration tests hold them together.
+APPLY_BATCH_LUA = r"""
+local p = ARGV[1]
+local hist_len = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local dedupe_ttl = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local pre_len = tonumber(ARGV[6])
+local pro_min = tonumber(ARGV[7])
+local pro_ms = tonumber(ARGV[8])
+local now = ARGV[9]
+local first = 10
+local F = 7
+local n = (#ARGV - first + 1) / F
+local flags = {}
+local users = {}
+local order = {}
+local keep = math.max(window, pre_len)
+local LN2 = math.log(2)
+local function chunked(cmd, key, t)
+  local size = #t
+  local i = 1
+  while i <= size do
+    local j = math.min(i + 999, size)
+    redis.call(cmd, key, unpack(t, i, j))
+    i = j + 1
+  end
+end
+local pop_key = p .. ':pop'
+local popd_key = p .. ':popd'
+for i = 0, n - 1 do
+  local b = first + i * F
+  local eid, uid, item, action, entry, ts, x =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+  if redis.call('SET', p .. ':ev:' .. eid, '1', 'NX', 'EX', dedupe_ttl) then
+    flags[#flags + 1] = '1'
+    local u = users[uid]
+    if not u then
+      local pre = {}
+      if keep > 0 then pre = redis.call('LRANGE', p .. ':h:' .. uid, 0, keep - 1) end
+      local recent = {}
+      for j = #pre, 1, -1 do
+        local it, ac = string.match(pre[j], '^([^\31]*)\31([^\31]*)')
+        recent[#recent + 1] = {it, ac}
+      end
+      u = {pre = pre, recent = recent, entries = {}, counts = {}, n = 0, maxts = nil, items = {}, last_eid = eid}
+      users[uid] = u
+      order[#order + 1] = uid
+    end
+    if action ~= 'skip' then
+      redis.call('ZINCRBY', pop_key, 1, item)
+      local xv = tonumber(x)
+      local cur = redis.call('ZSCORE', popd_key, item)
+      local new
+      if cur then
+        local a = tonumber(cur)
+        local hi, lo = a, xv
+        if xv > a then hi, lo = xv, a end
+        new = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
+      else
+        new = xv
+      end
+      redis.call('ZADD', popd_key, string.format('%.17g', new), item)
+      if window > 0 then
+        local r = u.recent
+        local stop = math.max(1, #r - window + 1)
+        for j = #r, stop, -1 do
+          local prev, pa = r[j][1], r[j][2]
+          if pa ~= 'skip' and prev ~= item then
+            redis.call('ZINCRBY', p .. ':co:' .. prev, 1, item)
+            redis.call('ZINCRBY', p .. ':co:' .. item, 1, prev)
+          end
+        end
+      end
+    end
+    u.recent[#u.recent + 1] = {item, action}
+    u.entries[#u.entries + 1] = entry
+    u.counts[action] = (u.counts[action] or 0) + 1
+    u.n = u.n + 1
+    u.items[#u.items + 1] = item
+    local tsn = tonumber(ts)
+    if u.maxts == nil or tsn > u.maxts then u.maxts = tsn; u.maxts_s = ts end
+    u.last_eid = eid
+  else
+    flags[#flags + 1] = '0'
+  end
+end
+local pre_out = {}
+local proactive = {}
+for _, uid in ipairs(order) do
+  local u = users[uid]
+  local hk = p .. ':u:' .. uid
+  local lk = p .. ':h:' .. uid
+  local sk = p .. ':seen:' .. uid
+  for action, c in pairs(u.counts) do redis.call('HINCRBY', hk, 'c:' .. action, c) end
+  redis.call('HINCRBY', hk, 'n', u.n)
+  local old = tonumber(redis.call('HGET', hk, 'last_seen'))
+  local last = u.maxts_s
+  if old and old > u.maxts then last = redis.call('HGET', hk, 'last_seen') end
+  redis.call('HSET', hk, 'last_seen', last, 'updated', now)
+  redis.call('EXPIRE', hk, ttl)
+  chunked('LPUSH', lk, u.entries)
+  redis.call('LTRIM', lk, 0, hist_len - 1)
+  redis.call('EXPIRE', lk, ttl)
+  chunked('SADD', sk, u.items)
+  redis.call('EXPIRE', sk, ttl)
+  redis.call('SADD', p .. ':users', uid)
+  if pre_len > 0 then
+    local lim = math.min(pre_len, #u.pre)
+    local parts = {}
+    for j = 1, lim do parts[j] = u.pre[j] end
+    pre_out[#pre_out + 1] = uid
+    pre_out[#pre_out + 1] = table.concat(parts, '\30')
+  end
+  if pro_min > 0 then
+    local pk = p .. ':pro:' .. uid
+    local pending = redis.call('HINCRBY', pk, 'pending', u.n)
+    redis.call('EXPIRE', pk, ttl)
+    if pending >= pro_min then
+      if redis.call('SET', p .. ':rl:' .. uid, '1', 'NX', 'PX', pro_ms) then
+        redis.call('HSET', pk, 'pending', 0)
+        proactive[#proactive + 1] = uid
+        proactive[#proactive + 1] = u.last_eid
+      end
+    end
+  end
+end
+return {table.concat(flags), pre_out, proactive}
+"""
+
+SCORING_SIGNALS_LUA = r"""
+local p, uid = ARGV[1], ARGV[2]
+local hist_len, m, n_pop, n_co = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local hist = redis.call('LRANGE', p .. ':h:' .. uid, 0, hist_len - 1)
+local consumed = redis.call('SMEMBERS', p .. ':seen:' .. uid)
+local pop = {}
+if n_pop > 0 then pop = redis.call('ZREVRANGE', p .. ':popd', 0, n_pop - 1, 'WITHSCORES') end
+local co = {}
+local done = {}
+local count = 0
+for j = 1, #hist do
+  if count >= m then break end
+  local it, ac = string.match(hist[j], '^([^\31]*)\31([^\31]*)')
+  if ac ~= 'skip' and not done[it] then
+    done[it] = true
+    count = count + 1
+    co[#co + 1] = it
+    co[#co + 1] = redis.call('ZREVRANGE', p .. ':co:' .. it, 0, n_co - 1, 'WITHSCORES')
+  end
+end
+return {table.concat(hist, '\30'), table.concat(consumed, '\30'), pop, co}
+"""
+
+
+def _split(raw: str) -> list[str]:
+    return raw.split(LIST_SEP) if raw else []
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, float]:
+    it = iter(flat)
+    return {k: float(v) for k, v in zip(it, it, strict=False)}
+
+
+class RedisProfileStore:
+    """:class:`~ripplerec.profiles.store.ProfileStore` on Redis (redis-py asyncio, decoded replies).
+
+    Parameters
+    ----------
+    client:
+        A ``redis.asyncio.Redis`` created with ``decode_responses=True``.
+    prefix:
+        Key prefix (``settings.redis_key_prefix``).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        params: BatchParams | None = None,
+        *,
+        profile_ttl_s: int = 90 * 24 * 3600,
+        dedupe_ttl_s: int = 30 * 24 * 3600,
+        proactive_min_events: int = 0,
+        proactive_interval_s: float = 60.0,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.params = params or BatchParams()
+        self.profile_ttl_s = profile_ttl_s
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self.proactive_min_events = proactive_min_events
+        self.proactive_interval_ms = int(proactive_interval_s * 1000)
+        self._apply = client.register_script(APPLY_BATCH_LUA)
+        self._signals = client.register_script(SCORING_SIGNALS_LUA)
+
+    @classmethod
+    def from_settings(cls, settings: Any, client: aioredis.Redis | None = None) -> RedisProfileStore:
+        if client is None:
+            client = aioredis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+        return cls(
+            client,
+            settings.redis_key_prefix,
+            BatchParams.from_settings(settings),
+            profile_ttl_s=settings.profile_ttl_s,
+            dedupe_ttl_s=settings.dedupe_ttl_s,
+            proactive_min_events=settings.proactive_min_events,
+            proactive_interval_s=settings.proactive_interval_s,
+        )
+
+    def batch_args(self, events: Sequence[Mapping[str, Any]], now_ms: int, prior_history: int) -> list[Any]:
+        """The script's arguments for a batch (pure; exposed for benchmarks and tests)."""
+        params = self.params
+        args: list[Any] = [
+            self.prefix,
+            params.history_length,
+            self.profile_ttl_s,
+            self.dedupe_ttl_s,
+            params.cooccurrence_window,
+            prior_history,
+            self.proactive_min_events,
+            self.proactive_interval_ms,
+            now_ms,
+        ]
+        extend = args.extend
+        half_life = params.half_life_s
+        for e in events:
+            ts = e["ts"]
+            value = e["value"]
+            extend((
+                e["event_id"],
+                e["user_id"],
+                e["item_id"],
+                e["action"],
+                encode_entry(e["item_id"], e["action"], value, ts),
+                ts,
+                repr(decayed_exponent(ts, half_life)),
+            ))
+        return args
+
+    async def apply_batch(
+        self, events: Sequence[Mapping[str, Any]], now_ms: int, *, prior_history: int = 0
+    ) -> BatchOutcome:
+        if not events:
+            return BatchOutcome(new=[])
+        flags, pre, proactive = await self._apply(args=self.batch_args(events, now_ms, prior_history))
+        prior: dict[str, list[ProfileEntry]] = {}
+        it = iter(pre)
+        for user_id, joined in zip(it, it, strict=False):
+            prior[user_id] = [decode_entry(raw) for raw in reversed(_split(joined))]
+        it = iter(proactive)
+        pairs = [(str(u), str(e)) for u, e in zip(it, it, strict=False)]
+        return BatchOutcome(new=[c == "1" for c in flags], prior_history=prior, proactive=pairs)
+
+    async def get_profile(self, user_id: str) -> Profile | None:
+        p = self.prefix
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(f"{p}:u:{user_id}")
+            pipe.lrange(f"{p}:h:{user_id}", 0, -1)
+            pipe.smembers(f"{p}:seen:{user_id}")
+            fields, history, consumed = await pipe.execute()
+        if not fields:
+            return None
+        counts = {k[2:]: int(v) for k, v in fields.items() if k.startswith("c:")}
+        return Profile(
+            user_id=user_id,
+            history=tuple(decode_entry(raw) for raw in reversed(history)),
+            counts=counts,
+            events=int(fields.get("n", 0)),
+            last_seen_ms=int(fields["last_seen"]) if "last_seen" in fields else None,
+            updated_ms=int(fields["updated"]) if "updated" in fields else None,
+            consumed=frozenset(consumed),
+        )
+
+    async def scoring_signals(
+        self, user_id: str, *, recent_items: int = 10, popular: int = 200, neighbours: int = 50
+    ) -> ScoringSignals:
+        hist, consumed, pop, co = await self._signals(
+            args=[self.prefix, user_id, self.params.history_length, recent_items, popular, neighbours]
+        )
+        history = tuple(decode_entry(raw) for raw in reversed(_split(hist)))
+        it = iter(co)
+        cooccurrence = {item: _pairs(flat) for item, flat in zip(it, it, strict=False)}
+        return ScoringSignals(user_id, history, frozenset(_split(consumed)), _pairs(pop), cooccurrence)
+
+    async def item_stats(self) -> tuple[dict[str, int], dict[str, float], dict[str, dict[str, int]]]:
+        """Popularity, decayed popularity and the whole co-occurrence table (tests, small data only)."""
+        p = self.prefix
+        pop = {k: int(v) for k, v in await self.client.zrange(f"{p}:pop", 0, -1, withscores=True)}
+        popd = {k: float(v) for k, v in await self.client.zrange(f"{p}:popd", 0, -1, withscores=True)}
+        co: dict[str, dict[str, int]] = {}
+        async for key in self.client.scan_iter(match=f"{p}:co:*", count=1000):
+            rows = await self.client.zrange(key, 0, -1, withscores=True)
+            co[key[len(p) + 4 :]] = {k: int(v) for k, v in rows}
+        return pop, popd, co
+
+    async def upsert_items(self, items: Sequence[Mapping[str, Any]]) -> None:
+        p = self.prefix
+        async with self.client.pipeline(transaction=False) as pipe:
+            for item in items:
+                key = f"{p}:item:{item['item_id']}"
+                if item.get("deleted"):
+                    pipe.delete(key)
+                    pipe.srem(f"{p}:items", item["item_id"])
+                    continue
+                pipe.hset(
+                    key,
+                    mapping={
+                        "title": item["title"],
+                        "text": item.get("text", ""),
+                        "attributes": json.dumps(item.get("attributes") or {}),
+                        "relations": json.dumps([[r["relation"], r["target"]] for r in item.get("relations") or []]),
+                        "updated_at": int(item.get("updated_at", 0)),
+                    },
+                )
+                pipe.sadd(f"{p}:items", item["item_id"])
+            await pipe.execute()
+
+    async def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        p = self.prefix
+        async with self.client.pipeline(transaction=False) as pipe:
+            for item_id in item_ids:
+                pipe.hgetall(f"{p}:item:{item_id}")
+            rows = await pipe.execute()
+        out: dict[str, dict[str, Any]] = {}
+        for item_id, row in zip(item_ids, rows, strict=True):
+            if row:
+                out[item_id] = {
+                    "item_id": item_id,
+                    "title": row.get("title", ""),
+                    "text": row.get("text", ""),
+                    "attributes": json.loads(row.get("attributes") or "{}"),
+                    "relations": [tuple(r) for r in json.loads(row.get("relations") or "[]")],
+                }
+        return out
+
+    async def item_ids(self) -> list[str]:
+        return sorted(await self.client.smembers(f"{self.prefix}:items"))
+
+    async def count_profiles(self) -> int:
+        return int(await self.client.scard(f"{self.prefix}:users"))
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+# ENTRY_SEP is part of the key layout the scripts parse ('\31' in Lua).
+assert ENTRY_SEP == "\x1f" and LIST_SEP == "\x1e"  # noqa: S101

@@ -1,0 +1,69 @@
+"""The interface the agents use to keep profiles, item statistics and the catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ripplerec.profiles.profile import Profile, ProfileEntry
+
+__all__ = ["BatchOutcome", "ScoringSignals", "ProfileStore"]
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one ingest batch did.
+
+    ``new`` holds one flag per event (False: a duplicate ``event_id``, nothing changed);
+    ``prior_history`` the recent history (oldest first) of each user of the batch *before* it, when
+    asked for (training examples need it); ``proactive`` (user id, trigger event id) pairs of users
+    whose profile changed enough to deserve a recommendation now.
+    """
+
+    new: Sequence[bool]
+    prior_history: Mapping[str, Sequence[ProfileEntry]] = field(default_factory=dict)
+    proactive: Sequence[tuple[str, str]] = ()
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for flag in self.new if not flag)
+
+
+@dataclass(frozen=True)
+class ScoringSignals:
+    """What a scorer needs about one user and the catalog, read in one round trip.
+
+    ``popular`` maps item id -> log2 of its time-decayed popularity (best first);
+    ``cooccurrence`` maps a recent history item -> {co-occurring item: count}.
+    """
+
+    user_id: str
+    history: Sequence[ProfileEntry] = ()
+    consumed: frozenset[str] = frozenset()
+    popular: Mapping[str, float] = field(default_factory=dict)
+    cooccurrence: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+class ProfileStore(Protocol):
+    """Profiles, item statistics and catalog metadata; Redis in production (``RedisProfileStore``)."""
+
+    async def apply_batch(
+        self, events: Sequence[Mapping[str, Any]], now_ms: int, *, prior_history: int = 0
+    ) -> BatchOutcome:
+        """Apply decoded, validated events atomically and idempotently (one round trip)."""
+        ...
+
+    async def get_profile(self, user_id: str) -> Profile | None: ...
+
+    async def scoring_signals(
+        self, user_id: str, *, recent_items: int, popular: int, neighbours: int
+    ) -> ScoringSignals: ...
+
+    async def upsert_items(self, items: Sequence[Mapping[str, Any]]) -> None: ...
+
+    async def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+
+    async def count_profiles(self) -> int: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,216 @@
+"""The Faust app: agents for events, catalog items and recommendation requests, plus web pages.
+
+:func:`create_app` builds the one ``faust.App`` of a worker from :class:`~ripplerec.config.Settings`
+and registers the agents of the requested roles:
+
+* ``ingest``: the ingest agent on ``ripple.events`` and the catalog agent on ``ripple.items``;
+* ``scorer``: the scorer agent on ``ripple.rec-requests``;
+* ``all``: both. ``trainer`` and ``monitor`` arrive with later issues (see ``ROLES``).
+
+Every topic carries Confluent-framed Avro: Faust moves raw bytes and the agents decode with
+:class:`~ripplerec.schemas.AvroCodec`, so a message that does not decode still has its original
+bytes for the dead letter. Agents ack a batch only after its Redis write and its publishes
+succeeded; a crash before that redelivers the batch, which the event_id dedupe makes harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from aiokafka.structs import RecordMetadata
+
+from ripplerec.config import Settings
+from ripplerec.monitoring import CONTENT_TYPE, StreamMetrics
+from ripplerec.schemas import AvroCodec
+from ripplerec.streams.ingest import CatalogProcessor, IngestProcessor, ItemPool, RawMessage
+from ripplerec.streams.scoring import RequestProcessor, make_backend
+
+__all__ = ["create_app", "Runtime", "ROLES", "faust_credentials"]
+
+log = logging.getLogger(__name__)
+
+#: Roles a worker can run, and the agent groups each one registers.
+ROLES: dict[str, tuple[str, ...]] = {
+    "ingest": ("ingest", "catalog"),
+    "scorer": ("scorer",),
+    "all": ("ingest", "catalog", "scorer"),
+    # Later issues: "trainer": ("trainer",), "monitor": ("monitor",)
+}
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Faust credentials from the Kafka security passthrough (None for PLAINTEXT)."""
+    sec = settings.kafka
+    if sec.security_protocol == "PLAINTEXT":
+        return None
+    context = None
+    if sec.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None)
+        if sec.ssl_certfile:
+            context.load_cert_chain(str(sec.ssl_certfile), str(sec.ssl_keyfile) if sec.ssl_keyfile else None)
+    if sec.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password.get_secret_value() if sec.sasl_password else None,
+            mechanism=sec.sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+class Runtime:
+    """Per-worker resources created inside the event loop on first use (Redis, processors)."""
+
+    def __init__(self, app: faust.App, settings: Settings, metrics: StreamMetrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.codec = AvroCodec.from_settings(settings)
+        self.item_pool = ItemPool()
+        self._store: Any = None
+        self._lock = asyncio.Lock()
+        self._ingest: IngestProcessor | None = None
+        self._catalog: CatalogProcessor | None = None
+        self._requests: RequestProcessor | None = None
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[RecordMetadata]:
+        """Schedule one message on the app's producer; returns its delivery future."""
+        fut: asyncio.Future[RecordMetadata] = await self.app.producer.send(topic, key, value, None, None, None)
+        return fut
+
+    async def store(self) -> Any:
+        async with self._lock:
+            if self._store is None:
+                from ripplerec.profiles.redis_store import RedisProfileStore
+
+                self._store = RedisProfileStore.from_settings(self.settings)
+            return self._store
+
+    async def ingest(self) -> IngestProcessor:
+        if self._ingest is None:
+            self._ingest = IngestProcessor(self.settings, self.codec, await self.store(), self.send, self.metrics,
+                                           item_pool=self.item_pool)
+        return self._ingest
+
+    async def catalog(self) -> CatalogProcessor:
+        if self._catalog is None:
+            requests = self._requests
+            self._catalog = CatalogProcessor(
+                self.settings, self.codec, await self.store(), self.send, self.metrics,
+                item_pool=self.item_pool,
+                on_items=requests.backend.add_items if requests is not None else None,
+            )
+        return self._catalog
+
+    async def requests(self) -> RequestProcessor:
+        if self._requests is None:
+            backend = make_backend(self.settings, await self.store())
+            self._requests = RequestProcessor(self.settings, self.codec, backend, self.send, self.metrics)
+        return self._requests
+
+
+def _raw(event: Any) -> RawMessage:
+    m = event.message
+    return RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
+
+
+def create_app(
+    settings: Settings,
+    roles: Iterable[str] = ("all",),
+    *,
+    web: bool = True,
+    metrics: StreamMetrics | None = None,
+    **overrides: Any,
+) -> faust.App:
+    """A Faust app with the agents of ``roles``; ``overrides`` go to ``faust.App`` unchanged."""
+    groups: set[str] = set()
+    for role in roles:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; known: {', '.join(ROLES)} (trainer/monitor: later issues)")
+        groups.update(ROLES[role])
+    config: dict[str, Any] = {
+        "broker": [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        "broker_credentials": faust_credentials(settings),
+        "store": "memory://",
+        "topic_disable_leader": True,
+        "topic_allow_declare": False,
+        "topic_partitions": settings.topics.partitions,
+        "broker_rebalance_timeout": settings.rebalance_timeout_s,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, settings.session_timeout_s / 3),
+        "consumer_auto_offset_reset": "earliest",
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "web_enabled": web,
+        "web_port": settings.web_port,
+        "web_bind": "127.0.0.1",
+        "web_in_thread": False,
+        "producer_linger_ms": 1,
+    }
+    if settings.broker_max_poll_records is not None:
+        config["broker_max_poll_records"] = settings.broker_max_poll_records
+    config.update(overrides)
+    app = faust.App(settings.app_id, **config)
+    metrics = metrics or StreamMetrics()
+    runtime = Runtime(app, settings, metrics)
+    app.ripple = runtime  # type: ignore[attr-defined]
+    topics = settings.topics
+
+    if "ingest" in groups:
+        events_topic = app.topic(topics.events, key_type=bytes, value_type=bytes)
+
+        @app.agent(events_topic, name="ripple-ingest")
+        async def ingest(stream: faust.StreamT) -> None:
+            processor = await runtime.ingest()
+            async for batch in stream.noack_take(settings.ingest_batch_size, within=settings.ingest_batch_within_s):
+                await processor.process([_raw(e) for e in batch])
+                for event in batch:
+                    await stream.ack(event)
+
+    if "catalog" in groups:
+        items_topic = app.topic(topics.items, key_type=bytes, value_type=bytes)
+
+        @app.agent(items_topic, name="ripple-catalog")
+        async def catalog(stream: faust.StreamT) -> None:
+            if "scorer" in groups:
+                await runtime.requests()  # so a model scorer hears about items
+            processor = await runtime.catalog()
+            async for batch in stream.noack_take(500, within=0.2):
+                await processor.process([_raw(e) for e in batch])
+                for event in batch:
+                    await stream.ack(event)
+
+    if "scorer" in groups:
+        requests_topic = app.topic(topics.rec_requests, key_type=bytes, value_type=bytes)
+
+        @app.agent(requests_topic, name="ripple-scorer")
+        async def scorer(stream: faust.StreamT) -> None:
+            processor = await runtime.requests()
+            async for event in stream.events():
+                await processor.process(_raw(event))
+
+    if web:
+        _add_pages(app, runtime)
+    return app
+
+
+def _add_pages(app: faust.App, runtime: Runtime) -> None:
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(runtime.metrics.render(), content_type=CONTENT_TYPE)
+
+    @app.page("/health")
+    async def health_page(web: Any, request: Any) -> Any:
+        try:
+            store = await runtime.store()
+            ok = await asyncio.wait_for(store.ping(), timeout=1.0)
+        except Exception as exc:
+            return web.json({"status": "unhealthy", "redis": f"{type(exc).__name__}: {exc}"}, status=503)
+        return web.json({"status": "ok" if ok else "unhealthy", "redis": bool(ok)}, status=200 if ok else 503)
+
+

@@ -1,0 +1,323 @@
+"""What the ingest and catalog agents do with a batch, apart from the Faust plumbing.
+
+The agents in :mod:`ripplerec.streams.app` hand each batch of raw messages to
+:class:`IngestProcessor`, which decodes and validates them (dead-lettering what fails), applies the
+rest to the :class:`~ripplerec.profiles.ProfileStore` in one round trip, and publishes training
+examples and proactive recommendation triggers. It returns only when every write it started has
+succeeded, so the agent can ack the batch afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ripplerec.config import Settings
+from ripplerec.monitoring import StreamMetrics
+from ripplerec.profiles import BatchOutcome, ProfileEntry, ProfileStore
+from ripplerec.schemas import AvroCodec, DecodeError
+from ripplerec.schemas.records import DeadLetter, TrainingExample
+from ripplerec.streams.validation import InvalidRecord, validate_event, validate_item
+
+__all__ = [
+    "RawMessage",
+    "Send",
+    "IngestProcessor",
+    "CatalogProcessor",
+    "DeadLetterSink",
+    "decode_events",
+    "training_examples",
+    "TRIGGER_CONTEXT_KEY",
+]
+
+log = logging.getLogger(__name__)
+
+#: Context key of a RecommendationRequest the ingest agent sends for a proactive recommendation.
+TRIGGER_CONTEXT_KEY = "ripple.trigger_event_id"
+
+#: ``send(topic, key, value)``: schedules a message and returns an awaitable for its delivery.
+Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A message as it came off the topic (what a dead letter must carry)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class DeadLetterSink:
+    """Publishes :class:`DeadLetter` records to ``ripple.dlq`` and counts them."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec, send: Send, metrics: StreamMetrics, agent: str) -> None:
+        self.topic = settings.topics.dlq
+        self.codec = codec
+        self.send = send
+        self.metrics = metrics
+        self.agent = agent
+
+    async def publish(self, message: RawMessage, error_type: str, error: str) -> Awaitable[Any]:
+        record: DeadLetter = {
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "key": message.key,
+            "raw": message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
+            "error_type": error_type,
+            "error": error[:4000],
+            "agent": self.agent,
+            "ts": int(time.time() * 1000),
+        }
+        self.metrics.dead_letters.labels(message.topic, error_type).inc()
+        log.warning("dead letter from %s[%s]@%s: %s: %s", message.topic, message.partition, message.offset,
+                    error_type, error[:200])
+        return await self.send(self.topic, message.key, self.codec.encode("DeadLetter", record))
+
+
+_EVENT_RECORDS = frozenset({"BehaviorEvent", "EventBatch"})
+
+
+def decode_events(
+    messages: Sequence[RawMessage], codec: AvroCodec, settings: Settings, now_ms: float
+) -> tuple[list[dict[str, Any]], list[tuple[RawMessage, str, str]]]:
+    """Decode and validate a batch: (valid events in order, (message, error type, error) rejects).
+
+    A message may hold one ``BehaviorEvent`` or an ``EventBatch`` envelope of many; an invalid event
+    inside an envelope is rejected alone, the rest of the envelope goes on.
+    """
+    limits = settings.limits
+    events: list[dict[str, Any]] = []
+    rejects: list[tuple[RawMessage, str, str]] = []
+    for message in messages:
+        try:
+            name, record = codec.decode_any(message.value, _EVENT_RECORDS)
+        except DecodeError as exc:
+            rejects.append((message, type(exc).__name__, str(exc)))
+            continue
+        except Exception as exc:  # never let one message stop the stream
+            rejects.append((message, type(exc).__name__, str(exc)))
+            continue
+        batch = record["events"] if name == "EventBatch" else (record,)
+        for index, event in enumerate(batch):
+            try:
+                validate_event(event, limits, now_ms)
+            except InvalidRecord as exc:
+                where = f"events[{index}]: " if name == "EventBatch" else ""
+                rejects.append((message, exc.error_type, where + str(exc)))
+                continue
+            events.append(event)
+    return events, rejects
+
+
+def training_examples(
+    events: Sequence[Mapping[str, Any]],
+    new: Sequence[bool],
+    prior_history: Mapping[str, Sequence[ProfileEntry]],
+    item_pool: Sequence[str],
+    negatives: int,
+    history_length: int,
+    rng: random.Random,
+) -> list[TrainingExample]:
+    """One TrainingExample per new, non-skip event: the user's history just before it + negatives.
+
+    Pure apart from ``rng``. Negatives are drawn from ``item_pool`` leaving out the positive and the
+    items in the history (so there may be fewer when the pool is small).
+    """
+    running: dict[str, list[ProfileEntry]] = {}
+    out: list[TrainingExample] = []
+    for event, is_new in zip(events, new, strict=True):
+        if not is_new:
+            continue
+        user_id = event["user_id"]
+        history = running.get(user_id)
+        if history is None:
+            history = running[user_id] = list(prior_history.get(user_id, ()))
+        entry = ProfileEntry(event["item_id"], event["action"], event["value"], event["ts"])
+        if event["action"] != "skip":
+            window = history[-history_length:] if history_length else []
+            sampled: list[str] = []
+            if negatives and item_pool:
+                avoid = {e.item_id for e in window}
+                avoid.add(entry.item_id)
+                for _ in range(negatives * 3):
+                    candidate = item_pool[rng.randrange(len(item_pool))]
+                    if candidate not in avoid:
+                        sampled.append(candidate)
+                        avoid.add(candidate)
+                        if len(sampled) >= negatives:
+                            break
+            out.append({
+                "event_id": event["event_id"],
+                "user_id": user_id,
+                "positive_item_id": entry.item_id,
+                "action": entry.action,
+                "value": entry.value,
+                "ts": entry.ts,
+                "history": [
+                    {"item_id": e.item_id, "action": e.action, "value": e.value, "ts": e.ts} for e in window
+                ],
+                "negatives": sampled,
+                "weight": 1.0,
+            })
+        history.append(entry)
+    return out
+
+
+class ItemPool:
+    """Known item ids, for sampling negatives (from the catalog and from events)."""
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self.ids: list[str] = []
+        self._known: set[str] = set()
+        self.limit = limit
+
+    def add(self, item_id: str) -> None:
+        if item_id not in self._known and len(self.ids) < self.limit:
+            self._known.add(item_id)
+            self.ids.append(item_id)
+
+
+class IngestProcessor:
+    """Decode -> validate -> one store call -> publish; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: AvroCodec,
+        store: ProfileStore,
+        send: Send,
+        metrics: StreamMetrics,
+        *,
+        item_pool: ItemPool | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.store = store
+        self.send = send
+        self.metrics = metrics
+        self.dead_letters = DeadLetterSink(settings, codec, send, metrics, "ingest")
+        self.item_pool = item_pool or ItemPool()
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.retry_delay_s = 0.2
+
+    async def _apply_with_retry(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> BatchOutcome:
+        """Redis failures are retried until they succeed: the batch must not be acked before."""
+        prior = self.settings.training_history_length if self.settings.emit_training else 0
+        delay = self.retry_delay_s
+        while True:
+            try:
+                return await self.store.apply_batch(events, now_ms, prior_history=prior)
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                log.warning("profile store failed (%s); retrying in %.1fs", exc, delay)
+            except Exception as exc:
+                if type(exc).__module__.startswith("redis"):
+                    log.warning("profile store failed (%r); retrying in %.1fs", exc, delay)
+                else:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        started = time.perf_counter()
+        now_ms = int(self.clock() * 1000)
+        events, rejects = decode_events(messages, self.codec, self.settings, now_ms)
+        pending: list[Awaitable[Any]] = []
+        for message, error_type, error in rejects:
+            pending.append(await self.dead_letters.publish(message, error_type, error))
+        outcome = await self._apply_with_retry(events, now_ms) if events else BatchOutcome(new=[])
+        fresh = sum(outcome.new)
+        self.metrics.events_ingested.inc(fresh)
+        self.metrics.events_duplicate.inc(len(events) - fresh)
+        settings = self.settings
+        encode = self.codec.encode
+        send = self.send
+        if settings.emit_training and fresh:
+            pool = self.item_pool
+            for event in events:
+                pool.add(event["item_id"])
+            examples = training_examples(
+                events, outcome.new, outcome.prior_history, pool.ids,
+                settings.training_negatives, settings.training_history_length, self.rng,
+            )
+            topic = settings.topics.training
+            for example in examples:
+                pending.append(await send(topic, example["user_id"].encode(), encode("TrainingExample", example)))
+            self.metrics.training_examples.inc(len(examples))
+        for user_id, event_id in outcome.proactive:
+            request = {
+                "request_id": f"proactive-{event_id}",
+                "user_id": user_id,
+                "k": settings.proactive_k,
+                "exclude": [],
+                "context": {TRIGGER_CONTEXT_KEY: event_id},
+                "requested_at": now_ms,
+            }
+            pending.append(
+                await send(settings.topics.rec_requests, user_id.encode(), encode("RecommendationRequest", request))
+            )
+        if pending:
+            await asyncio.gather(*pending)
+        self.metrics.ingest_batch_seconds.observe(time.perf_counter() - started)
+        return outcome
+
+
+class CatalogProcessor:
+    """Keeps item metadata in the store; tells the item pool (and a model scorer) about new items."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: AvroCodec,
+        store: ProfileStore,
+        send: Send,
+        metrics: StreamMetrics,
+        *,
+        item_pool: ItemPool | None = None,
+        on_items: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.store = store
+        self.metrics = metrics
+        self.dead_letters = DeadLetterSink(settings, codec, send, metrics, "catalog")
+        self.item_pool = item_pool
+        self.on_items = on_items
+
+    async def process(self, messages: Sequence[RawMessage]) -> int:
+        items: list[dict[str, Any]] = []
+        pending = []
+        for message in messages:
+            try:
+                item = self.codec.decode("ItemUpsert", message.value)
+                validate_item(item, self.settings.limits)
+            except InvalidRecord as exc:
+                pending.append(await self.dead_letters.publish(message, exc.error_type, str(exc)))
+                continue
+            except Exception as exc:
+                pending.append(await self.dead_letters.publish(message, type(exc).__name__, str(exc)))
+                continue
+            items.append(item)
+        if items:
+            await self.store.upsert_items(items)
+            self.metrics.items_upserted.inc(len(items))
+            if self.item_pool is not None:
+                for item in items:
+                    if not item.get("deleted"):
+                        self.item_pool.add(item["item_id"])
+            if self.on_items is not None:
+                self.on_items(items)
+        if pending:
+            await asyncio.gather(*pending)
+        return len(items)

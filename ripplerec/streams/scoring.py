@@ -1,0 +1,194 @@
+"""What the scorer agent does with a recommendation request, apart from the Faust plumbing.
+
+A :class:`ScoringBackend` turns (user, k, exclude) into scored items. Two ship here:
+
+* :class:`HeuristicBackend` reads the user's history, consumed items, popular items and the
+  co-occurrence rows of recent items in one Redis round trip and ranks with the pure
+  :func:`ripplerec.models.heuristic.rank`;
+* :class:`ModelBackend` wraps any :class:`~ripplerec.models.base.Scorer` (the transformer scorer
+  plugs in here): it reads the profile, builds a ``UserState`` and calls ``recommend``.
+
+``settings.scorer`` (``RIPPLEREC_SCORER``) picks one; :func:`make_backend` builds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from ripplerec.config import Settings
+from ripplerec.models.base import Behavior, Item, ScoredItem, Scorer, UserState
+from ripplerec.models.heuristic import HeuristicConfig, HeuristicScorer, rank
+from ripplerec.monitoring import StreamMetrics
+from ripplerec.profiles import ProfileEntry, ProfileStore
+from ripplerec.schemas import AvroCodec
+from ripplerec.schemas.records import Recommendation, RecommendedItem
+from ripplerec.streams.ingest import TRIGGER_CONTEXT_KEY, DeadLetterSink, RawMessage, Send
+from ripplerec.streams.validation import InvalidRecord, validate_request
+
+__all__ = ["ScoringBackend", "HeuristicBackend", "ModelBackend", "RequestProcessor", "make_backend", "COLD_START"]
+
+log = logging.getLogger(__name__)
+
+#: Appended to ``model_version`` when the user has no history and the items are just popular ones.
+COLD_START = "+cold-start"
+
+
+def to_behaviors(entries: Sequence[ProfileEntry]) -> tuple[Behavior, ...]:
+    """Profile entries (ts in ms) as model behaviours (ts in seconds, as the datasets use)."""
+    return tuple(Behavior(e.item_id, e.action, e.value, e.ts / 1000.0) for e in entries)
+
+
+class ScoringBackend(Protocol):
+    version: str
+
+    async def recommend(
+        self, user_id: str, k: int, exclude: Sequence[str], now: float
+    ) -> tuple[list[ScoredItem], bool]:
+        """(items best first, whether the user was unknown so the items are cold-start ones)."""
+        ...
+
+    def add_items(self, items: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+class HeuristicBackend:
+    def __init__(self, store: ProfileStore, config: HeuristicConfig | None = None) -> None:
+        self.store = store
+        self.config = config or HeuristicConfig()
+        self.version = HeuristicScorer(self.config).version
+
+    async def recommend(
+        self, user_id: str, k: int, exclude: Sequence[str], now: float
+    ) -> tuple[list[ScoredItem], bool]:
+        c = self.config
+        signals = await self.store.scoring_signals(
+            user_id, recent_items=c.recent_items, popular=c.popular_candidates + k, neighbours=c.neighbours
+        )
+        excluded = set(signals.consumed)
+        excluded.update(exclude)
+        items = rank(to_behaviors(signals.history), signals.popular, signals.cooccurrence, k, excluded, c)
+        return items, not signals.history
+
+    def add_items(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """The heuristic needs no catalog: candidates come from popularity and co-occurrence."""
+
+
+class ModelBackend:
+    """Any :class:`Scorer` fed the profile history; consumed items are excluded here."""
+
+    def __init__(self, store: ProfileStore, scorer: Scorer) -> None:
+        self.store = store
+        self.scorer = scorer
+
+    @property
+    def version(self) -> str:
+        return self.scorer.version
+
+    async def recommend(
+        self, user_id: str, k: int, exclude: Sequence[str], now: float
+    ) -> tuple[list[ScoredItem], bool]:
+        signals = await self.store.scoring_signals(user_id, recent_items=0, popular=0, neighbours=0)
+        state = UserState(user_id, to_behaviors(signals.history))
+        excluded = set(signals.consumed)
+        excluded.update(exclude)
+        return self.scorer.recommend(state, k, excluded, now), not signals.history
+
+    def add_items(self, items: Sequence[Mapping[str, Any]]) -> None:
+        self.scorer.add_items([
+            Item(
+                i["item_id"], i.get("title", ""), i.get("text", ""), dict(i.get("attributes") or {}),
+                tuple((r[0], r[1]) if isinstance(r, list | tuple) else (r["relation"], r["target"])
+                      for r in i.get("relations") or ()),
+            )
+            for i in items if not i.get("deleted")
+        ])
+
+
+def make_backend(settings: Settings, store: ProfileStore) -> ScoringBackend:
+    """The backend ``settings.scorer`` names."""
+    if settings.scorer == "heuristic":
+        return HeuristicBackend(
+            store,
+            HeuristicConfig(
+                half_life_s=settings.popularity_half_life_s, cooccurrence_window=settings.cooccurrence_window
+            ),
+        )
+    if settings.scorer == "transformer":
+        try:
+            from ripplerec import models
+
+            factory = models.TransformerScorer  # type: ignore[attr-defined]
+        except (ImportError, AttributeError) as exc:
+            raise RuntimeError(
+                "RIPPLEREC_SCORER=transformer needs ripplerec.models.TransformerScorer, which is not available"
+            ) from exc
+        scorer = factory.from_settings(settings) if hasattr(factory, "from_settings") else factory()
+        return ModelBackend(store, scorer)
+    raise ValueError(f"unknown scorer {settings.scorer!r}")
+
+
+def to_record_items(items: Sequence[ScoredItem]) -> list[RecommendedItem]:
+    return [
+        {
+            "item_id": s.item_id,
+            "score": float(s.score),
+            "influences": [
+                {"item_id": i.item_id, "action": i.action, "ts": int(round(i.ts * 1000)),
+                 "weight": float(i.weight), "delta": float(i.delta)}
+                for i in s.influences
+            ],
+        }
+        for s in items
+    ]
+
+
+class RequestProcessor:
+    """Decode a request, score it, publish the Recommendation (or a dead letter)."""
+
+    def __init__(
+        self, settings: Settings, codec: AvroCodec, backend: ScoringBackend, send: Send, metrics: StreamMetrics
+    ) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.backend = backend
+        self.send = send
+        self.metrics = metrics
+        self.dead_letters = DeadLetterSink(settings, codec, send, metrics, "scorer")
+
+    async def process(self, message: RawMessage) -> Recommendation | None:
+        started = time.perf_counter()
+        try:
+            request = self.codec.decode("RecommendationRequest", message.value)
+            validate_request(request, self.settings.limits)
+        except InvalidRecord as exc:
+            await (await self.dead_letters.publish(message, exc.error_type, str(exc)))
+            return None
+        except Exception as exc:
+            await (await self.dead_letters.publish(message, type(exc).__name__, str(exc)))
+            return None
+        trigger = (request.get("context") or {}).get(TRIGGER_CONTEXT_KEY)
+        now = time.time()
+        error = None
+        try:
+            items, cold = await self.backend.recommend(request["user_id"], request["k"], request["exclude"], now)
+        except Exception as exc:  # answer with the error rather than let the client time out
+            log.exception("scoring failed for request %s", request["request_id"])
+            self.metrics.scoring_errors.inc()
+            items, cold, error = [], False, f"{type(exc).__name__}: {exc}"
+        record: Recommendation = {
+            "request_id": None if trigger else request["request_id"],
+            "trigger_event_id": trigger,
+            "user_id": request["user_id"],
+            "items": to_record_items(items),
+            "model_version": self.backend.version + (COLD_START if cold else ""),
+            "produced_at": int(now * 1000),
+            "error": error,
+        }
+        value = self.codec.encode("Recommendation", record)
+        delivery = await self.send(self.settings.topics.recommendations, request["user_id"].encode(), value)
+        await delivery
+        self.metrics.recommendations.labels("proactive" if trigger else "request").inc()
+        self.metrics.request_seconds.observe(time.perf_counter() - started)
+        return record

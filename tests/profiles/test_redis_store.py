@@ -1,0 +1,79 @@
+"""The Redis script computes exactly what the pure ``apply_batch`` computes from the same events."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import pytest
+
+from ripplerec.profiles import BatchParams, Profile, StoreState, apply_batch
+
+pytestmark = pytest.mark.integration
+
+ACTIONS = ["view", "click", "cart", "purchase", "rate", "skip"]
+
+
+def _events(rng: random.Random, n: int, users: int, items: int, t0: int = 874_724_710_000) -> list[dict]:
+    out = []
+    for i in range(n):
+        action = rng.choice(ACTIONS)
+        out.append({
+            "event_id": f"e{i}-{rng.random()}",
+            "user_id": f"u{rng.randrange(users)}",
+            "item_id": f"i{rng.randrange(items)}",
+            "action": action,
+            "value": float(rng.randint(1, 5)) if action == "rate" else None,
+            "ts": t0 + rng.randrange(-10_000, 86_400_000 * 30),
+            "context": {},
+        })
+    return out
+
+
+async def _run(redis_url: str, batches: list[list[dict]], params: BatchParams, now: int):
+    import redis.asyncio as aioredis
+
+    from ripplerec.profiles.redis_store import RedisProfileStore
+
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    store = RedisProfileStore(client, f"test-{uuid.uuid4().hex[:8]}", params)
+    outcomes = []
+    for batch in batches:
+        outcomes.append(await store.apply_batch(batch, now, prior_history=5))
+    users = {e["user_id"] for b in batches for e in b}
+    profiles = {u: await store.get_profile(u) for u in users}
+    stats = await store.item_stats()
+    count = await store.count_profiles()
+    await store.close()
+    return outcomes, profiles, stats, count
+
+
+def test_redis_state_equals_pure_function_with_duplicates(embedded_stack) -> None:
+    rng = random.Random(7)
+    params = BatchParams(history_length=8, half_life_s=3600.0, cooccurrence_window=3)
+    events = _events(rng, 600, users=25, items=40)
+    # replay a fifth of the events later, and some within the same batch
+    replayed = events + rng.sample(events, 120)
+    batches = [replayed[i : i + 97] for i in range(0, len(replayed), 97)]
+    now = 1_700_000_000_000
+    outcomes, profiles, (pop, popd, co), count = asyncio.run(_run(embedded_stack.redis_url, batches, params, now))
+
+    state = StoreState()
+    for batch, outcome in zip(batches, outcomes, strict=True):
+        prior = {u: state.profiles[u].history[-5:] for u in {e["user_id"] for e in batch} if u in state.profiles}
+        state, flags = apply_batch(state, batch, now, params)
+        assert list(outcome.new) == flags
+        for user, history in outcome.prior_history.items():
+            assert tuple(history) == tuple(prior.get(user, ()))
+    assert sum(not f for o in outcomes for f in o.new) == 120
+    assert count == len(state.profiles)
+    for user, expected in state.profiles.items():
+        got = profiles[user]
+        assert isinstance(got, Profile)
+        assert got.to_comparable() == expected.to_comparable()
+    assert pop == dict(state.items.popularity)
+    assert popd.keys() == state.items.decayed.keys()
+    for item, value in state.items.decayed.items():
+        assert popd[item] == pytest.approx(value, rel=1e-12)
+    assert co == {k: dict(v) for k, v in state.items.cooccurrence.items() if v}
