@@ -8,9 +8,10 @@ sends in its own I/O thread. ``acks="all"``; records are keyed by user id (event
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaProducer
@@ -111,14 +112,8 @@ class EventProducer:
         self._encode_batch = self._encoder("EventBatch")
         self._encode_item = self._encoder("ItemUpsert")
 
-    def _encoder(self, name: str) -> Any:
-        codec = self.codec
-
-        def encode(record: Mapping[str, Any]) -> bytes:
-            return codec.encode(name, record)
-
-        encode.__name__ = f"encode_{name}"
-        return encode
+    def _encoder(self, name: str) -> Callable[[Mapping[str, Any]], bytes]:
+        return functools.partial(self.codec.encode, name)  # C-level partial: one frame less per event
 
     # -- events ----------------------------------------------------------------------------------
     def track(
