@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 __all__ = ["app", "main"]
@@ -17,6 +19,100 @@ def eval_(ctx: typer.Context) -> None:
     from ripplerec.evaluation.cli import eval_app
 
     eval_app(args=list(ctx.args), prog_name="ripplerec eval")
+
+
+@app.command()
+def worker(
+    role: str = typer.Option("all", help="ingest | scorer | all (trainer and monitor come later)"),
+    loglevel: str = typer.Option("warning", help="Faust/worker log level"),
+    web: bool = typer.Option(True, help="Serve /metrics and /health on RIPPLEREC_WEB_PORT"),
+) -> None:
+    """Run a streaming worker configured from RIPPLEREC_* variables."""
+    from ripplerec.config import get_settings
+    from ripplerec.streams.app import ROLES
+    from ripplerec.streams.worker import run_worker
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"unknown role {role!r}; one of {', '.join(ROLES)}", param_hint="--role")
+    run_worker(get_settings(), role, loglevel=loglevel, web=web)
+
+
+@app.command()
+def demo(
+    rate: float = typer.Option(2000.0, help="Events per second to replay (0: as fast as possible)"),
+    limit: int = typer.Option(20_000, help="How many ratings to replay (0: all 100,000)"),
+    users: int = typer.Option(3, help="How many recent users to ask recommendations for"),
+    every: float = typer.Option(5.0, help="Seconds between recommendation requests"),
+    envelope: bool = typer.Option(False, help="Publish events as EventBatch envelopes"),
+    dataset_path: Path | None = typer.Option(None, help="Folder with ml-100k.* (default: the recbole wheel)"),
+) -> None:
+    """Everything embedded: MovieLens-100K replayed through broker, worker and Redis, with live progress."""
+    from ripplerec.streams.demo import run_demo
+
+    raise typer.Exit(run_demo(rate=rate, limit=limit or None, users_to_show=users, show_every_s=every,
+                              dataset_path=dataset_path, envelope=envelope))
+
+
+@app.command()
+def replay(
+    rate: float = typer.Option(2000.0, help="Events per second (0: as fast as possible)"),
+    limit: int = typer.Option(0, help="How many ratings to replay (0: all)"),
+    envelope: bool = typer.Option(False, help="Publish events as EventBatch envelopes"),
+    catalog: bool = typer.Option(True, help="Publish the movie catalog first"),
+    dataset_path: Path | None = typer.Option(None, help="Folder with ml-100k.* (default: the recbole wheel)"),
+) -> None:
+    """Publish the MovieLens-100K catalog and ratings (timestamp order) to the configured cluster."""
+    from ripplerec.config import get_settings
+    from ripplerec.streams.demo import run_replay
+
+    run_replay(get_settings(), rate=rate, limit=limit or None, dataset_path=dataset_path, envelope=envelope,
+               catalog=catalog, echo=typer.echo)
+
+
+@app.command()
+def recommend(
+    user: str = typer.Argument(..., help="User id"),
+    k: int = typer.Option(10, "-k", help="How many items"),
+    exclude: list[str] = typer.Option([], "--exclude", help="Item ids to leave out (repeatable)"),
+    timeout: float = typer.Option(10.0, help="Seconds to wait for the reply"),
+) -> None:
+    """Ask the scorer once for USER's recommendations and print them."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ripplerec.config import get_settings
+    from ripplerec.consumers import RecommendationClient, RecommendationError, RecommendationTimeout
+
+    settings = get_settings()
+    try:
+        with RecommendationClient(settings) as client:
+            record = client.request(user, k=k, exclude=exclude, timeout=timeout)
+    except (RecommendationTimeout, RecommendationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    titles: dict = {}
+    try:
+        from ripplerec.profiles.redis_store import RedisProfileStore
+
+        async def lookup() -> dict:
+            store = RedisProfileStore.from_settings(settings)
+            try:
+                return await store.get_items([i["item_id"] for i in record["items"]])
+            finally:
+                await store.close()
+
+        titles = {k: v["title"] for k, v in asyncio.run(lookup()).items()}
+    except Exception:  # titles are a nicety; the ids are the answer
+        titles = {}
+    table = Table(title=f"{user}: model {record['model_version']}")
+    for column in ("#", "item", "title", "score", "because of"):
+        table.add_column(column)
+    for n, item in enumerate(record["items"], 1):
+        because = ", ".join(f"{i['item_id']} ({i['action']}, {i['delta']:+.3f})" for i in item["influences"])
+        table.add_row(str(n), item["item_id"], titles.get(item["item_id"], ""), f"{item['score']:.4f}", because)
+    Console().print(table)
 
 
 def main() -> None:
