@@ -136,9 +136,16 @@ class EventProducer:
         validator = self._validator
         event_id = uuid7() if event_id is None else validator.check_id("event_id", event_id)
         record = validator.behavior_event(event_id, user_id, item_id, action, value, ts, context, now_ms)
-        user = record["user_id"]
-        # The cached key -> partition map spares kafka-python's pure-Python murmur2 per send.
-        self._publish(self.events_topic, user, self._encode_event(record), self._partition_for(user))
+        user: str = record["user_id"]
+        topic = self.events_topic
+        try:  # _publish inlined: this is the per-event path
+            # The cached key -> partition map spares kafka-python's pure-Python murmur2 per send.
+            future = self._send(
+                topic, value=self._encode_event(record), key=user.encode("utf-8"), partition=self._partition_for(user)
+            )
+        except kafka_errors.KafkaError as exc:
+            raise PublishError(f"could not send to {topic!r}: {exc}", topic=topic) from exc
+        future.add_errback(self._on_send_error)
         return event_id
 
     def track_many(self, events: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -199,14 +199,31 @@ class RecordValidator:
         now_ms: int,
     ) -> dict[str, Any]:
         """A checked ``BehaviorEvent`` record (``event_id`` is checked by the caller if user-given)."""
+        # The usual valid shapes are accepted inline (this runs once per event); anything else
+        # takes the long way through the check_* methods, which also name the field in the error.
+        max_id = self._max_id
+        if not (type(user_id) is str and 0 < len(user_id) <= max_id and not user_id.isspace()):
+            user_id = self.check_id("user_id", user_id)
+        if not (type(item_id) is str and 0 < len(item_id) <= max_id and not item_id.isspace()):
+            item_id = self.check_id("item_id", item_id)
+        if not (type(action) is str and action in _ACTIONS):
+            action = self.check_action(action)
+        if value is not None:
+            value = self.check_value(value)
+        if not (type(ts) is int and self._min_ts_ms <= ts <= now_ms + self._skew_ms):
+            ts = self.check_ts(ts, now_ms)
+        if context is None:
+            context = {}
+        elif type(context) is not dict or context:
+            context = self.check_string_map("context", context, self._max_context)
         return {
             "event_id": event_id,
-            "user_id": self.check_id("user_id", user_id),
-            "item_id": self.check_id("item_id", item_id),
-            "action": self.check_action(action),
-            "value": self.check_value(value),
-            "ts": self.check_ts(ts, now_ms),
-            "context": self.check_string_map("context", context, self._max_context),
+            "user_id": user_id,
+            "item_id": item_id,
+            "action": action,
+            "value": value,
+            "ts": ts,
+            "context": context,
         }
 
     def unknown_event_fields(self, event: Mapping[str, Any]) -> None:
