@@ -9,6 +9,7 @@ sends in its own I/O thread. ``acks="all"``; records are keyed by user id (event
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,6 +28,8 @@ from .uuid7 import uuid7
 from .validation import EVENT_FIELDS, RecordValidator
 
 __all__ = ["EventProducer", "DEFAULT_PRODUCER_KWARGS"]
+
+log = logging.getLogger(__name__)
 
 #: kafka-python settings the producer starts from; ``producer_kwargs`` override them.
 DEFAULT_PRODUCER_KWARGS: dict[str, Any] = {
@@ -333,8 +336,14 @@ class EventProducer:
     def __enter__(self) -> EventProducer:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # already failing: do not let a delivery error hide the original exception
+            self.close()
+        except PublishError:
+            log.exception("records were not delivered while closing after an error")
 
     def __repr__(self) -> str:
         mode = "envelope" if self.envelope else "plain"
