@@ -84,14 +84,18 @@ class HistoryBatch(NamedTuple):
 class Head(nn.Module):
     """User tower + item adapter + item biases; the item tables grow with :meth:`grow`."""
 
-    def __init__(self, config: HeadConfig, capacity: int = 0) -> None:
+    def __init__(self, config: HeadConfig, capacity: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.config = config
+        # new items' id embeddings are drawn from this, so growth is reproducible
+        self._generator = torch.Generator().manual_seed(seed)
         d = config.dim
         self.item_text: torch.Tensor
         self.register_buffer("item_text", torch.zeros(capacity, config.text_dim if config.uses_text else 0))
         self.adapter = nn.Linear(config.text_dim, d) if config.uses_text else None
-        self.item_ids = nn.Parameter(torch.randn(capacity, d) * 0.05) if config.uses_ids else None
+        self.item_ids = (
+            nn.Parameter(torch.randn(capacity, d, generator=self._generator) * 0.05) if config.uses_ids else None
+        )
         self.item_bias = nn.Parameter(torch.zeros(capacity))
         self.action = nn.Embedding(len(ACTIONS), d)
         self.value = nn.Embedding(VALUE_BUCKETS, d)
@@ -102,6 +106,11 @@ class Head(nn.Module):
         self.history_norm = nn.LayerNorm(d)
         self.attention_key = nn.Linear(d, d)
         self.attention_query = nn.Parameter(torch.randn(config.heads, d) * 0.1)
+        # a learned bias per (head, distance from the most recent behaviour): head 0 starts uniform, the
+        # others start recency-focused, so sequential signals are found quickly
+        slopes = torch.tensor([0.0] + [0.5**h for h in range(config.heads - 1)])
+        distance = torch.arange(config.history_length, dtype=torch.float32)
+        self.position_bias = nn.Parameter(-slopes[:, None] * distance[None, :])
         self.attention_value = nn.Linear(d * config.heads, d)
         self.tower = nn.Sequential(nn.Linear(d, config.tower_hidden), nn.GELU(), nn.Linear(config.tower_hidden, d))
 
@@ -122,7 +131,7 @@ class Head(nn.Module):
             replaced[old_bias] = self.item_bias
             if self.item_ids is not None:
                 old_ids = self.item_ids
-                fresh = torch.randn(extra, self.config.dim, dtype=old_ids.dtype) * 0.05
+                fresh = torch.randn(extra, self.config.dim, generator=self._generator, dtype=old_ids.dtype) * 0.05
                 self.item_ids = nn.Parameter(torch.cat([old_ids.data, fresh.to(old_ids.device)]))
                 replaced[old_ids] = self.item_ids
         return replaced
@@ -161,6 +170,8 @@ class Head(nn.Module):
         behaviour = self.history_norm(behaviour)
         keys = torch.tanh(self.attention_key(behaviour))  # (B, L, d)
         logits = torch.einsum("bld,hd->bhl", keys, self.attention_query)
+        distance = positions.clamp(max=self.config.history_length - 1)
+        logits = logits + self.position_bias[:, distance].unsqueeze(0)
         logits = logits.masked_fill(~history.mask.unsqueeze(1), -1e9)
         weights = torch.softmax(logits, dim=-1) * history.mask.unsqueeze(1)  # empty history -> zeros
         pooled = torch.einsum("bhl,bld->bhd", weights, behaviour).reshape(batch, -1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ from ripplerec.models.base import (
 )
 from ripplerec.models.embedding_cache import EmbeddingCache
 from ripplerec.models.encoder import TextEncoder
-from ripplerec.models.head import Head, HeadConfig, HistoryBatch, recency_bucket, value_bucket
+from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConfig, HistoryBatch
 from ripplerec.models.serialization import FORMAT_VERSION, check_shapes, read_manifest, write_json
 from ripplerec.models.trainer import OnlineTrainer, TrainerConfig
 
@@ -107,12 +108,13 @@ class TransformerScorer(RankingModel):
         self.cache = cache if cache is not None else EmbeddingCache(None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.trainer.seed)
-            self.head = Head(head_config, capacity=0)
+            self.head = Head(head_config, capacity=0, seed=self.config.trainer.seed)
         self.head.eval()
         self.trainer = OnlineTrainer(self.head, self.config.trainer)
         self._item_ids: list[str] = []
         self._index_of: dict[str, int] = {}
         self._histories: dict[str, deque[Behavior]] = {}
+        self._encoded: dict[str, deque[tuple[int, int, float, float]]] = {}
         self._vectors: torch.Tensor | None = None  # item vectors of the current weights
 
     # -- identity ---------------------------------------------------------------------------------
@@ -157,32 +159,38 @@ class TransformerScorer(RankingModel):
         self._vectors = None
 
     # -- tensors from plain data ------------------------------------------------------------------
-    def _history_batch(self, histories: Sequence[Sequence[Behavior]], nows: Sequence[float]) -> HistoryBatch:
-        length = self.config.head.history_length
-        batch = len(histories)
-        items = np.zeros((batch, length), dtype=np.int64)
-        actions = np.zeros((batch, length), dtype=np.int64)
-        values = np.zeros((batch, length), dtype=np.int64)
-        recency = np.zeros((batch, length), dtype=np.int64)
-        mask = np.zeros((batch, length), dtype=bool)
+    def _encode(self, history: Sequence[Behavior]) -> list[tuple[int, int, float, float]]:
+        """(catalog row, action index, value or NaN, ts) of the behaviours on known items, oldest first."""
         index = self._index_of
-        for row, (history, now) in enumerate(zip(histories, nows, strict=True)):
-            recent = list(history)[-length:]
-            slot = length - len(recent)  # left-padded: the most recent behaviour is in the last slot
-            for behaviour in recent:
-                column = index.get(behaviour.item_id)
-                if column is not None:
-                    items[row, slot] = column
-                    actions[row, slot] = _ACTION_INDEX.get(behaviour.action, 0)
-                    values[row, slot] = value_bucket(behaviour.value)
-                    recency[row, slot] = recency_bucket(now - behaviour.ts)
-                    mask[row, slot] = True
-                slot += 1
+        return [
+            (index[b.item_id], _ACTION_INDEX.get(b.action, 0), math.nan if b.value is None else b.value, b.ts)
+            for b in history[-self.config.head.history_length :]
+            if b.item_id in index
+        ]
+
+    def _history_batch(self, histories: Sequence[Sequence[Behavior]], nows: Sequence[float]) -> HistoryBatch:
+        return self._batch_from_encoded([self._encode(history) for history in histories], nows)
+
+    def _batch_from_encoded(
+        self, encoded: Sequence[Sequence[tuple[int, int, float, float]]], nows: Sequence[float]
+    ) -> HistoryBatch:
+        length = self.config.head.history_length
+        table = np.zeros((len(encoded), length, 4), dtype=np.float64)
+        mask = np.zeros((len(encoded), length), dtype=bool)
+        for row, behaviours in enumerate(encoded):
+            used = min(len(behaviours), length)
+            if used:  # left-padded: the most recent behaviour is in the last slot
+                table[row, length - used :] = behaviours[len(behaviours) - used :]
+                mask[row, length - used :] = True
+        values = table[:, :, 2]
+        value_buckets = np.where(np.isnan(values), 0, 1 + np.clip(np.rint(np.nan_to_num(values)), 0, VALUE_BUCKETS - 2))
+        ages = np.asarray(nows, dtype=np.float64)[:, None] - table[:, :, 3]
+        recency = np.where(ages > 0, np.minimum(np.log2(1.0 + np.maximum(ages, 0.0)), RECENCY_BUCKETS - 1), 0)
         return HistoryBatch(
-            torch.from_numpy(items),
-            torch.from_numpy(actions),
-            torch.from_numpy(values),
-            torch.from_numpy(recency),
+            torch.from_numpy(table[:, :, 0].astype(np.int64)),
+            torch.from_numpy(table[:, :, 1].astype(np.int64)),
+            torch.from_numpy((value_buckets * mask).astype(np.int64)),
+            torch.from_numpy((recency * mask).astype(np.int64)),
             torch.from_numpy(mask),
         )
 
@@ -200,22 +208,26 @@ class TransformerScorer(RankingModel):
         extend the history. ``now`` is the batch's clock; ages use each interaction's own timestamp.
         """
         length = self.config.head.history_length
-        histories: list[tuple[Behavior, ...]] = []
+        histories: list[list[tuple[int, int, float, float]]] = []
         positives: list[int] = []
         clocks: list[float] = []
         for event in interactions:
             history = self._histories.get(event.user_id)
             if history is None:
                 history = self._histories[event.user_id] = deque(maxlen=length)
+                self._encoded[event.user_id] = deque(maxlen=length)
+            encoded = self._encoded[event.user_id]
             row = self._index_of.get(event.item_id)
             if row is not None:
-                histories.append(tuple(history))
+                histories.append(list(encoded))
                 positives.append(row)
                 clocks.append(event.ts)
+                value = math.nan if event.value is None else event.value
+                encoded.append((row, _ACTION_INDEX.get(event.action, 0), value, event.ts))
             history.append(Behavior(event.item_id, event.action, event.value, event.ts))
         size = self.config.trainer.batch_size
         for start in range(0, len(positives), size):
-            batch = self._history_batch(histories[start : start + size], clocks[start : start + size])
+            batch = self._batch_from_encoded(histories[start : start + size], clocks[start : start + size])
             self.trainer.step(batch, torch.tensor(positives[start : start + size]), len(self._item_ids))
         if positives:
             self._vectors = None
@@ -246,9 +258,12 @@ class TransformerScorer(RankingModel):
         clock = clocks_for([user], now)[0]
         batch = self._history_batch([user.history], [clock])
         length = self.config.head.history_length
-        used = [slot for slot in range(length) if bool(batch.mask[0, slot])]
-        offset = length - min(len(user.history), length)
-        positions = [len(user.history) - min(len(user.history), length) + slot - offset for slot in used]
+        history = user.history
+        # the same behaviours _encode keeps (known items among the last L), in slot order
+        positions = [
+            p for p in range(max(0, len(history) - length), len(history)) if history[p].item_id in self._index_of
+        ]
+        used = list(range(length - len(positions), length))
         variants = len(used) + 1
         masks = batch.mask.repeat(variants, 1)
         for row, slot in enumerate(used, start=1):
@@ -448,4 +463,5 @@ class TransformerScorer(RankingModel):
                     (Behavior(str(i), str(a), None if v is None else float(v), float(t)) for i, a, v, t in rows),
                     maxlen=length,
                 )
+                scorer._encoded[user] = deque(scorer._encode(list(scorer._histories[user])), maxlen=length)
         return scorer
