@@ -2,9 +2,10 @@
 
 Items belong to topics and their text names the topic, so a text encoder can see it. Each user prefers a
 few topics; most of their events pick an item from a preferred topic, the rest follow global popularity.
-Planted *trigger* pairs (a -> b) make a user who just touched ``a`` touch ``b`` next with a given
-probability. *Shifts* reassign users' preferred topics at chosen points of the stream, for the drift and
-forgetting work. Everything is drawn from one seeded generator, so the same config gives the same stream.
+Planted *trigger* pairs (a -> b; ``a`` among the most popular items, ``b`` any other) make a user who
+just touched ``a`` touch ``b`` next with a given probability. *Shifts* reassign users' preferred topics
+at chosen points of the stream, for the drift and forgetting work. Everything is drawn from one seeded
+generator, so the same config gives the same stream.
 """
 
 from __future__ import annotations
@@ -105,9 +106,10 @@ def synthetic_stream(config: SyntheticConfig | None = None) -> Dataset:
     user_topics = draw_topics()
     truth_topics = {u: list(ts) for u, ts in user_topics.items()}
     triggers: list[tuple[str, str]] = []
-    shuffled = rng.sample(item_ids, 2 * config.n_triggers)
+    # triggers are the most popular items (so the pattern shows up often), targets are drawn from the rest
+    targets = rng.sample(item_ids[config.n_triggers :], config.n_triggers)
     for n in range(config.n_triggers):
-        triggers.append((shuffled[2 * n], shuffled[2 * n + 1]))
+        triggers.append((item_ids[n], targets[n]))
     trigger_of = dict(triggers)
 
     shift_points = sorted(int(point * config.n_events) for point in config.shift_at)

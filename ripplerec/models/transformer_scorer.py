@@ -253,31 +253,21 @@ class TransformerScorer(RankingModel):
         return scores.numpy().astype(np.float32, copy=False)
 
     def _leave_one_out(self, user: UserState, now: float | None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """User vectors with all behaviours (row 0) and without each used one (rows 1..); attention weights;
-        positions in ``user.history`` of the used behaviours."""
+        """User vectors with all behaviours (row 0) and with each one removed (rows 1..), the attention
+        weights of the behaviours, and their positions in ``user.history``."""
         clock = clocks_for([user], now)[0]
-        batch = self._history_batch([user.history], [clock])
         length = self.config.head.history_length
         history = user.history
-        # the same behaviours _encode keeps (known items among the last L), in slot order
+        # the behaviours _encode keeps (known items among the last L), oldest first
         positions = [
             p for p in range(max(0, len(history) - length), len(history)) if history[p].item_id in self._index_of
         ]
-        used = list(range(length - len(positions), length))
-        variants = len(used) + 1
-        masks = batch.mask.repeat(variants, 1)
-        for row, slot in enumerate(used, start=1):
-            masks[row, slot] = False
-        repeated = HistoryBatch(
-            batch.items.repeat(variants, 1),
-            batch.actions.repeat(variants, 1),
-            batch.values.repeat(variants, 1),
-            batch.recency.repeat(variants, 1),
-            masks,
-        )
+        encoded = self._encode(history)
+        variants = [encoded] + [encoded[:i] + encoded[i + 1 :] for i in range(len(encoded))]
+        batch = self._batch_from_encoded(variants, [clock] * len(variants))
         with torch.no_grad():
-            user_vectors, weights = self.head.user_vectors(repeated, self._item_vectors())
-        return user_vectors, weights[0, used], positions
+            user_vectors, weights = self.head.user_vectors(batch, self._item_vectors())
+        return user_vectors, weights[0, length - len(encoded) :], positions
 
     def _influences(
         self, user: UserState, user_vectors: torch.Tensor, weights: torch.Tensor, positions: list[int], row: int
@@ -302,7 +292,8 @@ class TransformerScorer(RankingModel):
     def explain(self, user: UserState, item_id: str, now: float | None = None) -> list[Influence]:
         """Past behaviours of ``user``, most influential first, for the score of ``item_id``.
 
-        ``delta`` is score(with all behaviours) - score(without this one); ``weight`` its attention weight.
+        ``delta`` is score(with all behaviours) - score(with this one removed from the history);
+        ``weight`` is its attention weight (mean over heads).
         """
         row = self._index_of.get(item_id)
         if row is None:
