@@ -188,6 +188,8 @@ def apply_batch(
     co: dict[str, dict[str, int]] = {k: dict(v) for k, v in state.items.cooccurrence.items()}
     recent: dict[str, list[tuple[str, str]]] = {}
     window = params.cooccurrence_window
+    # decayed popularity is summed per item over the batch, then added to the stored value
+    batch_decayed: dict[str, float] = {}
     for event in events:
         event_id = event["event_id"]
         if event_id in seen:
@@ -204,7 +206,7 @@ def apply_batch(
         if action not in NEGATIVE_ACTIONS:
             popularity[item_id] = popularity.get(item_id, 0) + 1
             x = decayed_exponent(int(event["ts"]), params.half_life_s)
-            decayed[item_id] = x if item_id not in decayed else logaddexp2(decayed[item_id], x)
+            batch_decayed[item_id] = x if item_id not in batch_decayed else logaddexp2(batch_decayed[item_id], x)
             if window > 0:
                 for prev_item, prev_action in reversed(history[-window:]):
                     if prev_action in NEGATIVE_ACTIONS or prev_item == item_id:
@@ -212,6 +214,8 @@ def apply_batch(
                     co.setdefault(prev_item, {})[item_id] = co.get(prev_item, {}).get(item_id, 0) + 1
                     co.setdefault(item_id, {})[prev_item] = co.get(item_id, {}).get(prev_item, 0) + 1
         history.append((item_id, action))
+    for item_id, value in batch_decayed.items():
+        decayed[item_id] = value if item_id not in decayed else logaddexp2(decayed[item_id], value)
     profiles = dict(state.profiles)
     for user_id, fresh in fresh_by_user.items():
         prior = profiles.get(user_id, Profile(user_id))

@@ -28,6 +28,7 @@ __all__ = [
     "RawMessage",
     "Send",
     "IngestProcessor",
+    "PreparedBatch",
     "CatalogProcessor",
     "DeadLetterSink",
     "decode_events",
@@ -40,8 +41,10 @@ log = logging.getLogger(__name__)
 #: Context key of a RecommendationRequest the ingest agent sends for a proactive recommendation.
 TRIGGER_CONTEXT_KEY = "ripple.trigger_event_id"
 
-#: ``send(topic, key, value)``: schedules a message and returns an awaitable for its delivery.
-Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+#: ``send(topic, key, value, partition=None)``: schedules a message, returns an awaitable of its delivery.
+Send = Callable[..., Awaitable[Awaitable[Any]]]
+#: ``send_many(topic, [(partition, key, value), ...])``: many messages at once, their delivery awaitables.
+SendMany = Callable[[str, Sequence[tuple[int, bytes | None, bytes]]], Awaitable[list[Awaitable[Any]]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +91,17 @@ _EVENT_RECORDS = frozenset({"BehaviorEvent", "EventBatch"})
 
 def decode_events(
     messages: Sequence[RawMessage], codec: AvroCodec, settings: Settings, now_ms: float
-) -> tuple[list[dict[str, Any]], list[tuple[RawMessage, str, str]]]:
-    """Decode and validate a batch: (valid events in order, (message, error type, error) rejects).
+) -> tuple[list[dict[str, Any]], list[int], list[tuple[RawMessage, str, str]]]:
+    """Decode and validate a batch: (valid events in order, their source partitions, rejects).
+
+    Rejects are (message, error type, error) triples.
 
     A message may hold one ``BehaviorEvent`` or an ``EventBatch`` envelope of many; an invalid event
     inside an envelope is rejected alone, the rest of the envelope goes on.
     """
     limits = settings.limits
     events: list[dict[str, Any]] = []
+    partitions: list[int] = []
     rejects: list[tuple[RawMessage, str, str]] = []
     for message in messages:
         try:
@@ -115,7 +121,8 @@ def decode_events(
                 rejects.append((message, exc.error_type, where + str(exc)))
                 continue
             events.append(event)
-    return events, rejects
+            partitions.append(message.partition)
+    return events, partitions, rejects
 
 
 def training_examples(
@@ -148,8 +155,7 @@ def training_examples(
             if negatives and item_pool:
                 avoid = {e.item_id for e in window}
                 avoid.add(entry.item_id)
-                for _ in range(negatives * 3):
-                    candidate = item_pool[rng.randrange(len(item_pool))]
+                for candidate in rng.choices(item_pool, k=negatives * 2):
                     if candidate not in avoid:
                         sampled.append(candidate)
                         avoid.add(candidate)
@@ -170,6 +176,17 @@ def training_examples(
             })
         history.append(entry)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A decoded, validated batch waiting for its write."""
+
+    events: list[dict[str, Any]]
+    partitions: list[int]
+    rejects: list[tuple[RawMessage, str, str]]
+    now_ms: int
+    started: float
 
 
 class ItemPool:
@@ -200,6 +217,7 @@ class IngestProcessor:
         item_pool: ItemPool | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        send_many: SendMany | None = None,
     ) -> None:
         self.settings = settings
         self.codec = codec
@@ -210,6 +228,7 @@ class IngestProcessor:
         self.item_pool = item_pool or ItemPool()
         self.rng = random.Random(seed)
         self.clock = clock
+        self.send_many = send_many
         self.retry_delay_s = 0.2
 
     async def _apply_with_retry(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> BatchOutcome:
@@ -229,12 +248,17 @@ class IngestProcessor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
-        started = time.perf_counter()
+    def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
+        """Decode and validate (CPU only; the agent overlaps this with the previous batch's writes)."""
         now_ms = int(self.clock() * 1000)
-        events, rejects = decode_events(messages, self.codec, self.settings, now_ms)
+        events, partitions, rejects = decode_events(messages, self.codec, self.settings, now_ms)
+        return PreparedBatch(events, partitions, rejects, now_ms, time.perf_counter())
+
+    async def commit(self, batch: PreparedBatch) -> BatchOutcome:
+        """Write the batch and publish what follows from it; returns once all of it is delivered."""
+        events, now_ms = batch.events, batch.now_ms
         pending: list[Awaitable[Any]] = []
-        for message, error_type, error in rejects:
+        for message, error_type, error in batch.rejects:
             pending.append(await self.dead_letters.publish(message, error_type, error))
         outcome = await self._apply_with_retry(events, now_ms) if events else BatchOutcome(new=[])
         fresh = sum(outcome.new)
@@ -252,8 +276,19 @@ class IngestProcessor:
                 settings.training_negatives, settings.training_history_length, self.rng,
             )
             topic = settings.topics.training
-            for example in examples:
-                pending.append(await send(topic, example["user_id"].encode(), encode("TrainingExample", example)))
+            # Same partition as the source event: topics share the partition count and the events
+            # topic is keyed by user, so this is where the user's key would land anyway.
+            partition_of = {e["event_id"]: p for e, p in zip(events, batch.partitions, strict=True)}
+            limit = settings.topics.partitions
+            records = [
+                (partition_of[x["event_id"]] % limit, x["user_id"].encode(), encode("TrainingExample", x))
+                for x in examples
+            ]
+            if self.send_many is not None:
+                pending.extend(await self.send_many(topic, records))
+            else:
+                for partition, key, value in records:
+                    pending.append(await send(topic, key, value, partition))
             self.metrics.training_examples.inc(len(examples))
         for user_id, event_id in outcome.proactive:
             request = {
@@ -269,8 +304,11 @@ class IngestProcessor:
             )
         if pending:
             await asyncio.gather(*pending)
-        self.metrics.ingest_batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.ingest_batch_seconds.observe(time.perf_counter() - batch.started)
         return outcome
+
+    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        return await self.commit(self.prepare(messages))
 
 
 class CatalogProcessor:

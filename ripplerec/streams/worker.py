@@ -18,6 +18,8 @@ def run_worker(settings: Settings, role: str = "all", *, loglevel: str = "warnin
 
     app = create_app(settings, [role], web=web)
     logging.getLogger("ripplerec").setLevel(loglevel.upper())
+    # aiokafka logs every produced message at debug; building those records costs more than sending
+    logging.getLogger("aiokafka").setLevel(max(logging.INFO, logging.getLevelName(loglevel.upper())))
     worker = Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
 
