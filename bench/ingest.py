@@ -92,11 +92,9 @@ def child_aiokafka(settings: Settings, topic: str, expect: int) -> None:
 
 
 def _bare_faust_app(settings: Settings) -> Any:
-    import faust
+    from ripplerec.streams.app import bare_app
 
-    from ripplerec.streams.app import faust_config
-
-    return faust.App(settings.app_id, **faust_config(settings, web=False))
+    return bare_app(settings)  # same Faust configuration as our worker's
 
 
 class _Clock:

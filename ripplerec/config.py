@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     proactive_interval_s: float = Field(default=60.0, gt=0)
     proactive_k: int = Field(default=10, ge=1)
     scorer: Literal["heuristic", "transformer"] = "heuristic"
+    # Requests a scorer worker handles at once (their Redis reads overlap).
+    scorer_concurrency: int = Field(default=2, ge=1)
+    # The scorer answers requests in batches of at most this many, waiting at most this long.
+    scorer_batch_size: int = Field(default=32, ge=1)
+    scorer_batch_within_s: float = Field(default=0.002, gt=0)
     # The embedded broker lets a new group member join after about half the session timeout.
     session_timeout_s: float = Field(default=10.0, gt=0)
     # Faust consumer knobs for the hot topic.

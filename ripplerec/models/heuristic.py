@@ -37,8 +37,8 @@ class HeuristicConfig:
     cooccurrence_weight: float = 1.0
     recency_decay: float = 0.8
     recent_items: int = 10
-    popular_candidates: int = 200
-    neighbours: int = 50
+    popular_candidates: int = 100
+    neighbours: int = 30
     max_influences: int = 3
     half_life_s: float = 7 * 24 * 3600.0
     cooccurrence_window: int = 5

@@ -186,8 +186,17 @@ local p, uid = ARGV[1], ARGV[2]
 local hist_len, m, n_pop, n_co = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local hist = redis.call('LRANGE', p .. ':h:' .. uid, 0, hist_len - 1)
 local consumed = redis.call('SMEMBERS', p .. ':seen:' .. uid)
-local pop = {}
-if n_pop > 0 then pop = redis.call('ZREVRANGE', p .. ':popd', 0, n_pop - 1, 'WITHSCORES') end
+-- Everything comes back as a few joined strings: parsing thousands of reply elements client-side
+-- costs far more than joining them here.
+local function joined(flat)
+  local parts = {}
+  for i = 1, #flat, 2 do parts[#parts + 1] = flat[i] .. '\31' .. flat[i + 1] end
+  return table.concat(parts, '\30')
+end
+local pop = ''
+if n_pop > 0 then
+  pop = joined(redis.call('ZREVRANGE', p .. ':popd', 0, n_pop + #consumed - 1, 'WITHSCORES'))
+end
 local co = {}
 local done = {}
 local count = 0
@@ -197,11 +206,10 @@ for j = 1, #hist do
   if ac ~= 'skip' and not done[it] then
     done[it] = true
     count = count + 1
-    co[#co + 1] = it
-    co[#co + 1] = redis.call('ZREVRANGE', p .. ':co:' .. it, 0, n_co - 1, 'WITHSCORES')
+    co[#co + 1] = it .. '\29' .. joined(redis.call('ZREVRANGE', p .. ':co:' .. it, 0, n_co - 1, 'WITHSCORES'))
   end
 end
-return {table.concat(hist, '\30'), table.concat(consumed, '\30'), pop, co}
+return {table.concat(hist, '\30'), table.concat(consumed, '\30'), pop, table.concat(co, '\28')}
 """
 
 
@@ -209,9 +217,14 @@ def _split(raw: str) -> list[str]:
     return raw.split(LIST_SEP) if raw else []
 
 
-def _pairs(flat: Sequence[Any]) -> dict[str, float]:
-    it = iter(flat)
-    return {k: float(v) for k, v in zip(it, it, strict=False)}
+def _joined_pairs(raw: str) -> dict[str, float]:
+    """'a\x1f1.5\x1eb\x1f2' -> {'a': 1.5, 'b': 2.0}."""
+    out: dict[str, float] = {}
+    if raw:
+        for part in raw.split(LIST_SEP):
+            key, _, value = part.partition(ENTRY_SEP)
+            out[key] = float(value)
+    return out
 
 
 class RedisProfileStore:
@@ -322,13 +335,41 @@ class RedisProfileStore:
     async def scoring_signals(
         self, user_id: str, *, recent_items: int = 10, popular: int = 200, neighbours: int = 50
     ) -> ScoringSignals:
-        hist, consumed, pop, co = await self._signals(
+        reply = await self._signals(
             args=[self.prefix, user_id, self.params.history_length, recent_items, popular, neighbours]
         )
+        return self._parse_signals(user_id, reply)
+
+    async def scoring_signals_many(
+        self, user_ids: Sequence[str], *, recent_items: int = 10, popular: int = 0, neighbours: int = 50
+    ) -> list[ScoringSignals]:
+        """:meth:`scoring_signals` for many users in one round trip (a pipeline of script calls)."""
+        if not user_ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                await self._signals(
+                    args=[self.prefix, user_id, self.params.history_length, recent_items, popular, neighbours],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [self._parse_signals(u, r) for u, r in zip(user_ids, replies, strict=True)]
+
+    @staticmethod
+    def _parse_signals(user_id: str, reply: Sequence[str]) -> ScoringSignals:
+        hist, consumed, pop, co = reply
         history = tuple(decode_entry(raw) for raw in reversed(_split(hist)))
-        it = iter(co)
-        cooccurrence = {item: _pairs(flat) for item, flat in zip(it, it, strict=False)}
-        return ScoringSignals(user_id, history, frozenset(_split(consumed)), _pairs(pop), cooccurrence)
+        cooccurrence: dict[str, dict[str, float]] = {}
+        if co:
+            for part in co.split("\x1c"):
+                item, _, pairs = part.partition("\x1d")
+                cooccurrence[item] = _joined_pairs(pairs)
+        return ScoringSignals(user_id, history, frozenset(_split(consumed)), _joined_pairs(pop), cooccurrence)
+
+    async def popular(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` most popular items now (log2 of decayed popularity), best first."""
+        rows = await self.client.zrevrange(f"{self.prefix}:popd", 0, n - 1, withscores=True)
+        return [(str(item), float(score)) for item, score in rows]
 
     async def item_stats(self) -> tuple[dict[str, int], dict[str, float], dict[str, dict[str, int]]]:
         """Popularity, decayed popularity and the whole co-occurrence table (tests, small data only)."""

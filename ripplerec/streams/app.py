@@ -30,7 +30,7 @@ from ripplerec.schemas import AvroCodec
 from ripplerec.streams.ingest import CatalogProcessor, IngestProcessor, ItemPool, RawMessage
 from ripplerec.streams.scoring import RequestProcessor, make_backend
 
-__all__ = ["create_app", "faust_config", "Runtime", "ROLES", "faust_credentials"]
+__all__ = ["create_app", "faust_config", "bare_app", "Runtime", "ROLES", "faust_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,31 @@ def _raw(event: Any) -> RawMessage:
     return RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
 
 
+def _patch_fetch_max_wait() -> None:
+    """Let each app choose the consumer's fetch_max_wait_ms (Faust hard-codes 1500 ms).
+
+    A broker may hold a fetch for the whole wait even when data arrives meanwhile (the embedded
+    Tansu does): with 1500 ms, a recommendation request waits about half a second before the scorer
+    even sees it. Apps set ``ripple_fetch_max_wait_ms``; others keep Faust's value.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    thread_class = driver.AIOKafkaConsumerThread
+    if getattr(thread_class, "_ripple_patched", False):
+        return
+    original = thread_class._create_worker_consumer
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        wait = getattr(self.app, "ripple_fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)  # read by aiokafka's Fetcher when it starts
+        return consumer
+
+    thread_class._create_worker_consumer = create_worker_consumer
+    thread_class._ripple_patched = True
+
+
 def faust_config(settings: Settings, *, web: bool = True) -> dict[str, Any]:
     """``faust.App`` keyword arguments for ``settings`` (benchmarks build bare apps with the same)."""
     config: dict[str, Any] = {
@@ -201,6 +226,14 @@ def faust_config(settings: Settings, *, web: bool = True) -> dict[str, Any]:
     return config
 
 
+def bare_app(settings: Settings, *, web: bool = False) -> faust.App:
+    """A Faust app configured like :func:`create_app`'s but without agents (benchmarks' baselines)."""
+    app = faust.App(settings.app_id, **faust_config(settings, web=web))
+    _patch_fetch_max_wait()
+    app.ripple_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
+    return app
+
+
 def create_app(
     settings: Settings,
     roles: Iterable[str] = ("all",),
@@ -218,6 +251,8 @@ def create_app(
     config = faust_config(settings, web=web)
     config.update(overrides)
     app = faust.App(settings.app_id, **config)
+    _patch_fetch_max_wait()
+    app.ripple_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
     metrics = metrics or StreamMetrics()
     runtime = Runtime(app, settings, metrics)
     app.ripple = runtime  # type: ignore[attr-defined]
@@ -247,11 +282,12 @@ def create_app(
     if "scorer" in groups:
         requests_topic = app.topic(topics.rec_requests, key_type=bytes, value_type=bytes)
 
-        @app.agent(requests_topic, name="ripple-scorer")
+        @app.agent(requests_topic, name="ripple-scorer", concurrency=settings.scorer_concurrency)
         async def scorer(stream: faust.StreamT) -> None:
-            processor = await runtime.requests()
-            async for event in stream.events():
-                await processor.process(_raw(event))
+            processor = await runtime.requests()  # one per worker, shared by the concurrent actors
+            # small batches: under load one Redis round trip serves many requests; idle, within is short
+            async for events in stream.take_events(settings.scorer_batch_size, within=settings.scorer_batch_within_s):
+                await processor.process_many([_raw(e) for e in events])
 
     if web:
         _add_pages(app, runtime)

@@ -13,6 +13,7 @@ A :class:`ScoringBackend` turns (user, k, exclude) into scored items. Two ship h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,10 @@ def to_behaviors(entries: Sequence[ProfileEntry]) -> tuple[Behavior, ...]:
     return tuple(Behavior(e.item_id, e.action, e.value, e.ts / 1000.0) for e in entries)
 
 
+#: (user id, k, exclude) of one request.
+Ask = tuple[str, int, Sequence[str]]
+
+
 class ScoringBackend(Protocol):
     version: str
 
@@ -50,26 +55,80 @@ class ScoringBackend(Protocol):
         """(items best first, whether the user was unknown so the items are cold-start ones)."""
         ...
 
+    async def recommend_many(self, asks: Sequence[Ask], now: float) -> list[tuple[list[ScoredItem], bool]]:
+        """:meth:`recommend` for many requests at once (one store round trip where possible)."""
+        ...
+
     def add_items(self, items: Sequence[Mapping[str, Any]]) -> None: ...
 
 
 class HeuristicBackend:
-    def __init__(self, store: ProfileStore, config: HeuristicConfig | None = None) -> None:
+    """The heuristic scorer on the store's signals.
+
+    Popular items are global, so they are read at most once per ``popular_refresh_s`` (the
+    ``popular_cache`` best ones) instead of with every request; the per-user part (history,
+    consumed items, co-occurrence rows of recent items) is one round trip per request.
+    """
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        config: HeuristicConfig | None = None,
+        *,
+        popular_cache: int = 2_000,
+        popular_refresh_s: float = 1.0,
+    ) -> None:
         self.store = store
         self.config = config or HeuristicConfig()
         self.version = HeuristicScorer(self.config).version
+        self.popular_cache = popular_cache
+        self.popular_refresh_s = popular_refresh_s
+        self._popular: list[tuple[str, float]] = []
+        self._popular_at = float("-inf")
+        self._refreshing: asyncio.Future[None] | None = None
+
+    async def _top_popular(self) -> list[tuple[str, float]]:
+        if time.monotonic() - self._popular_at >= self.popular_refresh_s:
+            if self._refreshing is None:  # one refresh at a time, whatever the concurrency
+                self._refreshing = asyncio.ensure_future(self._refresh())
+            refreshing = self._refreshing
+            if not self._popular:
+                await refreshing
+        return self._popular
+
+    async def _refresh(self) -> None:
+        try:
+            self._popular = await self.store.popular(self.popular_cache)
+            self._popular_at = time.monotonic()
+        finally:
+            self._refreshing = None
 
     async def recommend(
         self, user_id: str, k: int, exclude: Sequence[str], now: float
     ) -> tuple[list[ScoredItem], bool]:
+        return (await self.recommend_many([(user_id, k, exclude)], now))[0]
+
+    async def recommend_many(self, asks: Sequence[Ask], now: float) -> list[tuple[list[ScoredItem], bool]]:
         c = self.config
-        signals = await self.store.scoring_signals(
-            user_id, recent_items=c.recent_items, popular=c.popular_candidates + k, neighbours=c.neighbours
+        all_signals = await self.store.scoring_signals_many(
+            [user_id for user_id, _, _ in asks], recent_items=c.recent_items, popular=0, neighbours=c.neighbours
         )
-        excluded = set(signals.consumed)
-        excluded.update(exclude)
-        items = rank(to_behaviors(signals.history), signals.popular, signals.cooccurrence, k, excluded, c)
-        return items, not signals.history
+        top = await self._top_popular()
+        out = []
+        for (_, k, exclude), signals in zip(asks, all_signals, strict=True):
+            excluded = set(signals.consumed)
+            excluded.update(exclude)
+            # the best item stays in (it sets the popularity scale) even when excluded; rank skips it
+            popular: dict[str, float] = dict(top[:1])
+            wanted = c.popular_candidates + k
+            for item_id, score in top:
+                if item_id not in excluded:
+                    popular[item_id] = score
+                    if len(popular) > wanted:
+                        break
+            items = rank(to_behaviors(signals.history), popular, signals.cooccurrence, k, excluded, c)
+            out.append((items, not signals.history))
+        return out
 
     def add_items(self, items: Sequence[Mapping[str, Any]]) -> None:
         """The heuristic needs no catalog: candidates come from popularity and co-occurrence."""
@@ -94,6 +153,9 @@ class ModelBackend:
         excluded = set(signals.consumed)
         excluded.update(exclude)
         return self.scorer.recommend(state, k, excluded, now), not signals.history
+
+    async def recommend_many(self, asks: Sequence[Ask], now: float) -> list[tuple[list[ScoredItem], bool]]:
+        return [await self.recommend(user_id, k, exclude, now) for user_id, k, exclude in asks]
 
     def add_items(self, items: Sequence[Mapping[str, Any]]) -> None:
         self.scorer.add_items([
@@ -158,37 +220,51 @@ class RequestProcessor:
         self.dead_letters = DeadLetterSink(settings, codec, send, metrics, "scorer")
 
     async def process(self, message: RawMessage) -> Recommendation | None:
+        return (await self.process_many([message]))[0]
+
+    async def process_many(self, messages: Sequence[RawMessage]) -> list[Recommendation | None]:
+        """Answer a batch of requests: decode, one store round trip, rank each, publish each reply."""
         started = time.perf_counter()
-        try:
-            request = self.codec.decode("RecommendationRequest", message.value)
-            validate_request(request, self.settings.limits)
-        except InvalidRecord as exc:
-            await (await self.dead_letters.publish(message, exc.error_type, str(exc)))
-            return None
-        except Exception as exc:
-            await (await self.dead_letters.publish(message, type(exc).__name__, str(exc)))
-            return None
-        trigger = (request.get("context") or {}).get(TRIGGER_CONTEXT_KEY)
+        requests: list[dict[str, Any] | None] = []
+        for message in messages:
+            try:
+                request = self.codec.decode("RecommendationRequest", message.value)
+                validate_request(request, self.settings.limits)
+            except InvalidRecord as exc:
+                await self.dead_letters.publish(message, exc.error_type, str(exc))
+                request = None
+            except Exception as exc:
+                await self.dead_letters.publish(message, type(exc).__name__, str(exc))
+                request = None
+            requests.append(request)
+        valid = [r for r in requests if r is not None]
         now = time.time()
         error = None
         try:
-            items, cold = await self.backend.recommend(request["user_id"], request["k"], request["exclude"], now)
-        except Exception as exc:  # answer with the error rather than let the client time out
-            log.exception("scoring failed for request %s", request["request_id"])
-            self.metrics.scoring_errors.inc()
-            items, cold, error = [], False, f"{type(exc).__name__}: {exc}"
-        record: Recommendation = {
-            "request_id": None if trigger else request["request_id"],
-            "trigger_event_id": trigger,
-            "user_id": request["user_id"],
-            "items": to_record_items(items),
-            "model_version": self.backend.version + (COLD_START if cold else ""),
-            "produced_at": int(now * 1000),
-            "error": error,
-        }
-        value = self.codec.encode("Recommendation", record)
-        delivery = await self.send(self.settings.topics.recommendations, request["user_id"].encode(), value)
-        await delivery
-        self.metrics.recommendations.labels("proactive" if trigger else "request").inc()
-        self.metrics.request_seconds.observe(time.perf_counter() - started)
-        return record
+            results = await self.backend.recommend_many([(r["user_id"], r["k"], r["exclude"]) for r in valid], now)
+        except Exception as exc:  # answer with the error rather than let the clients time out
+            log.exception("scoring failed for %d requests", len(valid))
+            self.metrics.scoring_errors.inc(len(valid))
+            results = [([], False)] * len(valid)
+            error = f"{type(exc).__name__}: {exc}"
+        records: dict[int, Recommendation] = {}
+        topic = self.settings.topics.recommendations
+        for request, (items, cold) in zip(valid, results, strict=True):
+            trigger = (request.get("context") or {}).get(TRIGGER_CONTEXT_KEY)
+            record: Recommendation = {
+                "request_id": None if trigger else request["request_id"],
+                "trigger_event_id": trigger,
+                "user_id": request["user_id"],
+                "items": to_record_items(items),
+                "model_version": self.backend.version + (COLD_START if cold and error is None else ""),
+                "produced_at": int(now * 1000),
+                "error": error,
+            }
+            # not awaiting delivery: the reply is on its way, waiting for the broker's ack adds latency
+            await self.send(topic, request["user_id"].encode(), self.codec.encode("Recommendation", record))
+            self.metrics.recommendations.labels("proactive" if trigger else "request").inc()
+            records[id(request)] = record
+        elapsed = time.perf_counter() - started
+        for _ in valid:
+            self.metrics.request_seconds.observe(elapsed)
+        return [records.get(id(r)) if r is not None else None for r in requests]

@@ -100,7 +100,11 @@ def test_requests_get_replies_with_valid_items(running, stream_codec):
     history = [event(i, "alice", f"m{i % 4}") for i in range(4)]
     others = [event(10 + i, f"bob{i % 3}", f"m{i % 8}") for i in range(24)]
     publisher.events(others + history)
-    wait_for(lambda: redis_profiles(settings, ["alice"])["alice"] is not None, 30)
+    def alice_ingested() -> bool:
+        profile = redis_profiles(settings, ["alice"])["alice"]
+        return profile is not None and profile.events >= len(history)
+
+    wait_for(alice_ingested, 30)
     known = redis_profiles(settings, ["alice"])["alice"]
     wanted = {
         _request(settings, publisher, stream_codec, "alice", 3, exclude=["m5"]): "alice",
