@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     # Time-decayed item popularity halves every this many seconds of event time.
     popularity_half_life_s: float = Field(default=7 * 24 * 3600, gt=0)
     # Each new event counts as co-occurring with this many of the user's previous behaviours.
-    cooccurrence_window: int = Field(default=5, ge=0)
+    cooccurrence_window: int = Field(default=3, ge=0)
     emit_training: bool = True
     training_history_length: int = Field(default=20, ge=0)
     training_negatives: int = Field(default=4, ge=0)

@@ -41,7 +41,7 @@ class HeuristicConfig:
     neighbours: int = 30
     max_influences: int = 3
     half_life_s: float = 7 * 24 * 3600.0
-    cooccurrence_window: int = 5
+    cooccurrence_window: int = 3
     action_weights: Mapping[str, float] = field(
         default_factory=lambda: {"view": 0.5, "click": 0.75, "cart": 1.0, "purchase": 1.0, "rate": 1.0, "skip": 0.0}
     )

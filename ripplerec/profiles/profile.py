@@ -152,7 +152,7 @@ class BatchParams:
 
     history_length: int = 50
     half_life_s: float = 7 * 24 * 3600
-    cooccurrence_window: int = 5
+    cooccurrence_window: int = 3
 
     @classmethod
     def from_settings(cls, settings: Any) -> BatchParams:

@@ -4,7 +4,7 @@ Key layout under a prefix ``P`` (the app id unless configured):
 
 =====================  ======  ==========================================================
 ``P:u:{user}``         hash    ``c:{action}`` counts, ``n``, ``last_seen``, ``updated`` (ms), and
-                              ``pending``: events since the last proactive recommendation
+                              ``rec_n``: ``n`` at the last proactive recommendation
 ``P:h:{user}``         list    recent history, newest first, capped (``encode_entry`` form)
 ``P:seen:{user}``      set     every item the user consumed (excluded from recommendations)
 ``P:ev:{event_id}``    string  dedupe marker, expires after ``dedupe_ttl_s``
@@ -12,7 +12,7 @@ Key layout under a prefix ``P`` (the app id unless configured):
 ``P:pop``              zset    item -> event count (skips excluded)
 ``P:popd``             zset    item -> log2 of time-decayed popularity
 ``P:co:{item}``        zset    other item -> co-occurrence count
-``P:users``            set     user ids with a profile
+``P:users``            string  how many profiles were created (expired ones are not subtracted)
 ``P:item:{item}``      hash    catalog metadata: title, text, attributes, relations (JSON)
 ``P:items``            set     catalog item ids
 =====================  ======  ==========================================================
@@ -84,7 +84,7 @@ for rec in string.gmatch(packed, '[^\30]+') do
       local pre = {}
       if keep > 0 then pre = redis.call('LRANGE', p .. ':h:' .. uid, 0, keep - 1) end
       local recent = {}
-      for j = #pre, 1, -1 do
+      for j = math.min(#pre, window), 1, -1 do
         local it, ac = string.match(pre[j], '^([^\31]*)\31([^\31]*)')
         recent[#recent + 1] = {it, ac}
       end
@@ -149,33 +149,35 @@ for _, uid in ipairs(order) do
   local lk = p .. ':h:' .. uid
   local sk = p .. ':seen:' .. uid
   for action, c in pairs(u.counts) do redis.call('HINCRBY', hk, 'c:' .. action, c) end
-  redis.call('HINCRBY', hk, 'n', u.n)
-  local old = tonumber(redis.call('HGET', hk, 'last_seen'))
+  local total = redis.call('HINCRBY', hk, 'n', u.n)
+  if total == u.n then redis.call('INCR', p .. ':users') end
+  local old = redis.call('HMGET', hk, 'last_seen', 'rec_n')
   local last = u.maxts_s
-  if old and old > u.maxts then last = redis.call('HGET', hk, 'last_seen') end
-  redis.call('HSET', hk, 'last_seen', last, 'updated', now)
+  if old[1] and tonumber(old[1]) > u.maxts then last = old[1] end
+  local rec_n = nil
+  if pro_min > 0 and total - (tonumber(old[2]) or 0) >= pro_min then
+    if redis.call('SET', p .. ':rl:' .. uid, '1', 'NX', 'PX', pro_ms) then
+      rec_n = total
+      proactive[#proactive + 1] = uid
+      proactive[#proactive + 1] = u.last_eid
+    end
+  end
+  if rec_n then
+    redis.call('HSET', hk, 'last_seen', last, 'updated', now, 'rec_n', rec_n)
+  else
+    redis.call('HSET', hk, 'last_seen', last, 'updated', now)
+  end
   redis.call('EXPIRE', hk, ttl)
   chunked('LPUSH', lk, u.entries)
   redis.call('LTRIM', lk, 0, hist_len - 1)
   redis.call('EXPIRE', lk, ttl)
   chunked('SADD', sk, u.items)
   redis.call('EXPIRE', sk, ttl)
-  redis.call('SADD', p .. ':users', uid)
   if pre_len > 0 then
     local lim = math.min(pre_len, #u.pre)
     local parts = {}
     for j = 1, lim do parts[j] = u.pre[j] end
     pre_out[#pre_out + 1] = uid .. '\29' .. table.concat(parts, '\30')
-  end
-  if pro_min > 0 then
-    local pending = redis.call('HINCRBY', hk, 'pending', u.n)
-    if pending >= pro_min then
-      if redis.call('SET', p .. ':rl:' .. uid, '1', 'NX', 'PX', pro_ms) then
-        redis.call('HSET', hk, 'pending', 0)
-        proactive[#proactive + 1] = uid
-        proactive[#proactive + 1] = u.last_eid
-      end
-    end
   end
 end
 return {table.concat(flags), table.concat(pre_out, '\28'), proactive}
@@ -426,7 +428,7 @@ class RedisProfileStore:
         return sorted(await self.client.smembers(f"{self.prefix}:items"))
 
     async def count_profiles(self) -> int:
-        return int(await self.client.scard(f"{self.prefix}:users"))
+        return int(await self.client.get(f"{self.prefix}:users") or 0)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())

@@ -262,7 +262,7 @@ def _count_profiles(settings: Settings) -> int:
 
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
-        return int(client.scard(f"{settings.redis_key_prefix}:users"))
+        return int(client.get(f"{settings.redis_key_prefix}:users") or 0)
     except redis.RedisError:
         return 0
     finally:
