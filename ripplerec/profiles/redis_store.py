@@ -370,18 +370,22 @@ class RedisProfileStore:
 
     async def popular(self, n: int) -> list[tuple[str, float]]:
         """The ``n`` most popular items now (log2 of decayed popularity), best first."""
-        rows = await self.client.zrevrange(f"{self.prefix}:popd", 0, n - 1, withscores=True)
+        rows: list[Any] = await self.client.zrevrange(f"{self.prefix}:popd", 0, n - 1, withscores=True)
         return [(str(item), float(score)) for item, score in rows]
 
     async def item_stats(self) -> tuple[dict[str, int], dict[str, float], dict[str, dict[str, int]]]:
         """Popularity, decayed popularity and the whole co-occurrence table (tests, small data only)."""
         p = self.prefix
-        pop = {k: int(v) for k, v in await self.client.zrange(f"{p}:pop", 0, -1, withscores=True)}
-        popd = {k: float(v) for k, v in await self.client.zrange(f"{p}:popd", 0, -1, withscores=True)}
+
+        async def zset(key: str) -> list[tuple[Any, Any]]:
+            rows: Any = await self.client.zrange(key, 0, -1, withscores=True)
+            return list(rows)
+
+        pop = {str(k): int(v) for k, v in await zset(f"{p}:pop")}
+        popd = {str(k): float(v) for k, v in await zset(f"{p}:popd")}
         co: dict[str, dict[str, int]] = {}
         async for key in self.client.scan_iter(match=f"{p}:co:*", count=1000):
-            rows = await self.client.zrange(key, 0, -1, withscores=True)
-            co[key[len(p) + 4 :]] = {k: int(v) for k, v in rows}
+            co[str(key)[len(p) + 4 :]] = {str(k): int(v) for k, v in await zset(str(key))}
         return pop, popd, co
 
     async def upsert_items(self, items: Sequence[Mapping[str, Any]]) -> None:
@@ -425,7 +429,7 @@ class RedisProfileStore:
         return out
 
     async def item_ids(self) -> list[str]:
-        return sorted(await self.client.smembers(f"{self.prefix}:items"))
+        return sorted(str(i) for i in await self.client.smembers(f"{self.prefix}:items"))
 
     async def count_profiles(self) -> int:
         return int(await self.client.get(f"{self.prefix}:users") or 0)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, cast
 
 import faust
 from aiokafka.structs import RecordMetadata
@@ -80,24 +80,23 @@ class Runtime:
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
-    ) -> asyncio.Future[RecordMetadata]:
+    ) -> Awaitable[RecordMetadata]:
         """Schedule one message on the app's producer; returns its delivery future."""
-        fut: asyncio.Future[RecordMetadata] = await self.app.producer.send(topic, key, value, partition, None, None)
-        return fut
+        return await self.app.producer.send(topic, key, value, partition, None, None)
 
     async def send_many(
         self, topic: str, records: Sequence[tuple[int, bytes | None, bytes]]
-    ) -> list[asyncio.Future[Any]]:
+    ) -> list[Awaitable[Any]]:
         """Publish ``(partition, key, value)`` records with one produce batch per partition.
 
         Much cheaper per record than :meth:`send` (which walks aiokafka's per-message path):
         the ingest agent emits one training example per event this way.
         """
-        producer = self.app.producer._ensure_producer()  # the aiokafka producer under Faust's
+        producer = cast(Any, self.app.producer)._ensure_producer()  # the aiokafka producer under Faust's
         by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
         for partition, key, value in records:
             by_partition.setdefault(partition, []).append((key, value))
-        futures: list[asyncio.Future[Any]] = []
+        futures: list[Awaitable[Any]] = []
         for partition, rows in by_partition.items():
             batch = producer.create_batch()
             for key, value in rows:
@@ -196,8 +195,8 @@ def _patch_fetch_max_wait() -> None:
             consumer._fetch_max_wait_ms = int(wait)  # read by aiokafka's Fetcher when it starts
         return consumer
 
-    thread_class._create_worker_consumer = create_worker_consumer
-    thread_class._ripple_patched = True
+    setattr(thread_class, "_create_worker_consumer", create_worker_consumer)  # noqa: B010
+    setattr(thread_class, "_ripple_patched", True)  # noqa: B010
 
 
 def faust_config(settings: Settings, *, web: bool = True) -> dict[str, Any]:
@@ -262,7 +261,7 @@ def create_app(
         events_topic = app.topic(topics.events, key_type=bytes, value_type=bytes)
 
         @app.agent(events_topic, name="ripple-ingest")
-        async def ingest(stream: faust.StreamT) -> None:
+        async def ingest(stream: Any) -> None:
             processor = await runtime.ingest()
             await run_ingest(stream, processor, settings)
 
@@ -270,7 +269,7 @@ def create_app(
         items_topic = app.topic(topics.items, key_type=bytes, value_type=bytes)
 
         @app.agent(items_topic, name="ripple-catalog")
-        async def catalog(stream: faust.StreamT) -> None:
+        async def catalog(stream: Any) -> None:
             if "scorer" in groups:
                 await runtime.requests()  # so a model scorer hears about items
             processor = await runtime.catalog()
@@ -283,7 +282,7 @@ def create_app(
         requests_topic = app.topic(topics.rec_requests, key_type=bytes, value_type=bytes)
 
         @app.agent(requests_topic, name="ripple-scorer", concurrency=settings.scorer_concurrency)
-        async def scorer(stream: faust.StreamT) -> None:
+        async def scorer(stream: Any) -> None:
             processor = await runtime.requests()  # one per worker, shared by the concurrent actors
             # small batches: under load one Redis round trip serves many requests; idle, within is short
             async for events in stream.take_events(settings.scorer_batch_size, within=settings.scorer_batch_within_s):

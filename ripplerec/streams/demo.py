@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,7 @@ def run_replay(settings: Settings, *, rate: float, limit: int | None, dataset_pa
     return progress
 
 
-def _format_rec(record: dict, titles: dict[str, str], limit: int = 5) -> list[str]:
+def _format_rec(record: Mapping[str, Any], titles: dict[str, str], limit: int = 5) -> list[str]:
     lines = []
     for n, item in enumerate(record["items"][:limit], 1):
         because = ", ".join(

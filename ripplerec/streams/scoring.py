@@ -47,7 +47,8 @@ Ask = tuple[str, int, Sequence[str]]
 
 
 class ScoringBackend(Protocol):
-    version: str
+    @property
+    def version(self) -> str: ...
 
     async def recommend(
         self, user_id: str, k: int, exclude: Sequence[str], now: float

@@ -75,10 +75,13 @@ class WorkerProcess:
         argv = [sys.executable, "-m", "ripplerec.streams", "--role", self.role, "--loglevel", self.loglevel]
         if not self.web:
             argv.append("--no-web")
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        if out is not subprocess.DEVNULL:
-            out.close()
+        if self.log_path:
+            with open(self.log_path, "ab") as out:
+                self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+        else:
+            self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         return self
 
     def metrics_url(self) -> str:
