@@ -188,6 +188,7 @@ def run_demo(
             started = time.monotonic()
             last_show = started
             last_ingested, last_t, ev_rate = 0.0, started, 0.0
+            last_metrics: dict[str, float] = {}
             columns = [
                 TextColumn("[bold blue]replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("{task.fields[stats]}"),
@@ -199,7 +200,8 @@ def run_demo(
                     if not worker.alive():
                         console.print(f"[red]the worker exited; see {log_path}[/]")
                         return 1
-                    m = worker.read_metrics()
+                    m = worker.read_metrics() or last_metrics  # a slow scrape keeps the last figures
+                    last_metrics = m
                     ingested = m.get("ripplerec_events_ingested_total", 0.0)
                     handled = ingested + m.get("ripplerec_events_duplicate_total", 0.0) + \
                         m.get("ripplerec_dead_letters_total", 0.0)
@@ -232,7 +234,7 @@ def run_demo(
                     if progress.done and lag == 0:
                         break
             elapsed = time.monotonic() - started
-            m = worker.read_metrics()
+            m = worker.read_metrics(timeout=5.0) or last_metrics
             console.print(
                 f"[bold]done[/] in {elapsed:.1f}s: {progress.published} events published, "
                 f"{int(m.get('ripplerec_events_ingested_total', 0))} ingested, "
