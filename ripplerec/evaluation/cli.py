@@ -28,6 +28,7 @@ def evaluate(
     dim: int = typer.Option(64, min=1, help="head dimension"),
     lr: float = typer.Option(3e-3, min=0.0, help="head learning rate"),
     steps_per_batch: int = typer.Option(1, min=1, help="optimizer steps per learning batch"),
+    replay: int = typer.Option(512, min=0, help="past examples replayed in each training step of the head"),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: leave torch's default)"),
     seed: int = typer.Option(0, help="seed of every model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
@@ -73,6 +74,7 @@ def evaluate(
             seed=seed,
             lr=lr,
             steps_per_batch=steps_per_batch,
+            replay=replay,
         )
         built = build_models(names, zoo)
     except (ValueError, FileNotFoundError) as error:

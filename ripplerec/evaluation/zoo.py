@@ -32,6 +32,7 @@ class ZooConfig:
     lr: float = 3e-3
     train_batch: int = 256
     steps_per_batch: int = 1
+    replay: int = 512
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.history_length < 1 or self.train_batch < 1 or self.steps_per_batch < 1:
@@ -54,7 +55,11 @@ def build_models(names: Sequence[str], config: ZooConfig | None = None) -> list[
         scorer_config = TransformerScorerConfig(
             HeadConfig(dim=config.dim, history_length=config.history_length),
             TrainerConfig(
-                lr=config.lr, batch_size=config.train_batch, steps_per_batch=config.steps_per_batch, seed=config.seed
+                lr=config.lr,
+                batch_size=config.train_batch,
+                steps_per_batch=config.steps_per_batch,
+                replay=config.replay,
+                seed=config.seed,
             ),
         )
     for name in names:

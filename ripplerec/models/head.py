@@ -50,8 +50,9 @@ class HeadConfig:
     dim: int = 64
     history_length: int = 50
     heads: int = 2
-    item_representation: str = "text"
+    item_representation: str = "text+id"
     tower_hidden: int = 128
+    normalize: bool = False  # cosine scores times a learned scale, instead of plain dot products
 
     def __post_init__(self) -> None:
         if self.item_representation not in ITEM_REPRESENTATIONS:
@@ -112,6 +113,7 @@ class Head(nn.Module):
         distance = torch.arange(config.history_length, dtype=torch.float32)
         self.position_bias = nn.Parameter(-slopes[:, None] * distance[None, :])
         self.attention_value = nn.Linear(d * config.heads, d)
+        self.scale = nn.Parameter(torch.tensor(10.0 if config.normalize else 1.0))
         self.tower = nn.Sequential(nn.Linear(d, config.tower_hidden), nn.GELU(), nn.Linear(config.tower_hidden, d))
 
     @property
@@ -148,7 +150,8 @@ class Head(nn.Module):
             parts.append(self.adapter(text))
         if self.item_ids is not None:
             parts.append(self.item_ids if rows is None else self.item_ids[rows])
-        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        vectors = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
 
     def user_vectors(
         self, history: HistoryBatch, item_vectors: torch.Tensor | None = None
@@ -177,6 +180,8 @@ class Head(nn.Module):
         pooled = torch.einsum("bhl,bld->bhd", weights, behaviour).reshape(batch, -1)
         pooled = self.attention_value(pooled)
         users = pooled + self.tower(pooled)
+        if self.config.normalize:
+            users = nn.functional.normalize(users, dim=-1) * self.scale
         return users, weights.mean(dim=1)
 
     def forward(self, history: HistoryBatch) -> torch.Tensor:

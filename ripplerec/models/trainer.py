@@ -24,6 +24,10 @@ class TrainerConfig:
     items) or ``bpr`` (pairwise, ``negatives`` uniform negatives per positive).
     ``anchor_l2``: strength of the pull toward the anchor weights (:meth:`OnlineTrainer.set_anchor`).
     ``mask_history``: leave the user's own recent items out of the negatives (they are not recommended).
+    ``active_negatives``: items never interacted with are left out of the negatives, so a new item is not
+    pushed down before anyone has seen it (its bias stays at its initial value until it is used).
+    ``replay``: each mini-batch also trains on that many examples drawn uniformly from a reservoir of past
+    examples, so one pass over a stream still revisits it (and early data is not forgotten).
     """
 
     lr: float = 3e-3
@@ -34,6 +38,9 @@ class TrainerConfig:
     anchor_l2: float = 1e-5
     batch_size: int = 256
     steps_per_batch: int = 1
+    active_negatives: bool = False  # negatives only among items that have had an interaction
+    replay: int = 512  # past examples mixed into every mini-batch (0: none)
+    replay_capacity: int = 20_000  # past examples kept for replay (a reservoir over the whole stream)
     mask_history: bool = True
     grad_clip: float = 5.0
     seed: int = 0
@@ -43,9 +50,11 @@ class TrainerConfig:
             raise ValueError(f"loss must be one of {LOSSES}")
         if self.lr <= 0 or self.weight_decay < 0 or self.anchor_l2 < 0 or self.grad_clip <= 0:
             raise ValueError("lr and grad_clip must be > 0; weight_decay and anchor_l2 >= 0")
-        for name in ("negatives", "full_softmax_max", "batch_size", "steps_per_batch"):
+        for name in ("negatives", "full_softmax_max", "batch_size", "steps_per_batch", "replay_capacity"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.replay < 0:
+            raise ValueError("replay must be >= 0")
 
 
 class OnlineTrainer:
@@ -91,13 +100,18 @@ class OnlineTrainer:
                     state[key] = torch.cat([value, pad])
             self.optimizer.state[new] = state
 
-    def step(self, history: HistoryBatch, positives: torch.Tensor, n_items: int) -> float:
-        """Train on one mini-batch: ``positives`` (B,) are catalog rows; returns the last loss."""
+    def step(
+        self, history: HistoryBatch, positives: torch.Tensor, n_items: int, active: torch.Tensor | None = None
+    ) -> float:
+        """Train on one mini-batch: ``positives`` (B,) are catalog rows; returns the last loss.
+
+        ``active``: bool mask over the catalog of items that may serve as negatives (all when None).
+        """
         self.head.train()
         loss_value = 0.0
         for _ in range(self.config.steps_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(history, positives, n_items)
+            loss = self._loss(history, positives, n_items, active)
             if self.config.anchor_l2 > 0 and self.anchor:
                 pull = sum(((p - self.anchor[name]) ** 2).sum() for name, p in self.head.dense_parameters().items())
                 loss = loss + self.config.anchor_l2 * pull
@@ -110,7 +124,9 @@ class OnlineTrainer:
         self.head.eval()
         return loss_value
 
-    def _loss(self, history: HistoryBatch, positives: torch.Tensor, n_items: int) -> torch.Tensor:
+    def _loss(
+        self, history: HistoryBatch, positives: torch.Tensor, n_items: int, active: torch.Tensor | None
+    ) -> torch.Tensor:
         head = self.head
         config = self.config
         batch = positives.shape[0]
@@ -123,8 +139,14 @@ class OnlineTrainer:
                 seen.scatter_(1, history.items, history.mask)
                 seen[torch.arange(batch), positives] = False
                 logits = logits.masked_fill(seen, -1e9)
+            if active is not None:
+                logits = logits.masked_fill(~active[:n_items].unsqueeze(0), -1e9)
             return nn.functional.cross_entropy(logits, positives)
-        negatives = torch.randint(0, n_items, (config.negatives,), generator=self.generator)
+        if active is not None and bool(active[:n_items].any()):
+            pool = torch.nonzero(active[:n_items]).squeeze(1)
+            negatives = pool[torch.randint(0, pool.shape[0], (config.negatives,), generator=self.generator)]
+        else:
+            negatives = torch.randint(0, n_items, (config.negatives,), generator=self.generator)
         rows = torch.cat([positives, negatives])
         vectors = head.item_vectors(rows)
         users, _ = head.user_vectors(history)

@@ -116,6 +116,9 @@ class TransformerScorer(RankingModel):
         self._histories: dict[str, deque[Behavior]] = {}
         self._encoded: dict[str, deque[tuple[int, int, float, float]]] = {}
         self._vectors: torch.Tensor | None = None  # item vectors of the current weights
+        self._replay: list[tuple[NDArray[np.float64], int, float]] = []
+        self._replay_seen = 0
+        self._active = torch.zeros(0, dtype=torch.bool)  # items seen as positives
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -172,8 +175,9 @@ class TransformerScorer(RankingModel):
         return self._batch_from_encoded([self._encode(history) for history in histories], nows)
 
     def _batch_from_encoded(
-        self, encoded: Sequence[Sequence[tuple[int, int, float, float]]], nows: Sequence[float]
+        self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]], nows: Sequence[float]
     ) -> HistoryBatch:
+        """Tensors for histories given as (row, action, value, ts) rows, oldest first."""
         length = self.config.head.history_length
         table = np.zeros((len(encoded), length, 4), dtype=np.float64)
         mask = np.zeros((len(encoded), length), dtype=bool)
@@ -208,7 +212,7 @@ class TransformerScorer(RankingModel):
         extend the history. ``now`` is the batch's clock; ages use each interaction's own timestamp.
         """
         length = self.config.head.history_length
-        histories: list[list[tuple[int, int, float, float]]] = []
+        histories: list[NDArray[np.float64]] = []
         positives: list[int] = []
         clocks: list[float] = []
         for event in interactions:
@@ -219,7 +223,7 @@ class TransformerScorer(RankingModel):
             encoded = self._encoded[event.user_id]
             row = self._index_of.get(event.item_id)
             if row is not None:
-                histories.append(list(encoded))
+                histories.append(np.array(encoded, dtype=np.float64).reshape(-1, 4))
                 positives.append(row)
                 clocks.append(event.ts)
                 value = math.nan if event.value is None else event.value
@@ -227,10 +231,46 @@ class TransformerScorer(RankingModel):
             history.append(Behavior(event.item_id, event.action, event.value, event.ts))
         size = self.config.trainer.batch_size
         for start in range(0, len(positives), size):
-            batch = self._batch_from_encoded(histories[start : start + size], clocks[start : start + size])
-            self.trainer.step(batch, torch.tensor(positives[start : start + size]), len(self._item_ids))
+            examples = list(
+                zip(
+                    histories[start : start + size],
+                    positives[start : start + size],
+                    clocks[start : start + size],
+                    strict=True,
+                )
+            )
+            self._train_examples(examples)
         if positives:
             self._vectors = None
+
+    def _train_examples(self, examples: list[tuple[NDArray[np.float64], int, float]]) -> None:
+        """One trainer step on ``examples`` plus replayed past ones; then remember them for replay."""
+        config = self.config.trainer
+        batch = list(examples)
+        if config.replay and self._replay:
+            picks = torch.randint(0, len(self._replay), (config.replay,), generator=self.trainer.generator)
+            batch += [self._replay[int(i)] for i in picks]
+        histories = [example[0] for example in batch]
+        encoded = self._batch_from_encoded(histories, [example[2] for example in batch])
+        rows = torch.tensor([example[1] for example in batch])
+        active = None
+        if config.active_negatives:
+            if self._active.shape[0] < len(self._item_ids):
+                self._active = torch.cat(
+                    [self._active, torch.zeros(len(self._item_ids) - self._active.shape[0], dtype=torch.bool)]
+                )
+            self._active[rows] = True
+            active = self._active
+        self.trainer.step(encoded, rows, len(self._item_ids), active)
+        if config.replay:
+            for example in examples:  # reservoir sampling keeps a uniform sample of the whole stream
+                self._replay_seen += 1
+                if len(self._replay) < config.replay_capacity:
+                    self._replay.append(example)
+                else:
+                    slot = int(torch.randint(0, self._replay_seen, (1,), generator=self.trainer.generator))
+                    if slot < config.replay_capacity:
+                        self._replay[slot] = example
 
     def fit(self, users: Sequence[UserState], positives: Sequence[str], now: float) -> float:
         """One training step on explicit examples (a trainer that holds user states elsewhere)."""
@@ -399,14 +439,20 @@ class TransformerScorer(RankingModel):
         self.trainer.set_anchor({name: state[name] for name in self.head.dense_parameters() if name in state})
 
     def save(self, directory: str | Path) -> None:
-        """Write config, head weights, item embeddings and learning histories into ``directory``."""
+        """Write config, head weights, item embeddings and learning histories into ``directory``.
+
+        The optimizer state and the replay reservoir are runtime state and are not saved: a loaded scorer
+        scores exactly like the saved one, and continues learning with a fresh optimizer.
+        """
         from safetensors.torch import save_file
 
         folder = Path(directory)
         self.save_head(folder)
         n = len(self._item_ids)
         tmp = folder / ".items.safetensors.tmp"
-        save_file({"item_text": self.head.item_text[:n].contiguous()}, str(tmp))
+        active = torch.zeros(n, dtype=torch.uint8)
+        active[: min(n, self._active.shape[0])] = self._active[:n].to(torch.uint8)
+        save_file({"item_text": self.head.item_text[:n].contiguous(), "active": active}, str(tmp))
         tmp.replace(folder / "items.safetensors")
         histories = {
             user: [[b.item_id, b.action, b.value, b.ts] for b in history] for user, history in self._histories.items()
@@ -446,6 +492,11 @@ class TransformerScorer(RankingModel):
             embeddings = None
         scorer.add_items([Item(item_id, item_id) for item_id in item_ids], embeddings)
         scorer.load_head(folder)
+        items_path = folder / "items.safetensors"
+        if items_path.is_file():
+            saved = load_file(str(items_path))
+            if "active" in saved and tuple(saved["active"].shape) == (len(item_ids),):
+                scorer._active = saved["active"].bool()
         histories_path = folder / "histories.json"
         if histories_path.is_file():
             length = config.head.history_length

@@ -1,0 +1,136 @@
+"""Scoring latency and head training throughput of the transformer scorer, on CPU.
+
+    python bench/score.py                  # 1,682 items (MovieLens-100K size) and 50,000 items
+    python bench/score.py --items 1682 --threads 2
+
+Reports, per catalog size: p50/p99 latency of top-10 over the full catalog for one user (one matrix
+product), the same with influences attached (``recommend``), a naive loop that scores items one by one,
+and head training examples/s (mini-batches of 256 with 50-behaviour histories).
+
+Item text embeddings are random unit vectors of MiniLM's size (384): latency does not depend on what
+they say, and the benchmark then needs no model download or cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from ripplerec.models.base import Behavior, Interaction, Item, UserState
+from ripplerec.models.head import HeadConfig
+from ripplerec.models.trainer import TrainerConfig
+from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def build(n_items: int, history: int, seed: int = 0) -> tuple[TransformerScorer, UserState, float]:
+    rng = np.random.default_rng(seed)
+    embeddings = rng.standard_normal((n_items, 384)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    config = TransformerScorerConfig(HeadConfig(text_dim=384, history_length=history), TrainerConfig(seed=seed))
+    scorer = TransformerScorer(config)
+    scorer.add_items([Item(f"i{n}", f"item {n}") for n in range(n_items)], embeddings)
+    now = 1_700_000_000.0
+    picks = rng.integers(0, n_items, history)
+    user = UserState(
+        "u", tuple(Behavior(f"i{p}", "click", None, now - 60.0 * (history - k)) for k, p in enumerate(picks))
+    )
+    return scorer, user, now
+
+
+def time_calls(call, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
+    for _ in range(min(10, repeats)):  # warm-up
+        call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return samples
+
+
+def naive_top_k(scorer: TransformerScorer, user: UserState, now: float, k: int = 10) -> list[str]:
+    """What the matrix product replaces: one score per item, in a Python loop."""
+    batch = scorer._history_batch([user.history], [now])
+    with torch.no_grad():
+        vector, _ = scorer.head.user_vectors(batch)
+        scores = []
+        for row in range(len(scorer.item_ids)):
+            item = scorer.head.item_vectors(torch.tensor([row]))[0]
+            scores.append(float(vector[0] @ item + scorer.head.item_bias[row]))
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])[:k]
+    return [scorer.item_ids[i] for i in order]
+
+
+def training_rate(scorer: TransformerScorer, n_items: int, examples: int, seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, 1000, examples), rng.integers(0, n_items, examples)
+    events = [
+        Interaction(f"u{u}", f"i{i}", "click", None, 1e9 + n) for n, (u, i) in enumerate(zip(users, items, strict=True))
+    ]
+    scorer.learn(events[:512], events[511].ts)  # warm-up, and fills histories
+    start = time.perf_counter()
+    for offset in range(512, examples, 256):
+        chunk = events[offset : offset + 256]
+        scorer.learn(chunk, chunk[-1].ts)
+    return (examples - 512) / (time.perf_counter() - start)
+
+
+def measure(n_items: int, args: argparse.Namespace) -> dict[str, object]:
+    scorer, user, now = build(n_items, args.history)
+    top_k = time_calls(lambda: scorer.top_k(user, 10, now), args.repeats)
+    explained = time_calls(lambda: scorer.recommend(user, 10, now=now), max(20, args.repeats // 5))
+    naive = time_calls(lambda: naive_top_k(scorer, user, now), 3 if n_items > 5000 else 10)
+    fast = [item for item, _ in scorer.top_k(user, 10, now)]
+    agreement = len(set(naive_top_k(scorer, user, now)) & set(fast))  # float rounding may swap near-ties
+    return {
+        "items": n_items,
+        "top10_p50_ms": statistics.median(top_k),
+        "top10_p99_ms": percentile(top_k, 99),
+        "top10_with_influences_p50_ms": statistics.median(explained),
+        "top10_with_influences_p99_ms": percentile(explained, 99),
+        "naive_loop_p50_ms": statistics.median(naive),
+        "naive_loop_p99_ms": percentile(naive, 99),
+        "naive_agrees_on": agreement,
+        "train_examples_per_s": training_rate(scorer, n_items, args.train_examples),
+        "loss": "full softmax" if n_items <= scorer.config.trainer.full_softmax_max else "sampled softmax (512)",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, nargs="*", default=[1682, 50_000])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--history", type=int, default=50)
+    parser.add_argument("--train-examples", type=int, default=20_000)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per size")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)")
+    for n_items in args.items:
+        row = measure(n_items, args)
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(
+                f"{n_items:>7,} items | top-10 p50 {row['top10_p50_ms']:.2f} ms, p99 {row['top10_p99_ms']:.2f} ms"
+                f" | with influences p50 {row['top10_with_influences_p50_ms']:.2f} ms,"
+                f" p99 {row['top10_with_influences_p99_ms']:.2f} ms"
+                f" | naive loop p50 {row['naive_loop_p50_ms']:.0f} ms, p99 {row['naive_loop_p99_ms']:.0f} ms"
+                f" | training {row['train_examples_per_s']:,.0f} examples/s ({row['loss']})"
+            )
+
+
+if __name__ == "__main__":
+    main()
