@@ -105,6 +105,7 @@ class _Clock:
         self.events = 0
         self.t0 = 0.0
         self.profiler: Any = None
+        self.extra: dict[str, Any] = {}
         if os.environ.get("BENCH_PROFILE"):
             import cProfile
 
@@ -120,7 +121,7 @@ class _Clock:
         self.start()
         self.events += n
         if self.events >= self.expect:
-            result(events=self.events, seconds=time.perf_counter() - self.t0)
+            result(events=self.events, seconds=time.perf_counter() - self.t0, **self.extra)
             if self.profiler is not None:
                 self.profiler.disable()
                 self.profiler.dump_stats(os.environ["BENCH_PROFILE"])
@@ -206,7 +207,10 @@ def child_ours(settings: Settings, topic: str, expect: int) -> None:
     ingest_module.IngestProcessor.prepare = prepare  # type: ignore[method-assign]
 
     async def timed(self: Any, batch: Any) -> Any:
+        started = time.perf_counter()
         outcome = await original(self, batch)
+        clock.extra["batches"] = clock.extra.get("batches", 0) + 1
+        clock.extra["write_s"] = clock.extra.get("write_s", 0.0) + time.perf_counter() - started
         clock.add(len(outcome.new))
         return outcome
 
@@ -305,8 +309,13 @@ def main() -> None:
             plan = [step for step in plan if step[0] in args.only.split(",")]
         for label, kind, topic, expect, extra in plan:
             runs[label] = run_child(kind, settings, topic, expect, extra)
-            print(f"  ({label:5}) {kind:9} {runs[label]['rate']:>10,.0f} events/s  "
-                  f"({runs[label]['events']} events in {runs[label]['seconds']:.2f}s)", flush=True)
+            run = runs[label]
+            detail = ""
+            if "batches" in run:
+                detail = (f"; {run['batches']} batches of {run['events'] / run['batches']:.0f}, "
+                          f"writes (Redis + publish) busy {run['write_s'] / run['seconds']:.0%} of the time")
+            print(f"  ({label:5}) {kind:9} {run['rate']:>10,.0f} events/s  "
+                  f"({run['events']} events in {run['seconds']:.2f}s{detail})", flush=True)
 
         def ratio(x: str, y: str) -> str:
             return f"{runs[x]['rate'] / runs[y]['rate']:.2f}x" if x in runs and y in runs else "-"

@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     # Faust consumer knobs for the hot topic.
     broker_max_poll_records: int | None = Field(default=None, ge=1)
     consumer_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    # Faust's own Monitor sensor (per-message statistics in Python); off on the hot path by default.
+    faust_monitor: bool = False
 
     @property
     def redis_key_prefix(self) -> str:

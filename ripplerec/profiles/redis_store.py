@@ -3,9 +3,10 @@
 Key layout under a prefix ``P`` (the app id unless configured):
 
 =====================  ======  ==========================================================
-``P:u:{user}``         hash    ``c:{action}`` counts, ``n``, ``last_seen``, ``updated`` (ms), and
-                              ``rec_n``: ``n`` at the last proactive recommendation
-``P:h:{user}``         list    recent history, newest first, capped (``encode_entry`` form)
+``P:u:{user}``         hash    ``c:{action}`` counts, ``n``, ``last_seen``, ``updated`` (ms), ``h``:
+                              recent history, newest first, capped (``encode_entry`` forms joined
+                              by ``LIST_SEP``), ``rec_n``: ``n`` at the last proactive
+                              recommendation, ``ttl_at``: when the TTL was last refreshed
 ``P:seen:{user}``      set     every item the user consumed (excluded from recommendations)
 ``P:ev:{event_id}``    string  dedupe marker, expires after ``dedupe_ttl_s``
 ``P:rl:{user}``        string  proactive rate limit marker (expires after the interval)
@@ -17,8 +18,11 @@ Key layout under a prefix ``P`` (the app id unless configured):
 ``P:items``            set     catalog item ids
 =====================  ======  ==========================================================
 
-Profile keys slide their TTL on every write. The scripts touch keys they do not declare, which a
-single Redis allows; a Redis Cluster deployment would need the batch split per hash slot.
+Profile keys slide their TTL with writes (refreshed when older than a sixteenth of it). The history
+lives in the profile hash rather than in a list, so a batch touches each user with one HGETALL, one
+HSET and one SADD: the number of calls inside the script is what bounds ingest throughput.
+The scripts touch keys they do not declare, which a single Redis allows; a Redis Cluster deployment
+would need the batch split per hash slot.
 """
 
 from __future__ import annotations
@@ -58,8 +62,20 @@ local packed = ARGV[10]
 local flags = {}
 local users = {}
 local order = {}
-local keep = math.max(window, pre_len)
 local LN2 = math.log(2)
+local now_n = tonumber(now)
+-- the TTL slides when it was last refreshed more than ttl/16 ago, not with every batch
+local refresh_ms = ttl * 1000 / 16
+-- the first n entries of a '\30'-joined list
+local function head(str, n)
+  if n <= 0 or str == '' then return '' end
+  local pos = 0
+  for _ = 1, n do
+    pos = string.find(str, '\30', pos + 1, true)
+    if not pos then return str end
+  end
+  return string.sub(str, 1, pos - 1)
+end
 local function chunked(cmd, key, t)
   local size = #t
   local i = 1
@@ -76,19 +92,26 @@ local batch_pop, batch_popd, pop_order = {}, {}, {}
 for rec in string.gmatch(packed, '[^\30]+') do
   local eid, uid, item, action, value, ts, x =
     string.match(rec, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
-  local entry = item .. '\31' .. action .. '\31' .. value .. '\31' .. ts
   if redis.call('SET', p .. ':ev:' .. eid, '1', 'NX', 'EX', dedupe_ttl) then
     flags[#flags + 1] = '1'
     local u = users[uid]
     if not u then
-      local pre = {}
-      if keep > 0 then pre = redis.call('LRANGE', p .. ':h:' .. uid, 0, keep - 1) end
+      -- the whole profile hash in one call: counts, last seen, history (newest first, one field)
+      local flat = redis.call('HGETALL', p .. ':u:' .. uid)
+      local old = {}
+      for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
+      local hist = old['h'] or ''
       local recent = {}
-      for j = math.min(#pre, window), 1, -1 do
-        local it, ac = string.match(pre[j], '^([^\31]*)\31([^\31]*)')
-        recent[#recent + 1] = {it, ac}
+      if window > 0 then
+        local newest_first = {}
+        for e in string.gmatch(head(hist, window), '[^\30]+') do
+          local it, ac = string.match(e, '^([^\31]*)\31([^\31]*)')
+          newest_first[#newest_first + 1] = {it, ac}
+        end
+        for j = #newest_first, 1, -1 do recent[#recent + 1] = newest_first[j] end
       end
-      u = {pre = pre, recent = recent, entries = {}, counts = {}, n = 0, maxts = nil, items = {}, last_eid = eid}
+      u = {old = old, hist = hist, recent = recent, entries = {}, counts = {}, n = 0, maxts = nil,
+           items = {}, last_eid = eid}
       users[uid] = u
       order[#order + 1] = uid
     end
@@ -117,8 +140,8 @@ for rec in string.gmatch(packed, '[^\30]+') do
         end
       end
     end
-    u.recent[#u.recent + 1] = {item, action}
-    u.entries[#u.entries + 1] = entry
+    if window > 0 then u.recent[#u.recent + 1] = {item, action} end
+    u.entries[#u.entries + 1] = item .. '\31' .. action .. '\31' .. value .. '\31' .. ts
     u.counts[action] = (u.counts[action] or 0) + 1
     u.n = u.n + 1
     u.items[#u.items + 1] = item
@@ -143,41 +166,46 @@ for _, item in ipairs(pop_order) do
 end
 local pre_out = {}
 local proactive = {}
+-- Per user: the HGETALL above, one HSET, one SADD (and the EXPIREs when the TTL is refreshed).
 for _, uid in ipairs(order) do
   local u = users[uid]
+  local old = u.old
   local hk = p .. ':u:' .. uid
-  local lk = p .. ':h:' .. uid
   local sk = p .. ':seen:' .. uid
-  for action, c in pairs(u.counts) do redis.call('HINCRBY', hk, 'c:' .. action, c) end
-  local total = redis.call('HINCRBY', hk, 'n', u.n)
+  local total = (tonumber(old['n']) or 0) + u.n
   if total == u.n then redis.call('INCR', p .. ':users') end
-  local old = redis.call('HMGET', hk, 'last_seen', 'rec_n')
   local last = u.maxts_s
-  if old[1] and tonumber(old[1]) > u.maxts then last = old[1] end
-  local rec_n = nil
-  if pro_min > 0 and total - (tonumber(old[2]) or 0) >= pro_min then
+  if old['last_seen'] and tonumber(old['last_seen']) > u.maxts then last = old['last_seen'] end
+  local newest = {}
+  for j = #u.entries, 1, -1 do newest[#newest + 1] = u.entries[j] end
+  local hist = table.concat(newest, '\30')
+  if u.hist ~= '' then hist = hist .. '\30' .. u.hist end
+  local set = {'n', total, 'last_seen', last, 'updated', now, 'h', head(hist, hist_len)}
+  for action, c in pairs(u.counts) do
+    set[#set + 1] = 'c:' .. action
+    set[#set + 1] = (tonumber(old['c:' .. action]) or 0) + c
+  end
+  if pro_min > 0 and total - (tonumber(old['rec_n']) or 0) >= pro_min then
     if redis.call('SET', p .. ':rl:' .. uid, '1', 'NX', 'PX', pro_ms) then
-      rec_n = total
+      set[#set + 1] = 'rec_n'
+      set[#set + 1] = total
       proactive[#proactive + 1] = uid
       proactive[#proactive + 1] = u.last_eid
     end
   end
-  if rec_n then
-    redis.call('HSET', hk, 'last_seen', last, 'updated', now, 'rec_n', rec_n)
-  else
-    redis.call('HSET', hk, 'last_seen', last, 'updated', now)
+  local refresh = old['ttl_at'] == nil or now_n - tonumber(old['ttl_at']) >= refresh_ms
+  if refresh then
+    set[#set + 1] = 'ttl_at'
+    set[#set + 1] = now
   end
-  redis.call('EXPIRE', hk, ttl)
-  chunked('LPUSH', lk, u.entries)
-  redis.call('LTRIM', lk, 0, hist_len - 1)
-  redis.call('EXPIRE', lk, ttl)
+  redis.call('HSET', hk, unpack(set))
   chunked('SADD', sk, u.items)
-  redis.call('EXPIRE', sk, ttl)
+  if refresh then
+    redis.call('EXPIRE', hk, ttl)
+    redis.call('EXPIRE', sk, ttl)
+  end
   if pre_len > 0 then
-    local lim = math.min(pre_len, #u.pre)
-    local parts = {}
-    for j = 1, lim do parts[j] = u.pre[j] end
-    pre_out[#pre_out + 1] = uid .. '\29' .. table.concat(parts, '\30')
+    pre_out[#pre_out + 1] = uid .. '\29' .. head(u.hist, pre_len)
   end
 end
 return {table.concat(flags), table.concat(pre_out, '\28'), proactive}
@@ -186,7 +214,14 @@ return {table.concat(flags), table.concat(pre_out, '\28'), proactive}
 SCORING_SIGNALS_LUA = r"""
 local p, uid = ARGV[1], ARGV[2]
 local hist_len, m, n_pop, n_co = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local hist = redis.call('LRANGE', p .. ':h:' .. uid, 0, hist_len - 1)
+local hist = {}
+local joined_hist = redis.call('HGET', p .. ':u:' .. uid, 'h')
+if joined_hist then
+  for e in string.gmatch(joined_hist, '[^\30]+') do
+    if #hist >= hist_len then break end
+    hist[#hist + 1] = e
+  end
+end
 local consumed = redis.call('SMEMBERS', p .. ':seen:' .. uid)
 -- Everything comes back as a few joined strings: parsing thousands of reply elements client-side
 -- costs far more than joining them here.
@@ -318,9 +353,9 @@ class RedisProfileStore:
         p = self.prefix
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(f"{p}:u:{user_id}")
-            pipe.lrange(f"{p}:h:{user_id}", 0, -1)
             pipe.smembers(f"{p}:seen:{user_id}")
-            fields, history, consumed = await pipe.execute()
+            fields, consumed = await pipe.execute()
+        history = _split(fields.get("h", "")) if fields else []
         if not fields:
             return None
         counts = {k[2:]: int(v) for k, v in fields.items() if k.startswith("c:")}

@@ -225,11 +225,24 @@ def faust_config(settings: Settings, *, web: bool = True) -> dict[str, Any]:
     return config
 
 
+def _tune(app: faust.App, settings: Settings) -> None:
+    """Per-app tuning both our worker and the benchmark baselines get."""
+    _patch_fetch_max_wait()
+    app.ripple_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
+    if not settings.faust_monitor:
+
+        @app.task
+        async def drop_faust_monitor() -> None:
+            # Faust's Monitor sensor keeps per-message statistics in Python (deques, timestamps) on
+            # the hot path; our own metrics are in Prometheus, so it is left out unless asked for.
+            if app.monitor in set(app.sensors):
+                app.sensors.remove(app.monitor)
+
+
 def bare_app(settings: Settings, *, web: bool = False) -> faust.App:
     """A Faust app configured like :func:`create_app`'s but without agents (benchmarks' baselines)."""
     app = faust.App(settings.app_id, **faust_config(settings, web=web))
-    _patch_fetch_max_wait()
-    app.ripple_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
+    _tune(app, settings)
     return app
 
 
@@ -250,8 +263,7 @@ def create_app(
     config = faust_config(settings, web=web)
     config.update(overrides)
     app = faust.App(settings.app_id, **config)
-    _patch_fetch_max_wait()
-    app.ripple_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
+    _tune(app, settings)
     metrics = metrics or StreamMetrics()
     runtime = Runtime(app, settings, metrics)
     app.ripple = runtime  # type: ignore[attr-defined]

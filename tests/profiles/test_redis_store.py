@@ -43,6 +43,9 @@ async def _run(redis_url: str, batches: list[list[dict]], params: BatchParams, n
         outcomes.append(await store.apply_batch(batch, now, prior_history=5))
     users = {e["user_id"] for b in batches for e in b}
     profiles = {u: await store.get_profile(u) for u in users}
+    for user in users:  # every profile key carries the sliding TTL
+        for kind in ("u", "seen"):
+            assert 0 < await client.ttl(f"{store.prefix}:{kind}:{user}") <= store.profile_ttl_s
     stats = await store.item_stats()
     count = await store.count_profiles()
     await store.close()
