@@ -36,9 +36,9 @@ class HeuristicConfig:
     popularity_weight: float = 0.3
     cooccurrence_weight: float = 1.0
     recency_decay: float = 0.8
-    recent_items: int = 10
+    recent_items: int = 5
     popular_candidates: int = 100
-    neighbours: int = 30
+    neighbours: int = 20
     max_influences: int = 3
     half_life_s: float = 7 * 24 * 3600.0
     cooccurrence_window: int = 3
