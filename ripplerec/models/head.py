@@ -52,6 +52,7 @@ class HeadConfig:
     heads: int = 2
     item_representation: str = "text+id"
     tower_hidden: int = 128
+    additive_attention: bool = True  # tanh(W h) . q scores; False: plain h . q (cheaper)
     normalize: bool = False  # cosine scores times a learned scale, instead of plain dot products
 
     def __post_init__(self) -> None:
@@ -105,7 +106,7 @@ class Head(nn.Module):
         for table in (self.action, self.value, self.recency, self.position):
             nn.init.normal_(table.weight, std=0.02)
         self.history_norm = nn.LayerNorm(d)
-        self.attention_key = nn.Linear(d, d)
+        self.attention_key = nn.Linear(d, d) if config.additive_attention else None
         self.attention_query = nn.Parameter(torch.randn(config.heads, d) * 0.1)
         # a learned bias per (head, distance from the most recent behaviour): head 0 starts uniform, the
         # others start recency-focused, so sequential signals are found quickly
@@ -171,7 +172,7 @@ class Head(nn.Module):
             + self.position(positions.clamp(max=self.config.history_length - 1))
         )
         behaviour = self.history_norm(behaviour)
-        keys = torch.tanh(self.attention_key(behaviour))  # (B, L, d)
+        keys = torch.tanh(self.attention_key(behaviour)) if self.attention_key is not None else behaviour
         logits = torch.einsum("bld,hd->bhl", keys, self.attention_query)
         distance = positions.clamp(max=self.config.history_length - 1)
         logits = logits + self.position_bias[:, distance].unsqueeze(0)

@@ -136,7 +136,8 @@ class OnlineTrainer:
             logits = users @ vectors.T + head.item_bias[:n_items]
             if config.mask_history:
                 seen = torch.zeros(batch, n_items, dtype=torch.bool)
-                seen.scatter_(1, history.items, history.mask)
+                owners = torch.arange(batch).unsqueeze(1).expand_as(history.items)
+                seen[owners[history.mask], history.items[history.mask]] = True
                 seen[torch.arange(batch), positives] = False
                 logits = logits.masked_fill(seen, -1e9)
             if active is not None:
@@ -147,11 +148,16 @@ class OnlineTrainer:
             negatives = pool[torch.randint(0, pool.shape[0], (config.negatives,), generator=self.generator)]
         else:
             negatives = torch.randint(0, n_items, (config.negatives,), generator=self.generator)
-        rows = torch.cat([positives, negatives])
-        vectors = head.item_vectors(rows)
-        users, _ = head.user_vectors(history)
-        positive_scores = (users * vectors[:batch]).sum(-1) + head.item_bias[positives]
-        negative_scores = users @ vectors[batch:].T + head.item_bias[negatives]  # (B, N)
+        # item vectors once per distinct row (histories repeat items a lot), then gathered
+        rows = torch.cat([positives, negatives, history.items.flatten()])
+        distinct, inverse = torch.unique(rows, return_inverse=True)
+        vectors = head.item_vectors(distinct)
+        n_sampled = batch + negatives.shape[0]
+        local = history._replace(items=inverse[n_sampled:].view_as(history.items))
+        users, _ = head.user_vectors(local, vectors)
+        sampled = vectors[inverse[:n_sampled]]
+        positive_scores = (users * sampled[:batch]).sum(-1) + head.item_bias[positives]
+        negative_scores = users @ sampled[batch:].T + head.item_bias[negatives]  # (B, N)
         # a sampled negative that is the positive itself is not a negative
         negative_scores = negative_scores.masked_fill(negatives.unsqueeze(0) == positives.unsqueeze(1), -1e9)
         if config.loss == "bpr":
