@@ -231,6 +231,26 @@ class IngestProcessor:
         self.send_many = send_many
         self.retry_delay_s = 0.2
 
+    async def _apply(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> BatchOutcome:
+        """Apply in script calls of at most ``ingest_batch_size`` events, in order.
+
+        Envelopes can make a batch hold tens of thousands of events; one script call that long would
+        block every other Redis client (the scorer's reads first) for seconds.
+        """
+        size = self.settings.ingest_batch_size
+        if len(events) <= size:
+            return await self._apply_with_retry(events, now_ms)
+        new: list[bool] = []
+        prior: dict[str, Sequence[ProfileEntry]] = {}
+        proactive: list[tuple[str, str]] = []
+        for start in range(0, len(events), size):
+            part = await self._apply_with_retry(events[start : start + size], now_ms)
+            new.extend(part.new)
+            for user_id, history in part.prior_history.items():
+                prior.setdefault(user_id, history)  # the history before the first of the parts
+            proactive.extend(part.proactive)
+        return BatchOutcome(new=new, prior_history=prior, proactive=proactive)
+
     async def _apply_with_retry(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> BatchOutcome:
         """Redis failures are retried until they succeed: the batch must not be acked before."""
         prior = self.settings.training_history_length if self.settings.emit_training else 0
@@ -260,7 +280,7 @@ class IngestProcessor:
         pending: list[Awaitable[Any]] = []
         for message, error_type, error in batch.rejects:
             pending.append(await self.dead_letters.publish(message, error_type, error))
-        outcome = await self._apply_with_retry(events, now_ms) if events else BatchOutcome(new=[])
+        outcome = await self._apply(events, now_ms) if events else BatchOutcome(new=[])
         fresh = sum(outcome.new)
         self.metrics.events_ingested.inc(fresh)
         self.metrics.events_duplicate.inc(len(events) - fresh)

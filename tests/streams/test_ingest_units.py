@@ -52,3 +52,57 @@ def test_training_examples_carry_history_before_each_event_and_fresh_negatives()
         assert len(x["negatives"]) == 3 and x["positive_item_id"] not in x["negatives"]
         assert not {h["item_id"] for h in x["history"]} & set(x["negatives"])
     AvroCodec().encode("TrainingExample", examples[0])
+
+
+class _PureStore:
+    """A ProfileStore on the pure reference function (records how it was called)."""
+
+    def __init__(self) -> None:
+        from ripplerec.profiles import BatchParams, StoreState
+
+        self.state = StoreState()
+        self.params = BatchParams()
+        self.calls: list[int] = []
+
+    async def apply_batch(self, events, now_ms, *, prior_history=0):
+        from ripplerec.profiles import BatchOutcome, apply_batch
+
+        self.calls.append(len(events))
+        prior = {e["user_id"]: tuple(self.state.profiles[e["user_id"]].history[-prior_history:])
+                 for e in events if e["user_id"] in self.state.profiles and prior_history}
+        self.state, flags = apply_batch(self.state, events, now_ms, self.params)
+        return BatchOutcome(new=flags, prior_history=prior)
+
+
+def test_big_batches_are_applied_in_chunks_with_the_same_result() -> None:
+    import asyncio
+
+    from ripplerec.monitoring import StreamMetrics
+    from ripplerec.streams.ingest import IngestProcessor
+
+    codec = AvroCodec()
+    events = [_event(event_id=f"e{n}", user_id=f"u{n % 7}", item_id=f"i{n % 11}", ts=1000 + n) for n in range(50)]
+    sent: list[tuple] = []
+
+    async def send(topic, key, value, partition=None):
+        sent.append((topic, partition))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def run(batch_size: int):
+        store = _PureStore()
+        settings = Settings(ingest_batch_size=batch_size, training_negatives=0)
+        processor = IngestProcessor(settings, codec, store, send, StreamMetrics(), seed=1, clock=lambda: 1e9)
+        messages = [RawMessage("t", n % 4, n, e["user_id"].encode(), codec.encode("BehaviorEvent", e))
+                    for n, e in enumerate(events + events[:5])]
+        outcome = asyncio.run(processor.process(messages))
+        return store, outcome
+
+    whole_store, whole = run(1000)
+    parts_store, parts = run(8)
+    assert whole_store.calls == [55] and max(parts_store.calls) == 8
+    assert list(whole.new) == list(parts.new) and sum(whole.new) == 50
+    assert whole_store.state.profiles == parts_store.state.profiles
+    assert {u: tuple(h) for u, h in whole.prior_history.items()} == {
+        u: tuple(h) for u, h in parts.prior_history.items()}
