@@ -68,8 +68,9 @@ class _PureStore:
         from ripplerec.profiles import BatchOutcome, apply_batch
 
         self.calls.append(len(events))
+        # like the Redis script: an entry (maybe empty) for every user of the batch
         prior = {e["user_id"]: tuple(self.state.profiles[e["user_id"]].history[-prior_history:])
-                 for e in events if e["user_id"] in self.state.profiles and prior_history}
+                 if e["user_id"] in self.state.profiles else () for e in events if prior_history}
         self.state, flags = apply_batch(self.state, events, now_ms, self.params)
         return BatchOutcome(new=flags, prior_history=prior)
 
