@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 
 import pytest
@@ -17,7 +18,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def running(embedded_stack, tmp_path_factory, stream_codec):
     tmp = tmp_path_factory.mktemp("worker")
-    settings = make_settings(embedded_stack, tmp, proactive_min_events=0, history_length=10)
+    settings = make_settings(embedded_stack, tmp, proactive_min_events=40, proactive_interval_s=600,
+                             history_length=10)
     worker = WorkerProcess(settings, "all", log_path=str(tmp / "worker.log"), loglevel="info").start()
     publisher = Publisher(settings, stream_codec)
     yield settings, worker, publisher
@@ -145,3 +147,26 @@ def test_health_and_metrics_pages(running):
     with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/health", timeout=5) as response:
         assert json.loads(response.read())["status"] == "ok"
     assert "ripplerec_events_ingested_total" in worker.read_metrics()
+
+
+def test_proactive_recommendation_when_a_profile_changed_enough_and_rate_limited(running, stream_codec):
+    settings, worker, publisher = running
+    burst = [event(5000 + i, "eager", f"m{i % 6}") for i in range(40)]
+    publisher.events(burst)
+
+    def proactive(records: list) -> list:
+        return [r for _, r in records if r["user_id"] == "eager" and r["trigger_event_id"]]
+
+    first = proactive(read_topic(settings, settings.topics.recommendations, stream_codec, "Recommendation",
+                                 timeout=20, until=lambda rs: bool(proactive(rs))))
+    assert len(first) == 1
+    record = first[0]
+    assert record["request_id"] is None and record["trigger_event_id"] in {e["event_id"] for e in burst}
+    assert record["items"] and not {i["item_id"] for i in record["items"]} & {e["item_id"] for e in burst}
+    # another 40 events within the interval: rate limited, no second one
+    publisher.events([event(6000 + i, "eager", f"m{i % 6}") for i in range(40)])
+    wait_for(lambda: (redis_profiles(settings, ["eager"])["eager"] or None) and
+             redis_profiles(settings, ["eager"])["eager"].events >= 80, 30)
+    time.sleep(1.0)
+    assert len(proactive(read_topic(settings, settings.topics.recommendations, stream_codec, "Recommendation",
+                                    timeout=3))) == 1
