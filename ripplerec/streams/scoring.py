@@ -180,15 +180,17 @@ def make_backend(settings: Settings, store: ProfileStore) -> ScoringBackend:
         )
     if settings.scorer == "transformer":
         try:
-            from ripplerec import models
-
-            factory = models.TransformerScorer  # type: ignore[attr-defined]
-        except (ImportError, AttributeError) as exc:
-            raise RuntimeError(
-                "RIPPLEREC_SCORER=transformer needs ripplerec.models.TransformerScorer, which is not available"
-            ) from exc
-        scorer = factory.from_settings(settings) if hasattr(factory, "from_settings") else factory()
-        return ModelBackend(store, scorer)
+            from ripplerec.models import TransformerScorer
+            from ripplerec.models.encoder import EncoderConfig, TransformerEncoder
+        except ImportError as exc:
+            raise RuntimeError(f"RIPPLEREC_SCORER=transformer needs the models package: {exc}") from exc
+        if hasattr(TransformerScorer, "from_settings"):
+            return ModelBackend(store, TransformerScorer.from_settings(settings))
+        # Fresh head on the configured encoder; loading snapshots and head updates is the learning
+        # issue's part (ModelUpdate on ripple.model-updates).
+        model = str(settings.model_path) if settings.model_path is not None else settings.model_name
+        encoder = TransformerEncoder(EncoderConfig(model=model, device=settings.device))
+        return ModelBackend(store, TransformerScorer(encoder=encoder))
     raise ValueError(f"unknown scorer {settings.scorer!r}")
 
 
