@@ -55,7 +55,7 @@ class Limits(BaseModel):
     max_k: int = Field(default=1_000, ge=1)
     # Events from further in the future than this are rejected (clock skew allowance).
     max_future_skew_s: float = Field(default=300.0, ge=0)
-    # Events older than 2000-01-01 are rejected unless this is lowered (MovieLens starts in 1997).
+    # Earliest accepted event time, epoch seconds. 0 accepts any date (MovieLens ratings are from 1997).
     min_timestamp: float = 0.0
 
 
@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     kafka_api_version: str = "2.4"
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     schema_registry_url: str | None = None
-    schema_registry_path: Path = Path(".ripplerec/schemas.json")
+    # Local registry file; unset means ids derived from each schema (stable everywhere, nothing written).
+    # Workers keep every schema version they meet in Redis (see AvroCodec.from_settings).
+    schema_registry_path: Path | None = None
     topics: TopicNames = Field(default_factory=TopicNames)
     limits: Limits = Field(default_factory=Limits)
 

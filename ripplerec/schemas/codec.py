@@ -70,13 +70,22 @@ class AvroCodec:
             self._writers[schema_id] = parsed
 
     @classmethod
-    def from_settings(cls, settings: Any) -> AvroCodec:
-        """A codec on the registry the settings name: a Confluent URL, else the local file registry."""
-        from .registry import ConfluentSchemaRegistry, FileSchemaRegistry
+    def from_settings(cls, settings: Any, redis_client: Any = None) -> AvroCodec:
+        """A codec on the registry the settings name.
+
+        A Confluent-compatible URL wins; else a local registry file if one is set; else, given a
+        Redis client (workers), a registry shared through Redis; else process-local ids, which are
+        derived from the schemas and so agree across processes for the same schema version.
+        """
+        from .registry import ConfluentSchemaRegistry, FileSchemaRegistry, RedisSchemaRegistry
 
         if settings.schema_registry_url:
             return cls(ConfluentSchemaRegistry(settings.schema_registry_url))
-        return cls(FileSchemaRegistry(settings.schema_registry_path))
+        if settings.schema_registry_path is not None:
+            return cls(FileSchemaRegistry(settings.schema_registry_path))
+        if redis_client is not None:
+            return cls(RedisSchemaRegistry(redis_client))
+        return cls(MemorySchemaRegistry())
 
     @property
     def names(self) -> list[str]:

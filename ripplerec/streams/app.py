@@ -70,7 +70,7 @@ class Runtime:
         self.app = app
         self.settings = settings
         self.metrics = metrics
-        self.codec = AvroCodec.from_settings(settings)
+        self.codec = _worker_codec(settings)
         self.item_pool = ItemPool()
         self._store: Any = None
         self._lock = asyncio.Lock()
@@ -136,6 +136,18 @@ class Runtime:
             backend = make_backend(self.settings, await self.store())
             self._requests = RequestProcessor(self.settings, self.codec, backend, self.send, self.metrics)
         return self._requests
+
+
+def _worker_codec(settings: Settings) -> AvroCodec:
+    """Workers remember every schema version they meet in Redis, shared by all workers."""
+    if settings.schema_registry_url or settings.schema_registry_path:
+        return AvroCodec.from_settings(settings)
+    import redis
+
+    from ripplerec.schemas import RedisSchemaRegistry
+
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    return AvroCodec(RedisSchemaRegistry(client, key=f"{settings.redis_key_prefix}:schemas"))
 
 
 async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings) -> None:
