@@ -122,8 +122,8 @@ def load_movielens_100k(root: str | Path | None = None, neighbours_per_relation:
 
     movies: dict[str, tuple[str, str, list[str]]] = {}
     for row in _rows(folder / "ml-100k.item"):
-        item_id, title, year, genres = (row + ["", "", ""])[:4]
-        movies[item_id] = (_readable_title(title.strip()), year.strip(), genres.split())
+        item_id, raw_title, raw_year, raw_genres = (row + ["", "", ""])[:4]
+        movies[item_id] = (_readable_title(raw_title.strip()), raw_year.strip(), raw_genres.split())
     link = {row[0]: row[1] for row in _rows(folder / "ml-100k.link") if len(row) >= 2}
     triples = [(row[0], row[1], row[2]) for row in _rows(folder / "ml-100k.kg") if len(row) >= 3]
     neighbours, relations = _kg_neighbours(link, triples, neighbours_per_relation)
