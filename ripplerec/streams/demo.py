@@ -181,6 +181,13 @@ def run_demo(
             progress.items = publish_catalog(producer, data.items)
             console.print(f"published {progress.items} movies to {topics.items}")
             client = RecommendationClient(settings)
+            # Start the replay once the scorer answers: its consumer group must have joined first.
+            try:
+                client.request("ripplerec-demo-warmup", k=1, timeout=60.0)
+            except (RecommendationTimeout, RecommendationError) as exc:
+                console.print(f"[red]the scorer did not answer a warm-up request ({exc}); see {log_path}[/]")
+                return 1
+            console.print("the scorer answers; replaying ratings")
             thread = threading.Thread(target=replay, args=(producer, data.interactions),
                                       kwargs={"rate": rate, "progress": progress, "stop": stop}, daemon=True)
             thread.start()
@@ -219,7 +226,7 @@ def run_demo(
                         last_show = now
                         for user in progress.users[-users_to_show:]:
                             try:
-                                record = client.request(user, k=5, timeout=5.0)
+                                record = client.request(user, k=5, timeout=10.0)
                             except (RecommendationTimeout, RecommendationError) as exc:
                                 bar.console.print(f"[yellow]user {user}: {exc}[/]")
                                 continue
