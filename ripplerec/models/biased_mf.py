@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ripplerec.models.base import Interaction, Item, ModelLoadError, RankingModel, UserState
-from ripplerec.models.catalog import ItemIndex, load_arrays, save_arrays
+from ripplerec.models.base import Interaction, Item, ModelLoadError, UserState
+from ripplerec.models.catalog import IndexedModel, load_arrays, save_arrays
 
 __all__ = ["BiasedMFConfig", "BiasedMFScorer"]
 
@@ -34,7 +34,7 @@ class BiasedMFConfig:
             raise ValueError("n_factors >= 1, learning rates > 0, init_sigma >= 0")
 
 
-class BiasedMFScorer(RankingModel):
+class BiasedMFScorer(IndexedModel):
     """Learns ratings one event at a time with river; ranks by ``b_i + p_u . q_i`` (the user terms are
     the same for every item). Items river has not seen yet score as bias 0, latent 0."""
 
@@ -55,20 +55,8 @@ class BiasedMFScorer(RankingModel):
             latent_initializer=optim.initializers.Normal(mu=0.0, sigma=c.init_sigma, seed=c.seed),
             seed=c.seed,
         )
-        self._items = ItemIndex()
-        self._learned = 0
+        super().__init__()
         self._matrix: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
-
-    @property
-    def version(self) -> str:
-        return f"{self.name}-n{self._learned}"
-
-    @property
-    def item_ids(self) -> Sequence[str]:
-        return self._items.ids
-
-    def _index(self) -> dict[str, int]:
-        return self._items.rows
 
     def add_items(self, items: Sequence[Item]) -> None:
         if self._items.add(items):

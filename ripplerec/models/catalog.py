@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ripplerec.models.base import Item, ModelLoadError
+from ripplerec.models.base import Item, ModelLoadError, RankingModel
 from ripplerec.models.serialization import FORMAT_VERSION, atomic_path, read_manifest, write_json
 
-__all__ = ["ItemIndex", "save_arrays", "load_arrays", "grown"]
+__all__ = ["ItemIndex", "IndexedModel", "save_arrays", "load_arrays", "grown"]
 
 
 class ItemIndex:
@@ -35,6 +35,26 @@ class ItemIndex:
                 self.ids.append(item_id)
                 added.append(item_id)
         return added
+
+
+class IndexedModel(RankingModel):
+    """A count-based model over a growing :class:`ItemIndex`; its version counts what it learned."""
+
+    def __init__(self) -> None:
+        self._items = ItemIndex()
+        self._learned = 0
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}-n{self._learned}"
+
+    @property
+    def item_ids(self) -> Sequence[str]:
+        return self._items.ids
+
+    def _index(self) -> dict[str, int]:
+        return self._items.rows
+
 
 
 def grown(array: NDArray[Any], size: int, axes: tuple[int, ...] = (0,)) -> NDArray[Any]:

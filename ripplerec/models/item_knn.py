@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from ripplerec.models.base import Interaction, Item, ModelLoadError, RankingModel, UserState
-from ripplerec.models.catalog import ItemIndex, grown, load_arrays, save_arrays
+from ripplerec.models.base import Interaction, Item, ModelLoadError, UserState
+from ripplerec.models.catalog import IndexedModel, grown, load_arrays, save_arrays
 
 __all__ = ["ItemKNNConfig", "ItemKNN"]
 
@@ -36,29 +36,17 @@ class ItemKNNConfig:
             raise ValueError("recency_decay in (0, 1], alpha in [0, 1], popularity_prior >= 0")
 
 
-class ItemKNN(RankingModel):
+class ItemKNN(IndexedModel):
     """Co-occurrence item-kNN over recent history; a dense item x item matrix (fine up to ~20k items)."""
 
     name = "item-knn"
 
     def __init__(self, config: ItemKNNConfig | None = None) -> None:
+        super().__init__()
         self.config = config or ItemKNNConfig()
-        self._items = ItemIndex()
         self._cooc = np.zeros((0, 0), dtype=np.float32)
         self._counts = np.zeros(0, dtype=np.float32)
         self._recent: dict[str, deque[int]] = {}
-        self._learned = 0
-
-    @property
-    def version(self) -> str:
-        return f"{self.name}-n{self._learned}"
-
-    @property
-    def item_ids(self) -> Sequence[str]:
-        return self._items.ids
-
-    def _index(self) -> dict[str, int]:
-        return self._items.rows
 
     def add_items(self, items: Sequence[Item]) -> None:
         self._items.add(items)

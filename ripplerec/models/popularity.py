@@ -9,32 +9,20 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from ripplerec.models.base import Interaction, Item, ModelLoadError, RankingModel, UserState
-from ripplerec.models.catalog import ItemIndex, grown, load_arrays, save_arrays
+from ripplerec.models.base import Interaction, Item, ModelLoadError, UserState
+from ripplerec.models.catalog import IndexedModel, grown, load_arrays, save_arrays
 
 __all__ = ["Popularity", "DecayedPopularity"]
 
 
-class Popularity(RankingModel):
+class Popularity(IndexedModel):
     """Scores an item by how many interactions it has had; the same list for everyone."""
 
     name = "popularity"
 
     def __init__(self) -> None:
-        self._items = ItemIndex()
+        super().__init__()
         self._counts = np.zeros(0, dtype=np.float64)
-        self._learned = 0
-
-    @property
-    def version(self) -> str:
-        return f"{self.name}-n{self._learned}"
-
-    @property
-    def item_ids(self) -> Sequence[str]:
-        return self._items.ids
-
-    def _index(self) -> dict[str, int]:
-        return self._items.rows
 
     def add_items(self, items: Sequence[Item]) -> None:
         self._items.add(items)
