@@ -133,9 +133,9 @@ class Settings(BaseSettings):
     scorer: Literal["heuristic", "transformer"] = "heuristic"
     # Requests a scorer worker handles at once (their Redis reads overlap).
     scorer_concurrency: int = Field(default=2, ge=1)
-    # The scorer answers requests in batches of at most this many, waiting at most this long.
+    # The scorer answers a lone request at once and, under load, the requests that queued up while
+    # it scored the previous batch, at most this many at a time (no batching timer).
     scorer_batch_size: int = Field(default=32, ge=1)
-    scorer_batch_within_s: float = Field(default=0.002, gt=0)
     # The embedded broker lets a new group member join after about half the session timeout.
     session_timeout_s: float = Field(default=10.0, gt=0)
     # Faust consumer knobs for the hot topic.
