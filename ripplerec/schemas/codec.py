@@ -152,24 +152,34 @@ class AvroCodec:
 
     def decode(self, name: str, data: bytes) -> dict[str, Any]:
         """Decode bytes written with any compatible version of schema ``name``."""
-        reader = self._parsed[self._check_name(name)]
-        schema_id = read_header(data)
-        writer = self._writer_schema(schema_id)
+        own_id = self._ids.get(name)
+        if own_id is None:
+            self._check_name(name)
+        # The hot path: one struct unpack and dict lookups; read_header() explains anything odd.
+        try:
+            magic, schema_id = _HEADER.unpack_from(data)
+        except (struct.error, TypeError):
+            read_header(data)
+            raise
+        if magic != MAGIC_BYTE:
+            read_header(data)
+        writer = self._writers.get(schema_id)
+        if writer is None:
+            writer = self._writer_schema(schema_id)
         buffer = BytesIO(data)
         buffer.seek(HEADER_SIZE)
         try:
-            if schema_id == self._ids[name]:
+            if schema_id == own_id:
                 record = schemaless_reader(buffer, writer, None)
             else:
-                record = schemaless_reader(buffer, writer, reader)
+                record = schemaless_reader(buffer, writer, self._parsed[name])
         except Exception as exc:  # fastavro raises many types on garbage; callers get one
             raise DecodeError(
                 f"{name} body (schema id {schema_id}) is not valid Avro: {type(exc).__name__}: {exc}"
             ) from exc
-        if buffer.tell() != len(data):
-            raise DecodeError(
-                f"{name} body has {len(data) - buffer.tell()} trailing bytes after the record"
-            )
+        end = buffer.tell()
+        if end != len(data):
+            raise DecodeError(f"{name} body has {len(data) - end} trailing bytes after the record")
         if not isinstance(record, dict):
             raise DecodeError(f"{name} body decoded to {type(record).__name__}, not a record")
         return record
