@@ -54,6 +54,12 @@ class HeadConfig:
     tower_hidden: int = 128
     additive_attention: bool = True  # tanh(W h) . q scores; False: plain h . q (cheaper)
     normalize: bool = False  # cosine scores times a learned scale, instead of plain dot products
+    # text+id only: the id embedding of an item with n interactions is scaled by n / (n + id_gate), so a
+    # cold item is scored by its text while its id embedding is still mostly noise (0: no gate)
+    id_gate: float = 0.0
+    bias_gate: bool = False  # with id_gate: the item bias is scaled by the same factor
+    # text only: add a learned multiple of cos(item text, attention-weighted mean text of the history)
+    text_affinity: bool = False
 
     def __post_init__(self) -> None:
         if self.item_representation not in ITEM_REPRESENTATIONS:
@@ -63,6 +69,16 @@ class HeadConfig:
         for name in ("dim", "history_length", "heads", "tower_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.id_gate < 0:
+            raise ValueError("id_gate must be >= 0")
+        if self.id_gate and self.item_representation != "text+id":
+            raise ValueError("id_gate needs item_representation 'text+id'")
+        if self.text_affinity and not self.uses_text:
+            raise ValueError("text_affinity needs text item representations")
+
+    @property
+    def gated(self) -> bool:
+        return self.id_gate > 0
 
     @property
     def uses_text(self) -> bool:
@@ -99,6 +115,10 @@ class Head(nn.Module):
             nn.Parameter(torch.randn(capacity, d, generator=self._generator) * 0.05) if config.uses_ids else None
         )
         self.item_bias = nn.Parameter(torch.zeros(capacity))
+        self.item_counts: torch.Tensor  # interactions learned per item (used by the id gate)
+        # saved only when the gate reads it, so heads without a gate keep their saved format
+        self.register_buffer("item_counts", torch.zeros(capacity), persistent=config.gated)
+        self.affinity_scale = nn.Parameter(torch.tensor(1.0)) if config.text_affinity else None
         self.action = nn.Embedding(len(ACTIONS), d)
         self.value = nn.Embedding(VALUE_BUCKETS, d)
         self.recency = nn.Embedding(RECENCY_BUCKETS, d)
@@ -129,6 +149,7 @@ class Head(nn.Module):
         replaced: dict[nn.Parameter, nn.Parameter] = {}
         with torch.no_grad():
             self.item_text = torch.cat([self.item_text, self.item_text.new_zeros(extra, self.item_text.shape[1])])
+            self.item_counts = torch.cat([self.item_counts, self.item_counts.new_zeros(extra)])
             old_bias = self.item_bias
             self.item_bias = nn.Parameter(torch.cat([old_bias.data, old_bias.data.new_zeros(extra)]))
             replaced[old_bias] = self.item_bias
@@ -143,16 +164,40 @@ class Head(nn.Module):
         """Parameters shared by all items and users (the ones pulled toward the anchor)."""
         return {name: p for name, p in self.named_parameters() if not name.startswith(("item_bias", "item_ids"))}
 
+    def gate(self, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+        """n / (n + id_gate) per item (None without a gate)."""
+        if not self.config.gated:
+            return None
+        counts = self.item_counts if rows is None else self.item_counts[rows]
+        return counts / (counts + self.config.id_gate)
+
+    def biases(self, rows: torch.Tensor) -> torch.Tensor:
+        """Item biases of catalog ``rows`` (gated with ``bias_gate``)."""
+        bias = self.item_bias[rows]
+        gate = self.gate(rows) if self.config.bias_gate else None
+        return bias if gate is None else bias * gate
+
     def item_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Item vectors for catalog ``rows`` (all rows when None)."""
+        """Item vectors for catalog ``rows`` (all rows when None).
+
+        With ``text_affinity`` the normalised text embedding is appended (``dim + text_dim`` columns); the
+        user vectors carry the matching columns, so scores stay one matrix product.
+        """
         parts = []
         if self.adapter is not None:
             text = self.item_text if rows is None else self.item_text[rows]
             parts.append(self.adapter(text))
         if self.item_ids is not None:
-            parts.append(self.item_ids if rows is None else self.item_ids[rows])
+            ids = self.item_ids if rows is None else self.item_ids[rows]
+            gate = self.gate(rows)
+            parts.append(ids if gate is None else ids * gate.unsqueeze(-1))
         vectors = parts[0] if len(parts) == 1 else parts[0] + parts[1]
-        return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
+        if self.config.normalize:
+            vectors = nn.functional.normalize(vectors, dim=-1)
+        if self.affinity_scale is not None:
+            text = self.item_text if rows is None else self.item_text[rows]
+            vectors = torch.cat([vectors, nn.functional.normalize(text, dim=-1)], dim=-1)
+        return vectors
 
     def user_vectors(
         self, history: HistoryBatch, item_vectors: torch.Tensor | None = None
@@ -163,6 +208,8 @@ class Head(nn.Module):
         """
         batch, length = history.items.shape
         items = item_vectors[history.items] if item_vectors is not None else self.item_vectors(history.items)
+        texts = items[..., self.config.dim :] if self.affinity_scale is not None else None
+        items = items[..., : self.config.dim]
         positions = torch.arange(length, device=items.device).flip(0)  # 0 = most recent slot
         behaviour = (
             items
@@ -183,10 +230,14 @@ class Head(nn.Module):
         users = pooled + self.tower(pooled)
         if self.config.normalize:
             users = nn.functional.normalize(users, dim=-1) * self.scale
-        return users, weights.mean(dim=1)
+        mean_weights = weights.mean(dim=1)
+        if texts is not None and self.affinity_scale is not None:
+            profile = nn.functional.normalize(torch.einsum("bl,blt->bt", mean_weights, texts), dim=-1)
+            users = torch.cat([users, self.affinity_scale * profile], dim=-1)
+        return users, mean_weights
 
     def forward(self, history: HistoryBatch) -> torch.Tensor:
         """Scores of the whole catalog for each user, ``(B, capacity)``."""
         vectors = self.item_vectors()
         users, _ = self.user_vectors(history, vectors)
-        return users @ vectors.T + self.item_bias
+        return users @ vectors.T + self.biases(torch.arange(self.capacity))

@@ -18,5 +18,14 @@ class IdOnlyScorer(TransformerScorer):
 
     def __init__(self, config: TransformerScorerConfig | None = None, name: str | None = None, **_: object) -> None:
         config = config or TransformerScorerConfig()
-        head = HeadConfig(**{**asdict(config.head), "item_representation": "id"})
+        # the text-specific options (id gate, text affinity) do not apply to learned ids
+        head = HeadConfig(
+            **{
+                **asdict(config.head),
+                "item_representation": "id",
+                "id_gate": 0.0,
+                "bias_gate": False,
+                "text_affinity": False,
+            }
+        )
         super().__init__(replace(config, head=head), encoder=None, name=name)

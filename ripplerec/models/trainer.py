@@ -133,7 +133,7 @@ class OnlineTrainer:
         if config.loss == "softmax" and n_items <= config.full_softmax_max:
             vectors = head.item_vectors(torch.arange(n_items))
             users, _ = head.user_vectors(history, vectors)
-            logits = users @ vectors.T + head.item_bias[:n_items]
+            logits = users @ vectors.T + head.biases(torch.arange(n_items))
             if config.mask_history:
                 seen = torch.zeros(batch, n_items, dtype=torch.bool)
                 owners = torch.arange(batch).unsqueeze(1).expand_as(history.items)
@@ -156,8 +156,8 @@ class OnlineTrainer:
         local = history._replace(items=inverse[n_sampled:].view_as(history.items))
         users, _ = head.user_vectors(local, vectors)
         sampled = vectors[inverse[:n_sampled]]
-        positive_scores = (users * sampled[:batch]).sum(-1) + head.item_bias[positives]
-        negative_scores = users @ sampled[batch:].T + head.item_bias[negatives]  # (B, N)
+        positive_scores = (users * sampled[:batch]).sum(-1) + head.biases(positives)
+        negative_scores = users @ sampled[batch:].T + head.biases(negatives)  # (B, N)
         # a sampled negative that is the positive itself is not a negative
         negative_scores = negative_scores.masked_fill(negatives.unsqueeze(0) == positives.unsqueeze(1), -1e9)
         if config.loss == "bpr":

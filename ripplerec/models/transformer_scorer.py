@@ -46,6 +46,7 @@ from ripplerec.models.trainer import OnlineTrainer, TrainerConfig
 
 __all__ = ["TransformerScorerConfig", "TransformerScorer", "item_text"]
 
+_PER_ITEM = ("item_bias", "item_ids", "item_counts")  # head tensors with one row per catalog item
 _ACTION_INDEX = {action: i for i, action in enumerate(ACTIONS)}
 
 
@@ -241,7 +242,16 @@ class TransformerScorer(RankingModel):
             )
             self._train_examples(examples)
         if positives:
+            self._count(positives)
             self._vectors = None
+
+    def _count(self, rows: Sequence[int]) -> None:
+        """Add learned interactions to the per-item counts the id gate reads."""
+        if self.config.head.gated:
+            with torch.no_grad():
+                self.head.item_counts.index_add_(
+                    0, torch.tensor(list(rows)), torch.ones(len(rows), dtype=self.head.item_counts.dtype)
+                )
 
     def _train_examples(self, examples: list[tuple[NDArray[np.float64], int, float]]) -> None:
         """One trainer step on ``examples`` plus replayed past ones; then remember them for replay."""
@@ -277,6 +287,7 @@ class TransformerScorer(RankingModel):
         rows = [self._index_of[item_id] for item_id in positives]
         batch = self._history_batch([user.history for user in users], [now] * len(users))
         loss = self.trainer.step(batch, torch.tensor(rows), len(self._item_ids))
+        self._count(rows)
         self._vectors = None
         return loss
 
@@ -289,7 +300,7 @@ class TransformerScorer(RankingModel):
         with torch.no_grad():
             vectors = self._item_vectors()
             user_vectors, _ = self.head.user_vectors(batch, vectors)
-            scores = user_vectors @ vectors.T + self.head.item_bias[: len(self._item_ids)]
+            scores = user_vectors @ vectors.T + self.head.biases(torch.arange(len(self._item_ids)))
         return scores.numpy().astype(np.float32, copy=False)
 
     def _leave_one_out(self, user: UserState, now: float | None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -385,7 +396,7 @@ class TransformerScorer(RankingModel):
         for key, value in self.head.state_dict().items():
             if key == "item_text":
                 continue
-            state[key] = (value[:n] if key in ("item_bias", "item_ids") else value).detach().clone().contiguous()
+            state[key] = (value[:n] if key in _PER_ITEM else value).detach().clone().contiguous()
         return state
 
     def save_head(self, directory: str | Path) -> None:
@@ -413,13 +424,13 @@ class TransformerScorer(RankingModel):
         state = load_file(str(folder / "head.safetensors"))
         current = self.head_state()
         expected = {
-            key: (len(saved_ids),) + tuple(value.shape[1:]) if key in ("item_bias", "item_ids") else tuple(value.shape)
+            key: (len(saved_ids),) + tuple(value.shape[1:]) if key in _PER_ITEM else tuple(value.shape)
             for key, value in current.items()
         }
         check_shapes(str(folder / "head.safetensors"), expected, {k: tuple(v.shape) for k, v in state.items()})
         with torch.no_grad():
             for key, value in state.items():
-                target = getattr(self.head, key) if key in ("item_bias", "item_ids") else None
+                target = getattr(self.head, key) if key in _PER_ITEM else None
                 if target is not None:
                     target[: len(saved_ids)] = value
                 else:

@@ -245,3 +245,50 @@ def test_sampled_losses_train_on_large_catalogs() -> None:
         scorer.learn(events, 64.0)
         assert scorer.trainer.steps == 1
         assert np.isfinite(scorer.score_all(UserState("u1", ()), 65.0)).all()
+
+
+def _gated_config(**head: object) -> TransformerScorerConfig:
+    return TransformerScorerConfig(
+        HeadConfig(
+            **{"dim": 16, "history_length": 10, "tower_hidden": 32, "item_representation": "text+id", **head}  # type: ignore[arg-type]
+        ),
+        TrainerConfig(batch_size=32, lr=1e-2),
+    )
+
+
+def test_id_gate_scores_an_item_without_interactions_by_its_text() -> None:
+    scorer = TransformerScorer(_gated_config(id_gate=2.0), HashingEncoder(32))
+    scorer.add_items([Item(f"i{n}", f"item {n}") for n in range(6)])
+    events = [Interaction(f"u{n % 3}", "i0" if n % 2 else "i1", "rate", float(n), 4.0) for n in range(20)]
+    scorer.learn(events, 20.0)
+    head = scorer.head
+    counts = head.item_counts[:6].tolist()
+    assert counts == [10.0, 10.0, 0.0, 0.0, 0.0, 0.0]
+    with torch.no_grad():
+        cold = head.item_vectors(torch.tensor([2]))
+        assert head.adapter is not None
+        torch.testing.assert_close(cold, head.adapter(head.item_text[2:3]))
+        gate = head.gate(torch.tensor([0]))
+        assert gate is not None and abs(float(gate[0]) - 10.0 / 12.0) < 1e-6
+
+
+def test_text_affinity_and_gate_survive_save_and_load(tmp_path: Path) -> None:
+    scorer = TransformerScorer(_gated_config(id_gate=1.0, bias_gate=True, text_affinity=True), HashingEncoder(32))
+    scorer.add_items([Item(f"i{n}", f"item {n}") for n in range(8)])
+    events = [Interaction(f"u{n % 4}", f"i{n % 5}", "rate", float(n), 3.0) for n in range(40)]
+    scorer.learn(events, 40.0)
+    assert scorer._item_vectors().shape == (8, 16 + 32)
+    user = UserState("u1", [Behavior("i1", "rate", 3.0, 1.0), Behavior("i3", "rate", 5.0, 2.0)])
+    before = scorer.score_all(user, 50.0)
+    scorer.save(tmp_path / "s")
+    loaded = TransformerScorer.load(tmp_path / "s", encoder=HashingEncoder(32))
+    np.testing.assert_allclose(loaded.score_all(user, 50.0), before, rtol=1e-5, atol=1e-6)
+    assert scorer.explain(user, "i2", 50.0)
+
+
+def test_text_options_do_not_reach_the_id_only_baseline() -> None:
+    scorer = IdOnlyScorer(_gated_config(id_gate=2.0, text_affinity=True))
+    assert scorer.config.head.item_representation == "id"
+    assert scorer.config.head.id_gate == 0.0 and not scorer.config.head.text_affinity
+    with pytest.raises(ValueError):
+        HeadConfig(item_representation="id", id_gate=1.0)
