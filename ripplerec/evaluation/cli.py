@@ -23,12 +23,24 @@ def evaluate(
     out: Path | None = typer.Option(None, help="output folder (default runs/eval-<timestamp>)"),
     limit: int = typer.Option(0, min=0, help="only the first N events (0: all)"),
     data_dir: Path | None = typer.Option(None, help="folder with ml-100k.* (default: the recbole wheel)"),
-    kg_neighbours: int = typer.Option(3, min=0, help="knowledge-graph neighbours per relation in item text"),
+    kg_neighbours: int = typer.Option(
+        0, min=0, help="knowledge-graph neighbours per relation in item text (recbole's links are noise: 0)"
+    ),
     history_length: int = typer.Option(50, min=1, help="behaviours in a user state"),
     dim: int = typer.Option(64, min=1, help="head dimension"),
     lr: float = typer.Option(3e-3, min=0.0, help="head learning rate"),
     steps_per_batch: int = typer.Option(1, min=1, help="optimizer steps per learning batch"),
     replay: int = typer.Option(512, min=0, help="past examples replayed in each training step of the head"),
+    active_negatives: bool = typer.Option(
+        True, help="transformer and id-only: negatives only among items that have had an interaction"
+    ),
+    id_gate: float = typer.Option(
+        2.0, min=0.0, help="transformer: scale an item's id embedding by n/(n+this), n its interactions (0: off)"
+    ),
+    bias_gate: bool = typer.Option(False, help="transformer: scale item biases by the same factor as the id gate"),
+    text_affinity: bool = typer.Option(
+        True, help="transformer: add a learned multiple of cos(item text, user's history text)"
+    ),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: leave torch's default)"),
     seed: int = typer.Option(0, help="seed of every model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
@@ -75,6 +87,10 @@ def evaluate(
             lr=lr,
             steps_per_batch=steps_per_batch,
             replay=replay,
+            active_negatives=active_negatives,
+            id_gate=id_gate,
+            bias_gate=bias_gate,
+            text_affinity=text_affinity,
         )
         built = build_models(names, zoo)
     except (ValueError, FileNotFoundError) as error:

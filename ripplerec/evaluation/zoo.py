@@ -33,6 +33,10 @@ class ZooConfig:
     train_batch: int = 256
     steps_per_batch: int = 1
     replay: int = 512
+    active_negatives: bool = True  # transformer and id-only: see TrainerConfig.active_negatives
+    id_gate: float = 2.0  # transformer only (text+id): see HeadConfig.id_gate
+    bias_gate: bool = False
+    text_affinity: bool = True  # transformer only: see HeadConfig.text_affinity
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.history_length < 1 or self.train_batch < 1 or self.steps_per_batch < 1:
@@ -59,6 +63,7 @@ def build_models(names: Sequence[str], config: ZooConfig | None = None) -> list[
                 batch_size=config.train_batch,
                 steps_per_batch=config.steps_per_batch,
                 replay=config.replay,
+                active_negatives=config.active_negatives,
                 seed=config.seed,
             ),
         )
@@ -73,7 +78,17 @@ def build_models(names: Sequence[str], config: ZooConfig | None = None) -> list[
                 if config.encoder == "hashing"
                 else TransformerEncoder(EncoderConfig(model=config.encoder))
             )
-            models.append(TransformerScorer(scorer_config, encoder, EmbeddingCache(config.cache_dir)))
+            from dataclasses import replace
+
+            text_head = replace(
+                scorer_config.head,
+                id_gate=config.id_gate,
+                bias_gate=config.bias_gate,
+                text_affinity=config.text_affinity,
+            )
+            models.append(
+                TransformerScorer(replace(scorer_config, head=text_head), encoder, EmbeddingCache(config.cache_dir))
+            )
         elif name == "id-only":
             from ripplerec.models.id_only import IdOnlyScorer
 
