@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ripplerec.models.base import RankingModel
 
-__all__ = ["MODEL_NAMES", "ZooConfig", "build_models"]
+if TYPE_CHECKING:
+    from ripplerec.models.transformer_scorer import TransformerScorerConfig
+
+__all__ = ["MODEL_NAMES", "ZooConfig", "build_models", "scorer_configs"]
 
 MODEL_NAMES: tuple[str, ...] = (
     "transformer",
@@ -43,6 +47,37 @@ class ZooConfig:
             raise ValueError("dim, history_length, train_batch and steps_per_batch must be >= 1")
 
 
+def scorer_configs(config: ZooConfig | None = None) -> tuple[TransformerScorerConfig, TransformerScorerConfig]:
+    """The (transformer, id-only) head configurations this evaluation measures.
+
+    Generic training choices go to both; the text-only ones (id gate, text affinity) to the
+    transformer alone. The served ``RIPPLEREC_SCORER=transformer`` uses the first, so what is
+    served is what ``ripplerec eval`` measured.
+    """
+    from dataclasses import replace
+
+    from ripplerec.models.head import HeadConfig
+    from ripplerec.models.trainer import TrainerConfig
+    from ripplerec.models.transformer_scorer import TransformerScorerConfig
+
+    config = config or ZooConfig()
+    shared = TransformerScorerConfig(
+        HeadConfig(dim=config.dim, history_length=config.history_length),
+        TrainerConfig(
+            lr=config.lr,
+            batch_size=config.train_batch,
+            steps_per_batch=config.steps_per_batch,
+            replay=config.replay,
+            active_negatives=config.active_negatives,
+            seed=config.seed,
+        ),
+    )
+    text_head = replace(
+        shared.head, id_gate=config.id_gate, bias_gate=config.bias_gate, text_affinity=config.text_affinity
+    )
+    return replace(shared, head=text_head), shared
+
+
 def build_models(names: Sequence[str], config: ZooConfig | None = None) -> list[RankingModel]:
     """Fresh, untrained models for ``names`` (see :data:`MODEL_NAMES`), in that order."""
     config = config or ZooConfig()
@@ -52,21 +87,7 @@ def build_models(names: Sequence[str], config: ZooConfig | None = None) -> list[
     models: list[RankingModel] = []
     needs_head = any(name in ("transformer", "id-only") for name in names)
     if needs_head:
-        from ripplerec.models.head import HeadConfig
-        from ripplerec.models.trainer import TrainerConfig
-        from ripplerec.models.transformer_scorer import TransformerScorerConfig
-
-        scorer_config = TransformerScorerConfig(
-            HeadConfig(dim=config.dim, history_length=config.history_length),
-            TrainerConfig(
-                lr=config.lr,
-                batch_size=config.train_batch,
-                steps_per_batch=config.steps_per_batch,
-                replay=config.replay,
-                active_negatives=config.active_negatives,
-                seed=config.seed,
-            ),
-        )
+        text_config, scorer_config = scorer_configs(config)
     for name in names:
         if name == "transformer":
             from ripplerec.models.embedding_cache import EmbeddingCache
@@ -78,17 +99,7 @@ def build_models(names: Sequence[str], config: ZooConfig | None = None) -> list[
                 if config.encoder == "hashing"
                 else TransformerEncoder(EncoderConfig(model=config.encoder))
             )
-            from dataclasses import replace
-
-            text_head = replace(
-                scorer_config.head,
-                id_gate=config.id_gate,
-                bias_gate=config.bias_gate,
-                text_affinity=config.text_affinity,
-            )
-            models.append(
-                TransformerScorer(replace(scorer_config, head=text_head), encoder, EmbeddingCache(config.cache_dir))
-            )
+            models.append(TransformerScorer(text_config, encoder, EmbeddingCache(config.cache_dir)))
         elif name == "id-only":
             from ripplerec.models.id_only import IdOnlyScorer
 

@@ -188,9 +188,14 @@ def make_backend(settings: Settings, store: ProfileStore) -> ScoringBackend:
             return ModelBackend(store, TransformerScorer.from_settings(settings))
         # Fresh head on the configured encoder; loading snapshots and head updates is the learning
         # issue's part (ModelUpdate on ripple.model-updates).
+        from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
+        from ripplerec.models.embedding_cache import EmbeddingCache
+
         model = str(settings.model_path) if settings.model_path is not None else settings.model_name
         encoder = TransformerEncoder(EncoderConfig(model=model, device=settings.device))
-        return ModelBackend(store, TransformerScorer(encoder=encoder))
+        zoo = ZooConfig(encoder=model)
+        config, _ = scorer_configs(zoo)  # the configuration `ripplerec eval` measures
+        return ModelBackend(store, TransformerScorer(config, encoder, EmbeddingCache(zoo.cache_dir)))
     raise ValueError(f"unknown scorer {settings.scorer!r}")
 
 
