@@ -71,3 +71,18 @@ def test_heuristic_backend_reads_popular_items_once_per_refresh_and_flags_cold_s
     assert [i.item_id for i in known[0]][0] == "b" and not known[1]
     assert new[1] and {i.item_id for i in new[0]} == {"a", "z"} and not any(i.influences for i in new[0])
     assert "b" not in {i.item_id for i in again[0]}
+
+
+def test_served_transformer_uses_the_evaluated_configuration(tmp_path, monkeypatch) -> None:
+    """What RIPPLEREC_SCORER=transformer serves is what `ripplerec eval` measured."""
+    from ripplerec.config import Settings
+    from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
+    from ripplerec.streams.scoring import make_backend
+
+    monkeypatch.chdir(tmp_path)  # the embedding cache goes under .ripplerec/ of the working folder
+    backend = make_backend(Settings(scorer="transformer"), _Store())
+    assert isinstance(backend, ModelBackend)
+    served = backend.scorer.config
+    evaluated, id_only = scorer_configs(ZooConfig())
+    assert served == evaluated
+    assert served != id_only  # the text-only options are on for the served text model
