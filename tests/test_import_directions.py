@@ -43,3 +43,33 @@ def test_models_do_not_import_kafka_or_redis() -> None:
         "import ripplerec.models, ripplerec.models.base",
         ["faust", "aiokafka", "kafka", "redis", "ripplerec.streams"],
     ) == []
+
+
+def test_client_side_works_where_the_worker_dependencies_are_absent() -> None:
+    """Like a base install: torch, faust, redis, aiokafka, transformers and numpy cannot be imported."""
+    code = "\n".join(
+        [
+            "import sys",
+            "for name in ('torch', 'faust', 'redis', 'aiokafka', 'transformers', 'numpy', 'river', 'peft'):",
+            "    sys.modules[name] = None  # makes `import name` raise ImportError",
+            "import ripplerec",
+            "from ripplerec import EventProducer, RecommendationClient, RecommendationConsumer, Settings",
+            "from ripplerec.producers import RecordValidator, UnknownActionError",
+            "from ripplerec.schemas import AvroCodec",
+            "validator = RecordValidator(Settings().limits)",
+            "record = validator.behavior_event('e1', 'u1', 'i1', 'click', None, 1_700_000_000_000, None,",
+            "                                  1_700_000_000_000)",
+            "codec = AvroCodec()",
+            "assert codec.decode('BehaviorEvent', codec.encode('BehaviorEvent', record)) == record",
+            "try:",
+            "    validator.behavior_event('e2', 'u1', 'i1', 'teleport', None, 1, None, 2)",
+            "except UnknownActionError:",
+            "    pass",
+            "else:",
+            "    raise SystemExit('unknown action accepted')",
+            "print('ok')",
+        ]
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
