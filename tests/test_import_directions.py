@@ -31,8 +31,6 @@ def test_client_side_imports_without_heavy_dependencies(statement: str) -> None:
 
 
 def test_producers_and_consumers_import_without_torch() -> None:
-    pytest.importorskip("ripplerec.producers")
-    pytest.importorskip("ripplerec.consumers")
     assert _loaded_after(
         "import ripplerec.producers, ripplerec.consumers", ["torch", "faust", "redis", "transformers", "aiokafka"]
     ) == []

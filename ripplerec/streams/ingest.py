@@ -360,11 +360,9 @@ class CatalogProcessor:
             try:
                 item = self.codec.decode("ItemUpsert", message.value)
                 validate_item(item, self.settings.limits)
-            except InvalidRecord as exc:
-                pending.append(await self.dead_letters.publish(message, exc.error_type, str(exc)))
-                continue
-            except Exception as exc:
-                pending.append(await self.dead_letters.publish(message, type(exc).__name__, str(exc)))
+            except Exception as exc:  # anything undecodable or invalid goes to the dead-letter topic
+                error_type = exc.error_type if isinstance(exc, InvalidRecord) else type(exc).__name__
+                pending.append(await self.dead_letters.publish(message, error_type, str(exc)))
                 continue
             items.append(item)
         if items:

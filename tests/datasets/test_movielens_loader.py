@@ -14,10 +14,7 @@ from ripplerec.models.base import Interaction
 
 @pytest.fixture(scope="module")
 def movielens() -> Dataset:
-    try:
-        find_movielens_100k()
-    except DatasetNotFoundError as error:
-        pytest.skip(str(error))
+    # `make test` installs the recbole wheel; a missing dataset fails here with the install hint.
     return load_movielens_100k()
 
 

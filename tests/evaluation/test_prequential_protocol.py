@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from ripplerec.datasets.base import Dataset
@@ -95,7 +94,6 @@ def test_report_files(tmp_path: Path) -> None:
 
 
 def test_eval_command_runs_every_model_on_a_small_stream(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
     from ripplerec.evaluation.cli import eval_app
 
     out = tmp_path / "run"
