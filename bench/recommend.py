@@ -7,12 +7,19 @@ profiles with synthetic events (waits until they are ingested), then sends reque
 ``RecommendationClient.submit`` at a steady rate (after a warm-up) and records, for each, the time
 from submit to the reply reaching the client. Prints p50/p90/p99/max, the achieved rate, and the
 worker's own scoring time (decode -> publish) from its /metrics for comparison.
+
+Where the time goes: each reply carries ``produced_at`` (the worker's wall clock when it published
+it), so the latency splits into request -> published (client send, broker hop, worker queueing and
+scoring) and published -> received (broker hop back, client decode), at millisecond resolution.
+The CPU seconds each process of the stack used during the timed window (from /proc, Linux only) are
+printed per request: on a 2-core machine the stack's total CPU is what queueing grows with.
 The machine is shared and noisy; the p99 moves with the other load on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import threading
@@ -29,6 +36,15 @@ from ripplerec.config import Settings, TopicNames  # noqa: E402
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far; 0 where /proc is absent."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -75,10 +91,10 @@ def main() -> None:
                   f"{args.rate:.0f}/s for {args.seconds:.0f}s after a {args.warmup:.0f}s warm-up", flush=True)
 
             latencies: list[float] = []
+            hops: list[float] = []  # published -> received, seconds
             errors = [0]
             lock = threading.Lock()
-            # The embedded broker holds a fetch for its whole max wait: keep the client's short.
-            with RecommendationClient(settings, consumer_kwargs={"fetch_max_wait_ms": 5}) as client:
+            with RecommendationClient(settings) as client:
                 def run(seconds: float, record: bool) -> tuple[int, float]:
                     sent = 0
                     start = time.perf_counter()
@@ -94,11 +110,13 @@ def main() -> None:
 
                         def done(fut, sent_at=sent_at) -> None:
                             elapsed = time.perf_counter() - sent_at
+                            received = time.time()
                             with lock:
                                 if fut.exception() is not None:
                                     errors[0] += 1
                                 elif record:
                                     latencies.append(elapsed)
+                                    hops.append(received - fut.result()["produced_at"] / 1000)
 
                         pending.add_done_callback(done)
                         sent += 1
@@ -106,7 +124,11 @@ def main() -> None:
 
                 run(args.warmup, record=False)
                 before = worker.read_metrics()
+                processes = {"worker": worker.proc.pid, "client (this process)": os.getpid(),
+                             **{Path(str(p.args[0])).name.split("-")[0]: p.pid for p in stack.processes()}}
+                cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
                 sent, took = run(args.seconds, record=True)
+                cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()}
                 wait_until = time.monotonic() + 12
                 while client.pending and time.monotonic() < wait_until:
                     time.sleep(0.1)
@@ -117,6 +139,17 @@ def main() -> None:
                   f"{errors[0]} errors/timeouts")
             print(f"request->reply latency: p50 {percentile(ms, 50):.1f} ms  p90 {percentile(ms, 90):.1f} ms  "
                   f"p99 {percentile(ms, 99):.1f} ms  max {max(ms):.1f} ms   (goal: p99 < 50 ms at 200/s)")
+            back = sorted(h * 1000 for h in hops)
+            print(f"  of which published -> received (broker hop back + client): p50 {percentile(back, 50):.1f} ms  "
+                  f"p99 {percentile(back, 99):.1f} ms")
+            spent = {name: cpu_after[name] - cpu_before[name] for name in processes}
+            print("CPU during the timed window, ms per request (% of one core): " + ", ".join(
+                f"{name} {spent[name] / sent * 1000:.2f} ({spent[name] / took * 100:.0f}%)" for name in processes
+            ) + f"; total {sum(spent.values()) / took * 100:.0f}% of {os.cpu_count()} cores")
+            moved = {k: after[k] - before.get(k, 0) for k in after
+                     if k.endswith("_total") and after[k] - before.get(k, 0) and "python_gc" not in k}
+            print("worker counters during the timed window: "
+                  + (", ".join(f"{k} +{v:.0f}" for k, v in sorted(moved.items())) or "none"))
             count = after.get("ripplerec_request_seconds_count", 0) - before.get("ripplerec_request_seconds_count", 0)
             total = after.get("ripplerec_request_seconds_sum", 0) - before.get("ripplerec_request_seconds_sum", 0)
             if count:

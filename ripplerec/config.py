@@ -6,6 +6,7 @@ Everything else in the package takes a :class:`Settings` (or parts of it) as an 
 
 from __future__ import annotations
 
+import ssl
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +84,28 @@ class KafkaSecurity(BaseModel):
                 kwargs[key] = str(value)
         return kwargs
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """An SSL context from the CA/cert/key files, for the asyncio clients (None without TLS)."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            context.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None)
+        return context
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """The same passthrough in aiokafka's terms (an ``ssl_context`` instead of file paths)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        return kwargs
+
 
 class Settings(BaseSettings):
     """All runtime settings; read from ``RIPPLEREC_*`` variables and an optional ``.env`` file."""
@@ -141,6 +164,10 @@ class Settings(BaseSettings):
     # Faust consumer knobs for the hot topic.
     broker_max_poll_records: int | None = Field(default=None, ge=1)
     consumer_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    # How long the RecommendationClient lets the broker hold a fetch of the replies topic. A broker
+    # that answers as soon as data arrives (Kafka) makes this only the idle poll interval; the
+    # embedded one holds a fetch up to about half of it, so it also bounds a reply's delay.
+    reply_fetch_max_wait_ms: int = Field(default=10, ge=0)
     # Faust's own Monitor sensor (per-message statistics in Python); off on the hot path by default.
     faust_monitor: bool = False
 

@@ -32,8 +32,13 @@ def test_client_side_imports_without_heavy_dependencies(statement: str) -> None:
 
 def test_producers_and_consumers_import_without_torch() -> None:
     assert _loaded_after(
-        "import ripplerec.producers, ripplerec.consumers", ["torch", "faust", "redis", "transformers", "aiokafka"]
+        "import ripplerec.producers, ripplerec.consumers", ["torch", "faust", "redis", "transformers"]
     ) == []
+
+
+def test_producers_stay_on_kafka_python() -> None:
+    """The producing side is thin and synchronous (DESIGN.md); only the request/reply client uses aiokafka."""
+    assert _loaded_after("import ripplerec.producers", ["aiokafka", "torch", "faust", "redis"]) == []
 
 
 def test_models_do_not_import_kafka_or_redis() -> None:
@@ -44,11 +49,11 @@ def test_models_do_not_import_kafka_or_redis() -> None:
 
 
 def test_client_side_works_where_the_worker_dependencies_are_absent() -> None:
-    """Like a base install: torch, faust, redis, aiokafka, transformers and numpy cannot be imported."""
+    """Like a base install: torch, faust, redis, transformers and numpy cannot be imported."""
     code = "\n".join(
         [
             "import sys",
-            "for name in ('torch', 'faust', 'redis', 'aiokafka', 'transformers', 'numpy', 'river', 'peft'):",
+            "for name in ('torch', 'faust', 'redis', 'transformers', 'numpy', 'river', 'peft'):",
             "    sys.modules[name] = None  # makes `import name` raise ImportError",
             "import ripplerec",
             "from ripplerec import EventProducer, RecommendationClient, RecommendationConsumer, Settings",

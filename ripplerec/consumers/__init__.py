@@ -1,6 +1,7 @@
 """The client side services import to consume: request/reply recommendations and topic iterators.
 
-Imports only kafka-python, fastavro and pydantic (no torch, faust or redis).
+Imports only kafka-python, aiokafka (the request/reply client), fastavro and pydantic (no torch, faust
+or redis).
 """
 
 from __future__ import annotations

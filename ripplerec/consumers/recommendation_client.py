@@ -1,15 +1,21 @@
 """``RecommendationClient``: request/reply over topics with a correlation id and a timeout.
 
 A request goes to ``ripple.rec-requests`` keyed by user id; the scorer answers on
-``ripple.recommendations`` with a ``Recommendation`` that carries the same ``request_id``. One
-background thread per client reads every partition of the replies topic (plain ``assign``, no
-consumer group, so it starts at once), positioned at the end before the first request is sent,
-and hands each reply to the caller waiting for it. Many threads may call :meth:`request` at once,
-and :meth:`submit` returns a future so callers can pipeline.
+``ripple.recommendations`` with a ``Recommendation`` that carries the same ``request_id``.
+
+The client owns one background thread running an asyncio loop with an aiokafka producer and a
+group-less consumer (plain ``assign`` of every partition of the replies topic, positioned at the
+end before the first request is sent, so it starts at once). Callers in any thread validate and
+encode their request themselves and hand it to the loop; the loop sends it and settles the
+caller's future when the reply arrives. One loop instead of kafka-python's producer, consumer and
+I/O threads halves the client's CPU per request and its idle polling cost (``bench/recommend.py``).
+Many threads may call :meth:`request` at once, and :meth:`submit` returns a future so callers can
+pipeline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -18,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, cast
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka import errors as kafka_errors
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
 
 from ripplerec.config import Settings, get_settings
 from ripplerec.producers.errors import InvalidValueError, PublishError
@@ -62,13 +68,14 @@ class RecommendationClient:
     Parameters
     ----------
     settings:
-        Where to connect, the topics and the input limits; the process settings by default.
+        Where to connect, the topics, the input limits and ``reply_fetch_max_wait_ms``; the process
+        settings by default.
     codec:
         The Avro codec; one on the settings' schema registry by default.
     ready_timeout:
-        How long to wait for the replies topic's partitions and end offsets at start.
+        How long to wait for the connection, the replies topic's partitions and end offsets at start.
     producer_kwargs, consumer_kwargs:
-        Extra kafka-python arguments.
+        Extra aiokafka arguments.
     """
 
     def __init__(
@@ -87,76 +94,87 @@ class RecommendationClient:
         self._validator = RecordValidator(self.settings.limits)
         self._pending: dict[str, PendingRecommendation] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._closed = False
         self._listener_error: BaseException | None = None
         #: Messages on the replies topic that could not be decoded (they cannot be matched to a caller).
         self.undecodable = 0
-        common = {**self.settings.kafka_client_kwargs(), "api_version": self.settings.api_version_tuple}
-        try:
-            self._producer = KafkaProducer(
-                **{
-                    **common,
-                    "client_id": "ripplerec-recommendation-client",
-                    "acks": "all",
-                    "enable_idempotence": False,  # see EventProducer: the embedded broker lacks it
-                    "linger_ms": 0,
-                    **(producer_kwargs or {}),
-                }
-            )
-            self._consumer = KafkaConsumer(
-                **{
-                    **common,
-                    "client_id": "ripplerec-recommendation-client",
-                    "group_id": None,
-                    "enable_auto_commit": False,
-                    "auto_offset_reset": "latest",
-                    "fetch_max_wait_ms": 100,
-                    **(consumer_kwargs or {}),
-                }
-            )
-        except kafka_errors.KafkaError as exc:
-            self._close_clients()
-            raise PublishError(f"cannot connect to {self.settings.bootstrap_servers}: {exc}") from exc
-        try:
-            self._assign_at_end(ready_timeout)
-        except BaseException:
-            self._close_clients()
-            raise
+        common = {
+            "bootstrap_servers": self.settings.bootstrap_servers.split(","),
+            "client_id": "ripplerec-recommendation-client",
+            **self.settings.kafka.aiokafka_kwargs(),
+        }
+        self._producer_kwargs = {
+            **common,
+            "acks": "all",
+            "enable_idempotence": False,  # see EventProducer: the embedded broker lacks it
+            "linger_ms": 0,
+            **(producer_kwargs or {}),
+        }
+        self._consumer_kwargs = {
+            **common,
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "latest",
+            "fetch_max_wait_ms": self.settings.reply_fetch_max_wait_ms,
+            **(consumer_kwargs or {}),
+        }
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._listen, name=f"ripplerec-replies-{self.replies_topic}", daemon=True
+            target=self._loop.run_forever, name=f"ripplerec-replies-{self.replies_topic}", daemon=True
         )
         self._thread.start()
+        started = asyncio.run_coroutine_threadsafe(self._start(ready_timeout), self._loop)
+        try:
+            started.result(ready_timeout + 5)
+        except BaseException as exc:
+            started.cancel()
+            self._shutdown()
+            if isinstance(exc, PublishError):
+                raise
+            raise PublishError(f"cannot connect to {self.settings.bootstrap_servers}: {exc!r}") from exc
 
-    def _assign_at_end(self, timeout: float) -> None:
+    # -- inside the loop -------------------------------------------------------------------------
+    async def _start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        partitions = None
+        self._producer = AIOKafkaProducer(**self._producer_kwargs)
+        self._consumer = AIOKafkaConsumer(**self._consumer_kwargs)
+        await asyncio.wait_for(self._producer.start(), timeout)
+        await asyncio.wait_for(self._consumer.start(), max(0.1, deadline - time.monotonic()))
+        partitions: set[int] = set()
         while True:
-            partitions = self._consumer.partitions_for_topic(self.replies_topic)
+            try:  # a metadata request for all topics: asking for this one would auto-create it
+                topics = await asyncio.wait_for(self._consumer.topics(), max(0.1, deadline - time.monotonic()))
+            except (kafka_errors.KafkaError, asyncio.TimeoutError):
+                topics = set()
+            if self.replies_topic in topics:
+                partitions = self._consumer.partitions_for_topic(self.replies_topic) or set()
             if partitions or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         if not partitions:
             raise PublishError(
                 f"topic {self.replies_topic!r} has no partitions (does it exist?)", topic=self.replies_topic
             )
         assigned = [TopicPartition(self.replies_topic, p) for p in sorted(partitions)]
         self._consumer.assign(assigned)
-        self._consumer.seek_to_end(*assigned)
-        remaining_ms = max(1_000, int((deadline - time.monotonic()) * 1000))
+        await self._consumer.seek_to_end(*assigned)
         for tp in assigned:  # resolve the end offsets now, so replies to our first request are seen
-            self._consumer.position(tp, timeout_ms=remaining_ms)
+            await asyncio.wait_for(self._consumer.position(tp), max(1.0, deadline - time.monotonic()))
+        self._listener = asyncio.ensure_future(self._listen())
 
-    # -- the reply listener ----------------------------------------------------------------------
-    def _listen(self) -> None:
+    async def _listen(self) -> None:
         consumer, decode = self._consumer, self.codec.decode
+        assert consumer is not None
         next_sweep = time.monotonic()
-        while not self._stop.is_set():
+        while True:
             try:
-                batches = consumer.poll(timeout_ms=_POLL_MS)
+                batches = await consumer.getmany(timeout_ms=_POLL_MS)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # the client is unusable: tell every waiter, keep the cause
-                if self._stop.is_set():
-                    break
                 log.exception("recommendation reply listener failed")
                 self._listener_error = exc
                 self._fail_all(RecommendationError(None, f"reply listener failed: {exc!r}"))
@@ -190,6 +208,32 @@ class RecommendationClient:
                 self._expire(now)
                 next_sweep = now + _POLL_MS / 1000
 
+    def _send(self, request_id: str, key: bytes, value: bytes) -> None:
+        asyncio.ensure_future(self._send_one(request_id, key, value))
+
+    async def _send_one(self, request_id: str, key: bytes, value: bytes) -> None:
+        assert self._producer is not None
+        try:
+            delivered = await self._producer.send(self.requests_topic, value=value, key=key)
+            await delivered
+        except Exception as exc:
+            pending = self._forget(request_id)
+            if pending is not None:
+                error = PublishError(f"request {request_id} was not accepted: {exc!r}", topic=self.requests_topic)
+                pending._settle(error=error)
+
+    async def _stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                try:  # closing is best effort: the broker may be gone
+                    await client.stop()
+                except Exception:
+                    log.debug("closing %r failed", client, exc_info=True)
+
+    # -- shared with the callers' threads --------------------------------------------------------
     def _expire(self, now: float) -> None:
         with self._lock:
             if not self._pending:
@@ -235,19 +279,11 @@ class RecommendationClient:
         with self._lock:  # registered before sending: the reply cannot overtake its waiter
             self._pending[request_id] = pending
         try:
-            sent = self._producer.send(self.requests_topic, value=value, key=record["user_id"].encode("utf-8"))
-        except kafka_errors.KafkaError as exc:
+            self._loop.call_soon_threadsafe(self._send, request_id, record["user_id"].encode("utf-8"), value)
+        except RuntimeError as exc:  # the loop is closed: close() ran in another thread meanwhile
             self._forget(request_id)
-            raise PublishError(f"could not send to {self.requests_topic!r}: {exc}", topic=self.requests_topic) \
-                from exc
-        sent.add_errback(self._on_send_error, request_id)
+            raise RecommendationError(None, "this RecommendationClient is closed") from exc
         return pending
-
-    def _on_send_error(self, request_id: str, exc: BaseException) -> None:
-        pending = self._forget(request_id)
-        if pending is not None:
-            error = PublishError(f"request {request_id} was not accepted: {exc!r}", topic=self.requests_topic)
-            pending._settle(error=error)
 
     def _forget(self, request_id: str) -> PendingRecommendation | None:
         with self._lock:
@@ -287,23 +323,22 @@ class RecommendationClient:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        self._thread.join(timeout)
+        self._shutdown(timeout)
         self._fail_all(RecommendationError(None, "the RecommendationClient was closed"))
-        self._close_clients(timeout)
 
-    def _close_clients(self, timeout: float = 5.0) -> None:
-        consumer, producer = getattr(self, "_consumer", None), getattr(self, "_producer", None)
-        try:  # closing is best effort: the broker may be gone
-            if consumer is not None:
-                consumer.close(autocommit=False, timeout_ms=int(timeout * 1000))
-        except Exception:
-            log.debug("closing the reply consumer failed", exc_info=True)
-        try:
-            if producer is not None:
-                producer.close(timeout)
-        except Exception:
-            log.debug("closing the request producer failed", exc_info=True)
+    def _shutdown(self, timeout: float = 5.0) -> None:
+        if self._loop.is_closed():
+            return
+        if self._loop.is_running():
+            stopping = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
+            try:
+                stopping.result(timeout)
+            except Exception:
+                log.debug("stopping the recommendation client's loop failed", exc_info=True)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+        if not self._loop.is_running():
+            self._loop.close()
 
     def __enter__(self) -> RecommendationClient:
         return self

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, cast
 
@@ -48,11 +47,7 @@ def faust_credentials(settings: Settings) -> Any:
     sec = settings.kafka
     if sec.security_protocol == "PLAINTEXT":
         return None
-    context = None
-    if sec.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None)
-        if sec.ssl_certfile:
-            context.load_cert_chain(str(sec.ssl_certfile), str(sec.ssl_keyfile) if sec.ssl_keyfile else None)
+    context = sec.ssl_context()
     if sec.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=sec.sasl_username,

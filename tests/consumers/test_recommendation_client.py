@@ -14,6 +14,7 @@ from ripplerec.config import Settings
 from ripplerec.consumers import (
     InvalidTypeError,
     InvalidValueError,
+    PublishError,
     RecommendationClient,
     RecommendationError,
     RecommendationTimeout,
@@ -164,3 +165,21 @@ def test_closed_client_fails_waiters_and_refuses_requests(settings: Settings, co
     with pytest.raises(RecommendationError):
         client.request("u")
     client.close()  # idempotent
+
+
+def test_a_request_the_broker_refuses_fails_its_future_with_publish_error(
+    settings: Settings, codec: AvroCodec
+) -> None:
+    with RecommendationClient(settings, codec=codec, producer_kwargs={"max_request_size": 200}) as small:
+        pending = small.submit("u", exclude=[f"item-{n}" for n in range(50)], timeout=10)
+        with pytest.raises(PublishError, match="was not accepted"):
+            pending.result(timeout=5)
+        assert small.pending == 0
+
+
+def test_a_missing_replies_topic_is_a_clear_error(settings: Settings, codec: AvroCodec) -> None:
+    missing = settings.model_copy(update={"topics": settings.topics.model_copy(update={"recommendations": "no-such"})})
+    started = time.monotonic()
+    with pytest.raises(PublishError, match="no-such"):
+        RecommendationClient(missing, codec=codec, ready_timeout=1.0)
+    assert time.monotonic() - started < 10
