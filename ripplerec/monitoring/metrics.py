@@ -43,6 +43,16 @@ class StreamMetrics:
         self.training_examples = Counter(
             "ripplerec_training_examples", "TrainingExamples published", registry=r
         )
+        self.training_examples_replayed = Counter(
+            "ripplerec_training_examples_replayed",
+            "TrainingExamples published again for redelivered events whose first publish may have been lost",
+            registry=r,
+        )
+        self.training_examples_unrecoverable = Counter(
+            "ripplerec_training_examples_unrecoverable",
+            "Redelivered events whose example could not be rebuilt (the event had left the capped history)",
+            registry=r,
+        )
         self.items_upserted = Counter("ripplerec_items_upserted", "Catalog items written", registry=r)
         self.recommendations = Counter(
             "ripplerec_recommendations", "Recommendations published", ["kind"], registry=r

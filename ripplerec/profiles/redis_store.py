@@ -8,7 +8,11 @@ Key layout under a prefix ``P`` (the app id unless configured):
                               by ``LIST_SEP``), ``rec_n``: ``n`` at the last proactive
                               recommendation, ``ttl_at``: when the TTL was last refreshed
 ``P:seen:{user}``      set     every item the user consumed (excluded from recommendations)
-``P:ev:{event_id}``    string  dedupe marker, expires after ``dedupe_ttl_s``
+``P:ev:{event_id}``    string  dedupe marker, expires after ``dedupe_ttl_s``; its value is the
+                              ``partition:offset`` of the message that applied the event
+                              (``1`` when the caller gave none)
+``P:tw:{partition}``   string  offset up to which the training examples of that partition's
+                              messages are known to be delivered (advanced by the next batch)
 ``P:rl:{user}``        string  proactive rate limit marker (expires after the interval)
 ``P:pop``              zset    item -> event count (skips excluded)
 ``P:popd``             zset    item -> log2 of time-decayed popularity
@@ -56,9 +60,26 @@ local pre_len = tonumber(ARGV[6])
 local pro_min = tonumber(ARGV[7])
 local pro_ms = tonumber(ARGV[8])
 local now = ARGV[9]
--- ARGV[10]: the events, '\30'-separated, each 'event_id\31user\31item\31action\31value\31ts\31x'
--- (one argument instead of seven per event: packing arguments is the client's main cost)
+-- ARGV[10]: the events, '\30'-separated, each 'event_id\31user\31item\31action\31value\31ts\31x\31source'
+-- (one argument instead of eight per event: packing arguments is the client's main cost); source is
+-- the 'partition:offset' of the message the event came in, or '' when unknown
 local packed = ARGV[10]
+-- ARGV[11]: 'partition\31offset' pairs, '\30'-separated: the training examples of every message up
+-- to that offset were delivered (the previous batch's), so its training watermark moves up
+local tw = {}
+for part, off in string.gmatch(ARGV[11] or '', '([^\30\31]+)\31([^\30]+)') do
+  local key = p .. ':tw:' .. part
+  local cur = tonumber(redis.call('GET', key) or '-1')
+  if tonumber(off) > cur then
+    redis.call('SET', key, off)
+    cur = tonumber(off)
+  end
+  tw[part] = cur
+end
+-- A duplicate whose marker names this very message, above its partition's training watermark, was
+-- applied by a run that may have died before publishing its training example: flag it '2' so the
+-- caller re-emits the example from the user's history (at-least-once on the training topic).
+local replay_users, replay_order = {}, {}
 local flags = {}
 local users = {}
 local order = {}
@@ -90,9 +111,10 @@ local popd_key = p .. ':popd'
 -- popularity is summed per item over the batch first: one write per distinct item
 local batch_pop, batch_popd, pop_order = {}, {}, {}
 for rec in string.gmatch(packed, '[^\30]+') do
-  local eid, uid, item, action, value, ts, x =
-    string.match(rec, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
-  if redis.call('SET', p .. ':ev:' .. eid, '1', 'NX', 'EX', dedupe_ttl) then
+  local eid, uid, item, action, value, ts, x, src = string.match(
+    rec, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
+  local marker = p .. ':ev:' .. eid
+  if redis.call('SET', marker, src ~= '' and src or '1', 'NX', 'EX', dedupe_ttl) then
     flags[#flags + 1] = '1'
     local u = users[uid]
     if not u then
@@ -149,7 +171,23 @@ for rec in string.gmatch(packed, '[^\30]+') do
     if u.maxts == nil or tsn > u.maxts then u.maxts = tsn; u.maxts_s = ts end
     u.last_eid = eid
   else
-    flags[#flags + 1] = '0'
+    local flag = '0'
+    if src ~= '' and redis.call('GET', marker) == src then
+      local part, off = string.match(src, '^(.*):(%d+)$')
+      local mark = tw[part]
+      if mark == nil then
+        mark = tonumber(redis.call('GET', p .. ':tw:' .. part) or '-1')
+        tw[part] = mark
+      end
+      if tonumber(off) > mark then
+        flag = '2'
+        if not replay_users[uid] then
+          replay_users[uid] = true
+          replay_order[#replay_order + 1] = uid
+        end
+      end
+    end
+    flags[#flags + 1] = flag
   end
 end
 for _, item in ipairs(pop_order) do
@@ -208,7 +246,14 @@ for _, uid in ipairs(order) do
     pre_out[#pre_out + 1] = uid .. '\29' .. head(u.hist, pre_len)
   end
 end
-return {table.concat(flags), table.concat(pre_out, '\28'), proactive}
+-- the whole stored history of users with replayed events (their events are somewhere inside it)
+local replay_out = {}
+for _, uid in ipairs(replay_order) do
+  local u = users[uid]
+  local hist = u and u.hist or (redis.call('HGET', p .. ':u:' .. uid, 'h') or '')
+  replay_out[#replay_out + 1] = uid .. '\29' .. hist
+end
+return {table.concat(flags), table.concat(pre_out, '\28'), proactive, table.concat(replay_out, '\28')}
 """
 
 SCORING_SIGNALS_LUA = r"""
@@ -310,7 +355,14 @@ class RedisProfileStore:
             proactive_interval_s=settings.proactive_interval_s,
         )
 
-    def batch_args(self, events: Sequence[Mapping[str, Any]], now_ms: int, prior_history: int) -> list[Any]:
+    def batch_args(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        now_ms: int,
+        prior_history: int,
+        sources: Sequence[str] | None = None,
+        delivered: Mapping[int, int] | None = None,
+    ) -> list[Any]:
         """The script's arguments for a batch (pure; exposed for benchmarks and tests)."""
         params = self.params
         half_life_s = params.half_life_s  # same arithmetic as decayed_exponent, inlined
@@ -318,9 +370,10 @@ class RedisProfileStore:
         packed = LIST_SEP.join([
             f"{e['event_id']}{sep}{e['user_id']}{sep}{e['item_id']}{sep}{e['action']}{sep}"
             f"{'' if e['value'] is None else repr(float(e['value']))}{sep}"
-            f"{e['ts']}{sep}{e['ts'] / 1000.0 / half_life_s!r}"
-            for e in events
+            f"{e['ts']}{sep}{e['ts'] / 1000.0 / half_life_s!r}{sep}{source}"
+            for e, source in zip(events, sources if sources is not None else [""] * len(events), strict=True)
         ])
+        marks = LIST_SEP.join(f"{partition}{sep}{offset}" for partition, offset in (delivered or {}).items())
         return [
             self.prefix,
             params.history_length,
@@ -332,22 +385,44 @@ class RedisProfileStore:
             self.proactive_interval_ms,
             now_ms,
             packed,
+            marks,
         ]
 
     async def apply_batch(
-        self, events: Sequence[Mapping[str, Any]], now_ms: int, *, prior_history: int = 0
+        self,
+        events: Sequence[Mapping[str, Any]],
+        now_ms: int,
+        *,
+        prior_history: int = 0,
+        sources: Sequence[str] | None = None,
+        delivered: Mapping[int, int] | None = None,
     ) -> BatchOutcome:
         if not events:
+            if delivered:
+                await self._apply(args=self.batch_args([], now_ms, 0, [], delivered))
             return BatchOutcome(new=[])
-        flags, pre, proactive = await self._apply(args=self.batch_args(events, now_ms, prior_history))
+        flags, pre, proactive, replay = await self._apply(
+            args=self.batch_args(events, now_ms, prior_history, sources, delivered)
+        )
         prior: dict[str, list[ProfileEntry]] = {}
         if pre:
             for part in pre.split("\x1c"):
                 user_id, _, joined = part.partition("\x1d")
                 prior[user_id] = [decode_entry(raw) for raw in reversed(_split(joined))]
+        stored: dict[str, list[ProfileEntry]] = {}
+        if replay:
+            for part in replay.split("\x1c"):
+                user_id, _, joined = part.partition("\x1d")
+                stored[user_id] = [decode_entry(raw) for raw in reversed(_split(joined))]
         it = iter(proactive)
         pairs = [(str(u), str(e)) for u, e in zip(it, it, strict=False)]
-        return BatchOutcome(new=[c == "1" for c in flags], prior_history=prior, proactive=pairs)
+        return BatchOutcome(
+            new=[c == "1" for c in flags],
+            prior_history=prior,
+            proactive=pairs,
+            replayed=[c == "2" for c in flags] if stored else (),
+            stored_history=stored,
+        )
 
     async def get_profile(self, user_id: str) -> Profile | None:
         p = self.prefix

@@ -19,11 +19,18 @@ class BatchOutcome:
     ``prior_history`` the recent history (oldest first) of each user of the batch *before* it, when
     asked for (training examples need it); ``proactive`` (user id, trigger event id) pairs of users
     whose profile changed enough to deserve a recommendation now.
+
+    ``replayed`` flags (empty when there are none) the duplicates that are redeliveries of a message
+    applied before whose training examples may never have been published (a crash between the
+    write and the publish); ``stored_history`` holds the whole stored history (oldest first) of their
+    users, which contains them, so their examples can be rebuilt.
     """
 
     new: Sequence[bool]
     prior_history: Mapping[str, Sequence[ProfileEntry]] = field(default_factory=dict)
     proactive: Sequence[tuple[str, str]] = ()
+    replayed: Sequence[bool] = ()
+    stored_history: Mapping[str, Sequence[ProfileEntry]] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:
@@ -49,9 +56,20 @@ class ProfileStore(Protocol):
     """Profiles, item statistics and catalog metadata; Redis in production (``RedisProfileStore``)."""
 
     async def apply_batch(
-        self, events: Sequence[Mapping[str, Any]], now_ms: int, *, prior_history: int = 0
+        self,
+        events: Sequence[Mapping[str, Any]],
+        now_ms: int,
+        *,
+        prior_history: int = 0,
+        sources: Sequence[str] | None = None,
+        delivered: Mapping[int, int] | None = None,
     ) -> BatchOutcome:
-        """Apply decoded, validated events atomically and idempotently (one round trip)."""
+        """Apply decoded, validated events atomically and idempotently (one round trip).
+
+        ``sources`` gives each event's ``"partition:offset"``; ``delivered`` maps partitions to the
+        offset up to which the training examples of their messages were delivered. With both, a
+        redelivered message above that offset comes back flagged in ``BatchOutcome.replayed``.
+        """
         ...
 
     async def get_profile(self, user_id: str) -> Profile | None: ...

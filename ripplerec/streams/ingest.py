@@ -33,6 +33,7 @@ __all__ = [
     "DeadLetterSink",
     "decode_events",
     "training_examples",
+    "replayed_examples",
     "TRIGGER_CONTEXT_KEY",
 ]
 
@@ -91,10 +92,11 @@ _EVENT_RECORDS = frozenset({"BehaviorEvent", "EventBatch"})
 
 def decode_events(
     messages: Sequence[RawMessage], codec: AvroCodec, settings: Settings, now_ms: float
-) -> tuple[list[dict[str, Any]], list[int], list[tuple[RawMessage, str, str]]]:
-    """Decode and validate a batch: (valid events in order, their source partitions, rejects).
+) -> tuple[list[dict[str, Any]], list[int], list[str], list[tuple[RawMessage, str, str]]]:
+    """Decode and validate a batch: (valid events in order, their source partitions, their sources, rejects).
 
-    Rejects are (message, error type, error) triples.
+    A source is the ``"partition:offset"`` of the message an event came in (events of one envelope
+    share it). Rejects are (message, error type, error) triples.
 
     A message may hold one ``BehaviorEvent`` or an ``EventBatch`` envelope of many; an invalid event
     inside an envelope is rejected alone, the rest of the envelope goes on.
@@ -102,6 +104,7 @@ def decode_events(
     limits = settings.limits
     events: list[dict[str, Any]] = []
     partitions: list[int] = []
+    sources: list[str] = []
     rejects: list[tuple[RawMessage, str, str]] = []
     for message in messages:
         try:
@@ -113,6 +116,7 @@ def decode_events(
             rejects.append((message, type(exc).__name__, str(exc)))
             continue
         batch = record["events"] if name == "EventBatch" else (record,)
+        source = f"{message.partition}:{message.offset}"
         for index, event in enumerate(batch):
             try:
                 validate_event(event, limits, now_ms)
@@ -122,7 +126,8 @@ def decode_events(
                 continue
             events.append(event)
             partitions.append(message.partition)
-    return events, partitions, rejects
+            sources.append(source)
+    return events, partitions, sources, rejects
 
 
 def training_examples(
@@ -151,31 +156,76 @@ def training_examples(
         entry = ProfileEntry(event["item_id"], event["action"], event["value"], event["ts"])
         if event["action"] != "skip":
             window = history[-history_length:] if history_length else []
-            sampled: list[str] = []
-            if negatives and item_pool:
-                avoid = {e.item_id for e in window}
-                avoid.add(entry.item_id)
-                for candidate in rng.choices(item_pool, k=negatives * 2):
-                    if candidate not in avoid:
-                        sampled.append(candidate)
-                        avoid.add(candidate)
-                        if len(sampled) >= negatives:
-                            break
-            out.append({
-                "event_id": event["event_id"],
-                "user_id": user_id,
-                "positive_item_id": entry.item_id,
-                "action": entry.action,
-                "value": entry.value,
-                "ts": entry.ts,
-                "history": [
-                    {"item_id": e.item_id, "action": e.action, "value": e.value, "ts": e.ts} for e in window
-                ],
-                "negatives": sampled,
-                "weight": 1.0,
-            })
+            out.append(_example(event, entry, window, item_pool, negatives, rng))
         history.append(entry)
     return out
+
+
+def replayed_examples(
+    events: Sequence[Mapping[str, Any]],
+    replayed: Sequence[bool],
+    stored_history: Mapping[str, Sequence[ProfileEntry]],
+    item_pool: Sequence[str],
+    negatives: int,
+    history_length: int,
+    rng: random.Random,
+) -> tuple[list[TrainingExample], int]:
+    """Rebuild the examples of redelivered events whose first publish may have been lost.
+
+    Each such event was applied already, so it sits in its user's stored history (oldest first);
+    its example's history is what precedes it there. Events of one user are found in order, each
+    after the previous one. Returns the examples and how many events were no longer in the stored
+    history (the cap pushed them out), whose examples cannot be rebuilt.
+    """
+    cursors: dict[str, int] = {}
+    out: list[TrainingExample] = []
+    missing = 0
+    for event, again in zip(events, replayed, strict=True):
+        if not again:
+            continue
+        user_id = event["user_id"]
+        stored = stored_history.get(user_id, ())
+        entry = ProfileEntry(event["item_id"], event["action"], event["value"], event["ts"])
+        position = next((i for i in range(cursors.get(user_id, 0), len(stored)) if stored[i] == entry), None)
+        if position is None:
+            missing += 1
+            continue
+        cursors[user_id] = position + 1
+        if event["action"] != "skip":
+            window = list(stored[max(0, position - history_length) : position]) if history_length else []
+            out.append(_example(event, entry, window, item_pool, negatives, rng))
+    return out, missing
+
+
+def _example(
+    event: Mapping[str, Any],
+    entry: ProfileEntry,
+    window: Sequence[ProfileEntry],
+    item_pool: Sequence[str],
+    negatives: int,
+    rng: random.Random,
+) -> TrainingExample:
+    sampled: list[str] = []
+    if negatives and item_pool:
+        avoid = {e.item_id for e in window}
+        avoid.add(entry.item_id)
+        for candidate in rng.choices(item_pool, k=negatives * 2):
+            if candidate not in avoid:
+                sampled.append(candidate)
+                avoid.add(candidate)
+                if len(sampled) >= negatives:
+                    break
+    return {
+        "event_id": event["event_id"],
+        "user_id": event["user_id"],
+        "positive_item_id": entry.item_id,
+        "action": entry.action,
+        "value": entry.value,
+        "ts": entry.ts,
+        "history": [{"item_id": e.item_id, "action": e.action, "value": e.value, "ts": e.ts} for e in window],
+        "negatives": sampled,
+        "weight": 1.0,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +234,11 @@ class PreparedBatch:
 
     events: list[dict[str, Any]]
     partitions: list[int]
+    sources: list[str]  # "partition:offset" of each event's message
     rejects: list[tuple[RawMessage, str, str]]
     now_ms: int
     started: float
+    last_offsets: dict[int, int]  # partition -> the batch's last offset (rejected messages included)
 
 
 class ItemPool:
@@ -230,8 +282,13 @@ class IngestProcessor:
         self.clock = clock
         self.send_many = send_many
         self.retry_delay_s = 0.2
+        # partition -> offset up to which training examples were delivered, not yet told to the store
+        # (it rides along with the next batch's write instead of costing a round trip of its own)
+        self._delivered: dict[int, int] = {}
 
-    async def _apply(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> BatchOutcome:
+    async def _apply(
+        self, events: Sequence[Mapping[str, Any]], now_ms: int, sources: Sequence[str]
+    ) -> BatchOutcome:
         """Apply in script calls of at most ``ingest_batch_size`` events, in order.
 
         Envelopes can make a batch hold tens of thousands of events; one script call that long would
@@ -239,25 +296,40 @@ class IngestProcessor:
         """
         size = self.settings.ingest_batch_size
         if len(events) <= size:
-            return await self._apply_with_retry(events, now_ms)
+            return await self._apply_with_retry(events, now_ms, sources)
         new: list[bool] = []
+        replayed: list[bool] = []
         prior: dict[str, Sequence[ProfileEntry]] = {}
+        stored: dict[str, Sequence[ProfileEntry]] = {}
         proactive: list[tuple[str, str]] = []
         for start in range(0, len(events), size):
-            part = await self._apply_with_retry(events[start : start + size], now_ms)
+            part = await self._apply_with_retry(events[start : start + size], now_ms, sources[start : start + size])
             new.extend(part.new)
+            replayed.extend(part.replayed or [False] * len(part.new))
             for user_id, history in part.prior_history.items():
                 prior.setdefault(user_id, history)  # the history before the first of the parts
+            for user_id, history in part.stored_history.items():
+                stored.setdefault(user_id, history)  # replays come first: the first part saw them all
             proactive.extend(part.proactive)
-        return BatchOutcome(new=new, prior_history=prior, proactive=proactive)
+        return BatchOutcome(new=new, prior_history=prior, proactive=proactive,
+                            replayed=replayed if stored else (), stored_history=stored)
 
-    async def _apply_with_retry(self, events: Sequence[Mapping[str, Any]], now_ms: int) -> BatchOutcome:
+    async def _apply_with_retry(
+        self, events: Sequence[Mapping[str, Any]], now_ms: int, sources: Sequence[str]
+    ) -> BatchOutcome:
         """Redis failures are retried until they succeed: the batch must not be acked before."""
-        prior = self.settings.training_history_length if self.settings.emit_training else 0
+        training = self.settings.emit_training
+        prior = self.settings.training_history_length if training else 0
         delay = self.retry_delay_s
         while True:
             try:
-                return await self.store.apply_batch(events, now_ms, prior_history=prior)
+                if not training:
+                    return await self.store.apply_batch(events, now_ms, prior_history=prior)
+                outcome = await self.store.apply_batch(
+                    events, now_ms, prior_history=prior, sources=sources, delivered=self._delivered
+                )
+                self._delivered = {}  # written with that call
+                return outcome
             except (ConnectionError, OSError, TimeoutError) as exc:
                 log.warning("profile store failed (%s); retrying in %.1fs", exc, delay)
             except Exception as exc:
@@ -271,8 +343,12 @@ class IngestProcessor:
     def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
         """Decode and validate (CPU only; the agent overlaps this with the previous batch's writes)."""
         now_ms = int(self.clock() * 1000)
-        events, partitions, rejects = decode_events(messages, self.codec, self.settings, now_ms)
-        return PreparedBatch(events, partitions, rejects, now_ms, time.perf_counter())
+        events, partitions, sources, rejects = decode_events(messages, self.codec, self.settings, now_ms)
+        last: dict[int, int] = {}
+        for message in messages:
+            if message.offset > last.get(message.partition, -1):
+                last[message.partition] = message.offset
+        return PreparedBatch(events, partitions, sources, rejects, now_ms, time.perf_counter(), last)
 
     async def commit(self, batch: PreparedBatch) -> BatchOutcome:
         """Write the batch and publish what follows from it; returns once all of it is delivered."""
@@ -280,14 +356,14 @@ class IngestProcessor:
         pending: list[Awaitable[Any]] = []
         for message, error_type, error in batch.rejects:
             pending.append(await self.dead_letters.publish(message, error_type, error))
-        outcome = await self._apply(events, now_ms) if events else BatchOutcome(new=[])
+        outcome = await self._apply(events, now_ms, batch.sources) if events else BatchOutcome(new=[])
         fresh = sum(outcome.new)
         self.metrics.events_ingested.inc(fresh)
         self.metrics.events_duplicate.inc(len(events) - fresh)
         settings = self.settings
         encode = self.codec.encode
         send = self.send
-        if settings.emit_training and fresh:
+        if settings.emit_training and (fresh or outcome.replayed):
             pool = self.item_pool
             for event in events:
                 pool.add(event["item_id"])
@@ -295,6 +371,17 @@ class IngestProcessor:
                 events, outcome.new, outcome.prior_history, pool.ids,
                 settings.training_negatives, settings.training_history_length, self.rng,
             )
+            if outcome.replayed:
+                again, missing = replayed_examples(
+                    events, outcome.replayed, outcome.stored_history, pool.ids,
+                    settings.training_negatives, settings.training_history_length, self.rng,
+                )
+                examples.extend(again)
+                self.metrics.training_examples_replayed.inc(len(again))
+                if missing:
+                    self.metrics.training_examples_unrecoverable.inc(missing)
+                    log.warning("%d redelivered events had left their user's stored history: their training "
+                                "examples cannot be rebuilt", missing)
             topic = settings.topics.training
             # Same partition as the source event: topics share the partition count and the events
             # topic is keyed by user, so this is where the user's key would land anyway.
@@ -324,6 +411,10 @@ class IngestProcessor:
             )
         if pending:
             await asyncio.gather(*pending)
+        if settings.emit_training:
+            for partition, offset in batch.last_offsets.items():
+                if offset > self._delivered.get(partition, -1):
+                    self._delivered[partition] = offset
         self.metrics.ingest_batch_seconds.observe(time.perf_counter() - batch.started)
         return outcome
 

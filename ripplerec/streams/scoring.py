@@ -257,6 +257,7 @@ class RequestProcessor:
             error = f"{type(exc).__name__}: {exc}"
         records: dict[int, Recommendation] = {}
         topic = self.settings.topics.recommendations
+        produced_at = int(time.time() * 1000)  # after scoring: when the replies leave
         for request, (items, cold) in zip(valid, results, strict=True):
             trigger = (request.get("context") or {}).get(TRIGGER_CONTEXT_KEY)
             record: Recommendation = {
@@ -265,7 +266,7 @@ class RequestProcessor:
                 "user_id": request["user_id"],
                 "items": to_record_items(items),
                 "model_version": self.backend.version + (COLD_START if cold and error is None else ""),
-                "produced_at": int(now * 1000),
+                "produced_at": produced_at,
                 "error": error,
             }
             # not awaiting delivery: the reply is on its way, waiting for the broker's ack adds latency

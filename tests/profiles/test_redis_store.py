@@ -80,3 +80,37 @@ def test_redis_state_equals_pure_function_with_duplicates(embedded_stack) -> Non
     for item, value in state.items.decayed.items():
         assert popd[item] == pytest.approx(value, rel=1e-12)
     assert co == {k: dict(v) for k, v in state.items.cooccurrence.items() if v}
+
+
+def test_a_redelivered_message_above_the_training_watermark_comes_back_as_replayed(embedded_stack) -> None:
+    """Crash between the write and the example publish: the redelivery is flagged, with its history."""
+    import redis.asyncio as aioredis
+
+    from ripplerec.profiles import ProfileEntry
+    from ripplerec.profiles.redis_store import RedisProfileStore
+
+    events = [{"event_id": f"r{n}", "user_id": "u1" if n % 2 else "u2", "item_id": f"i{n}", "action": "view",
+               "value": None, "ts": 1_000 + n, "context": {}} for n in range(6)]
+    sources = [f"3:{100 + n}" for n in range(6)]
+
+    async def run():
+        client = aioredis.from_url(embedded_stack.redis_url, decode_responses=True)
+        store = RedisProfileStore(client, f"test-{uuid.uuid4().hex[:8]}", BatchParams(history_length=50))
+        first = await store.apply_batch(events, 1, prior_history=5, sources=sources)
+        # the worker died before publishing: nothing was marked delivered, the batch comes again
+        again = await store.apply_batch(events, 2, prior_history=5, sources=sources)
+        # a producer retry of r0 in a later message is a plain duplicate, whatever the watermark
+        retry = await store.apply_batch(events[:1], 3, prior_history=5, sources=["3:200"])
+        # once the examples up to offset 103 are delivered, only the messages above it are replayed
+        after = await store.apply_batch(events, 4, prior_history=5, sources=sources, delivered={3: 103})
+        profile = await store.get_profile("u1")
+        await store.close()
+        return first, again, retry, after, profile
+
+    first, again, retry, after, profile = asyncio.run(run())
+    assert list(first.new) == [True] * 6 and not first.replayed
+    assert list(again.new) == [False] * 6 and list(again.replayed) == [True] * 6
+    assert again.stored_history["u1"] == [ProfileEntry(f"i{n}", "view", None, 1_000 + n) for n in (1, 3, 5)]
+    assert list(retry.new) == [False] and not retry.replayed
+    assert list(after.replayed) == [False, False, False, False, True, True]
+    assert profile is not None and profile.events == 3  # replays change nothing

@@ -7,7 +7,7 @@ import random
 from ripplerec.config import Settings
 from ripplerec.profiles import ProfileEntry
 from ripplerec.schemas import AvroCodec
-from ripplerec.streams.ingest import RawMessage, decode_events, training_examples
+from ripplerec.streams.ingest import RawMessage, decode_events, replayed_examples, training_examples
 
 NOW = 1_700_000_000_000
 
@@ -31,9 +31,10 @@ def test_decode_events_accepts_events_and_envelopes_and_rejects_the_rest() -> No
         RawMessage("t", 3, 3, b"u", codec.encode("BehaviorEvent", _event(event_id="e4", ts=NOW + 10**9))),
         RawMessage("t", 0, 4, b"u", codec.encode("BehaviorEvent", _event(event_id="e5", item_id="x" * 300))),
     ]
-    events, partitions, rejects = decode_events(messages, codec, settings, NOW)
+    events, partitions, sources, rejects = decode_events(messages, codec, settings, NOW)
     assert [e["event_id"] for e in events] == ["e1", "e2"]
     assert partitions == [0, 2]
+    assert sources == ["0:0", "2:2"]
     assert [(m.offset, kind) for m, kind, _ in rejects] == [
         (1, "DecodeError"), (2, "InvalidValue"), (3, "InvalidTimestamp"), (4, "FieldTooLarge")]
     assert "events[1]" in rejects[1][2]
@@ -64,7 +65,7 @@ class _PureStore:
         self.params = BatchParams()
         self.calls: list[int] = []
 
-    async def apply_batch(self, events, now_ms, *, prior_history=0):
+    async def apply_batch(self, events, now_ms, *, prior_history=0, sources=None, delivered=None):
         from ripplerec.profiles import BatchOutcome, apply_batch
 
         self.calls.append(len(events))
@@ -107,3 +108,17 @@ def test_big_batches_are_applied_in_chunks_with_the_same_result() -> None:
     assert whole_store.state.profiles == parts_store.state.profiles
     assert {u: tuple(h) for u, h in whole.prior_history.items()} == {
         u: tuple(h) for u, h in parts.prior_history.items()}
+
+
+def test_replayed_examples_are_rebuilt_from_the_stored_history() -> None:
+    events = [_event(event_id=f"e{n}", item_id=f"i{n}", ts=1000 + n) for n in range(3)]
+    stored = {"u": [ProfileEntry("old", "view", None, 1)]
+               + [ProfileEntry(f"i{n}", "view", None, 1000 + n) for n in range(3)]
+               + [ProfileEntry("later", "view", None, 5000)]}
+    lost = _event(event_id="gone", item_id="trimmed", ts=10)
+    examples, missing = replayed_examples(events + [lost], [True, False, True, True], stored, ["x", "y"], 1, 2,
+                                          random.Random(0))
+    assert [x["event_id"] for x in examples] == ["e0", "e2"]
+    assert [h["item_id"] for h in examples[0]["history"]] == ["old"]
+    assert [h["item_id"] for h in examples[1]["history"]] == ["i0", "i1"]  # the 2 before it
+    assert missing == 1
