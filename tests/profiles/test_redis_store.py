@@ -114,3 +114,28 @@ def test_a_redelivered_message_above_the_training_watermark_comes_back_as_replay
     assert list(retry.new) == [False] and not retry.replayed
     assert list(after.replayed) == [False, False, False, False, True, True]
     assert profile is not None and profile.events == 3  # replays change nothing
+
+
+def test_scoring_signals_for_many_users_in_one_pipeline_survive_a_script_flush(embedded_stack) -> None:
+    import redis.asyncio as aioredis
+
+    from ripplerec.profiles.redis_store import RedisProfileStore
+
+    events = [{"event_id": f"s{n}", "user_id": f"u{n % 3}", "item_id": f"i{n}", "action": "view", "value": None,
+               "ts": 1_000 + n, "context": {}} for n in range(9)]
+
+    async def run():
+        client = aioredis.from_url(embedded_stack.redis_url, decode_responses=True)
+        store = RedisProfileStore(client, f"test-{uuid.uuid4().hex[:8]}", BatchParams(history_length=10))
+        await store.apply_batch(events, 1)
+        one = [await store.scoring_signals(u, recent_items=2, popular=0, neighbours=5) for u in ("u0", "u1", "u2")]
+        await client.script_flush()  # a restarted Redis forgets its scripts
+        many = await store.scoring_signals_many(["u0", "u1", "u2"], recent_items=2, popular=0, neighbours=5)
+        again = await store.scoring_signals_many(["u2", "nobody"], recent_items=2, popular=0, neighbours=5)
+        await store.close()
+        return one, many, again
+
+    one, many, again = asyncio.run(run())
+    assert many == one
+    assert [item.item_id for item in many[1].history] == ["i1", "i4", "i7"]
+    assert again[0] == one[2] and again[1].history == () and again[1].consumed == frozenset()
