@@ -1,6 +1,6 @@
 """Request -> reply latency of recommendations through the topics, under a steady request rate.
 
-    python bench/recommend.py [--rate 200] [--seconds 20] [--users 1000] [--events 20000]
+    python bench/recommend.py [--rate 200 [100 50 ...]] [--seconds 20] [--users 1000] [--events 20000]
 
 Starts its own embedded broker + redis-server and one worker (role all, heuristic scorer), fills
 profiles with synthetic events (waits until they are ingested), then sends requests with
@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,9 +48,79 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, stack: Any, rng: random.Random) -> None:
+    """Warm up, then send ``rate`` requests/s for ``args.seconds`` and print what happened."""
+    latencies: list[float] = []
+    hops: list[float] = []  # published -> received, seconds
+    errors = [0]
+    lock = threading.Lock()
+
+    def run(seconds: float, record: bool) -> tuple[int, float]:
+        sent = 0
+        start = time.perf_counter()
+        while True:
+            now = time.perf_counter()
+            if now - start >= seconds:
+                break
+            due = start + sent / rate
+            if due > now:
+                time.sleep(due - now)
+            sent_at = time.perf_counter()
+            pending = client.submit(f"u{rng.randrange(args.users)}", args.k, timeout=10.0)
+
+            def done(fut: Any, sent_at: float = sent_at) -> None:
+                elapsed = time.perf_counter() - sent_at
+                received = time.time()
+                with lock:
+                    if fut.exception() is not None:
+                        errors[0] += 1
+                    elif record:
+                        latencies.append(elapsed)
+                        hops.append(received - fut.result()["produced_at"] / 1000)
+
+            pending.add_done_callback(done)
+            sent += 1
+        return sent, time.perf_counter() - start
+
+    run(args.warmup, record=False)
+    before = worker.read_metrics()
+    processes = {"worker": worker.proc.pid, "client (this process)": os.getpid(),
+                 **{Path(str(p.args[0])).name.split("-")[0]: p.pid for p in stack.processes()}}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    sent, took = run(args.seconds, record=True)
+    cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    wait_until = time.monotonic() + 12
+    while client.pending and time.monotonic() < wait_until:
+        time.sleep(0.1)
+    after = worker.read_metrics()
+    n = len(latencies)
+    ms = [x * 1000 for x in latencies] or [float("nan")]
+    print(f"== {rate:.0f} requests/s: sent {sent} in {took:.1f}s ({sent / took:.0f}/s); {n} replies, "
+          f"{errors[0]} errors/timeouts")
+    print(f"request->reply latency: p50 {percentile(ms, 50):.1f} ms  p90 {percentile(ms, 90):.1f} ms  "
+          f"p99 {percentile(ms, 99):.1f} ms  max {max(ms):.1f} ms   (goal: p99 < 50 ms at 200/s)")
+    back = sorted(h * 1000 for h in hops) or [float("nan")]
+    print(f"  of which published -> received (broker hop back + client): p50 {percentile(back, 50):.1f} ms  "
+          f"p99 {percentile(back, 99):.1f} ms")
+    spent = {name: cpu_after[name] - cpu_before[name] for name in processes}
+    print("CPU during the timed window, ms per request (% of one core): " + ", ".join(
+        f"{name} {spent[name] / sent * 1000:.2f} ({spent[name] / took * 100:.0f}%)" for name in processes
+    ) + f"; total {sum(spent.values()) / took * 100:.0f}% of {os.cpu_count()} cores")
+    moved = {k: after[k] - before.get(k, 0) for k in after
+             if k.endswith("_total") and after[k] - before.get(k, 0) and "python_gc" not in k}
+    print("worker counters during the timed window: "
+          + (", ".join(f"{k} +{v:.0f}" for k, v in sorted(moved.items())) or "none"))
+    count = after.get("ripplerec_request_seconds_count", 0) - before.get("ripplerec_request_seconds_count", 0)
+    total = after.get("ripplerec_request_seconds_sum", 0) - before.get("ripplerec_request_seconds_sum", 0)
+    if count:
+        print(f"worker-side scoring (decode, Redis read, rank, publish): mean {total / count * 1000:.2f} ms",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--rate", type=float, nargs="+", default=[200.0],
+                        help="requests per second; several rates run one after the other on the same stack")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--users", type=int, default=1_000)
@@ -88,72 +159,12 @@ def main() -> None:
                     raise SystemExit("the worker did not ingest the profile events")
                 time.sleep(0.5)
             print(f"{args.events} events ingested for {args.users} users; requesting k={args.k} at "
-                  f"{args.rate:.0f}/s for {args.seconds:.0f}s after a {args.warmup:.0f}s warm-up", flush=True)
+                  f"{', '.join(f'{r:.0f}' for r in args.rate)}/s, {args.seconds:.0f}s each after a "
+                  f"{args.warmup:.0f}s warm-up", flush=True)
 
-            latencies: list[float] = []
-            hops: list[float] = []  # published -> received, seconds
-            errors = [0]
-            lock = threading.Lock()
             with RecommendationClient(settings) as client:
-                def run(seconds: float, record: bool) -> tuple[int, float]:
-                    sent = 0
-                    start = time.perf_counter()
-                    while True:
-                        now = time.perf_counter()
-                        if now - start >= seconds:
-                            break
-                        due = start + sent / args.rate
-                        if due > now:
-                            time.sleep(due - now)
-                        sent_at = time.perf_counter()
-                        pending = client.submit(f"u{rng.randrange(args.users)}", args.k, timeout=10.0)
-
-                        def done(fut, sent_at=sent_at) -> None:
-                            elapsed = time.perf_counter() - sent_at
-                            received = time.time()
-                            with lock:
-                                if fut.exception() is not None:
-                                    errors[0] += 1
-                                elif record:
-                                    latencies.append(elapsed)
-                                    hops.append(received - fut.result()["produced_at"] / 1000)
-
-                        pending.add_done_callback(done)
-                        sent += 1
-                    return sent, time.perf_counter() - start
-
-                run(args.warmup, record=False)
-                before = worker.read_metrics()
-                processes = {"worker": worker.proc.pid, "client (this process)": os.getpid(),
-                             **{Path(str(p.args[0])).name.split("-")[0]: p.pid for p in stack.processes()}}
-                cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-                sent, took = run(args.seconds, record=True)
-                cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()}
-                wait_until = time.monotonic() + 12
-                while client.pending and time.monotonic() < wait_until:
-                    time.sleep(0.1)
-                after = worker.read_metrics()
-            n = len(latencies)
-            ms = [x * 1000 for x in latencies]
-            print(f"sent {sent} requests in {took:.1f}s ({sent / took:.0f}/s); {n} replies, "
-                  f"{errors[0]} errors/timeouts")
-            print(f"request->reply latency: p50 {percentile(ms, 50):.1f} ms  p90 {percentile(ms, 90):.1f} ms  "
-                  f"p99 {percentile(ms, 99):.1f} ms  max {max(ms):.1f} ms   (goal: p99 < 50 ms at 200/s)")
-            back = sorted(h * 1000 for h in hops)
-            print(f"  of which published -> received (broker hop back + client): p50 {percentile(back, 50):.1f} ms  "
-                  f"p99 {percentile(back, 99):.1f} ms")
-            spent = {name: cpu_after[name] - cpu_before[name] for name in processes}
-            print("CPU during the timed window, ms per request (% of one core): " + ", ".join(
-                f"{name} {spent[name] / sent * 1000:.2f} ({spent[name] / took * 100:.0f}%)" for name in processes
-            ) + f"; total {sum(spent.values()) / took * 100:.0f}% of {os.cpu_count()} cores")
-            moved = {k: after[k] - before.get(k, 0) for k in after
-                     if k.endswith("_total") and after[k] - before.get(k, 0) and "python_gc" not in k}
-            print("worker counters during the timed window: "
-                  + (", ".join(f"{k} +{v:.0f}" for k, v in sorted(moved.items())) or "none"))
-            count = after.get("ripplerec_request_seconds_count", 0) - before.get("ripplerec_request_seconds_count", 0)
-            total = after.get("ripplerec_request_seconds_sum", 0) - before.get("ripplerec_request_seconds_sum", 0)
-            if count:
-                print(f"worker-side scoring (decode, Redis read, rank, publish): mean {total / count * 1000:.2f} ms")
+                for rate in args.rate:
+                    measure(args, rate, client, worker, stack, rng)
         finally:
             worker.stop()
 
