@@ -41,6 +41,9 @@ def evaluate(
     text_affinity: bool = typer.Option(
         True, help="transformer: add a learned multiple of cos(item text, user's history text)"
     ),
+    count_features: bool = typer.Option(
+        False, help="transformer and id-only: add co-occurrence and transition counts with learned weights"
+    ),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: leave torch's default)"),
     seed: int = typer.Option(0, help="seed of every model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
@@ -91,6 +94,7 @@ def evaluate(
             id_gate=id_gate,
             bias_gate=bias_gate,
             text_affinity=text_affinity,
+            count_features=count_features,
         )
         built = build_models(names, zoo)
     except (ValueError, FileNotFoundError) as error:

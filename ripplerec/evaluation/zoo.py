@@ -18,6 +18,7 @@ MODEL_NAMES: tuple[str, ...] = (
     "transformer",
     "id-only",
     "item-knn",
+    "transition",
     "popularity",
     "popularity-decay",
     "biased-mf",
@@ -41,6 +42,8 @@ class ZooConfig:
     id_gate: float = 2.0  # transformer only (text+id): see HeadConfig.id_gate
     bias_gate: bool = False
     text_affinity: bool = True  # transformer only: see HeadConfig.text_affinity
+    # transformer and id-only: co-occurrence and transition counts added with learned weights (hybrid head)
+    count_features: bool = False
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.history_length < 1 or self.train_batch < 1 or self.steps_per_batch < 1:
@@ -50,7 +53,7 @@ class ZooConfig:
 def scorer_configs(config: ZooConfig | None = None) -> tuple[TransformerScorerConfig, TransformerScorerConfig]:
     """The (transformer, id-only) head configurations this evaluation measures.
 
-    Generic training choices go to both; the text-only ones (id gate, text affinity) to the
+    Generic training choices (count features included) go to both; the text-only ones (id gate, text affinity) to the
     transformer alone. The served ``RIPPLEREC_SCORER=transformer`` uses the first, so what is
     served is what ``ripplerec eval`` measured.
     """
@@ -62,7 +65,12 @@ def scorer_configs(config: ZooConfig | None = None) -> tuple[TransformerScorerCo
 
     config = config or ZooConfig()
     shared = TransformerScorerConfig(
-        HeadConfig(dim=config.dim, history_length=config.history_length),
+        HeadConfig(
+            dim=config.dim,
+            history_length=config.history_length,
+            cooccurrence_feature=config.count_features,
+            transition_feature=config.count_features,
+        ),
         TrainerConfig(
             lr=config.lr,
             batch_size=config.train_batch,
@@ -108,6 +116,10 @@ def build_models(names: Sequence[str], config: ZooConfig | None = None) -> list[
             from ripplerec.models.item_knn import ItemKNN
 
             models.append(ItemKNN())
+        elif name == "transition":
+            from ripplerec.models.transition import Transition
+
+            models.append(Transition())
         elif name == "popularity":
             from ripplerec.models.popularity import Popularity
 

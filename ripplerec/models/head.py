@@ -60,6 +60,13 @@ class HeadConfig:
     bias_gate: bool = False  # with id_gate: the item bias is scaled by the same factor
     # text only: add a learned multiple of cos(item text, attention-weighted mean text of the history)
     text_affinity: bool = False
+    # count features kept online by the scorer and added to the score with learned weights (a hybrid head):
+    # item-kNN co-occurrence and item transitions from the user's recent items (see models.count_features)
+    cooccurrence_feature: bool = False
+    transition_feature: bool = False
+    # starting weight of each standardised feature; the softmax loss pulls the weights down slowly, though
+    # heavier weights rank better (measured in docs/BENCHMARKS.md)
+    feature_weight_init: float = 2.0
 
     def __post_init__(self) -> None:
         if self.item_representation not in ITEM_REPRESENTATIONS:
@@ -75,6 +82,10 @@ class HeadConfig:
             raise ValueError("id_gate needs item_representation 'text+id'")
         if self.text_affinity and not self.uses_text:
             raise ValueError("text_affinity needs text item representations")
+
+    @property
+    def count_features(self) -> int:
+        return int(self.cooccurrence_feature) + int(self.transition_feature)
 
     @property
     def gated(self) -> bool:
@@ -119,6 +130,8 @@ class Head(nn.Module):
         # saved only when the gate reads it, so heads without a gate keep their saved format
         self.register_buffer("item_counts", torch.zeros(capacity), persistent=config.gated)
         self.affinity_scale = nn.Parameter(torch.tensor(1.0)) if config.text_affinity else None
+        initial = torch.full((config.count_features,), config.feature_weight_init)
+        self.feature_weights = nn.Parameter(initial) if config.count_features else None
         self.action = nn.Embedding(len(ACTIONS), d)
         self.value = nn.Embedding(VALUE_BUCKETS, d)
         self.recency = nn.Embedding(RECENCY_BUCKETS, d)
@@ -235,6 +248,12 @@ class Head(nn.Module):
             profile = nn.functional.normalize(torch.einsum("bl,blt->bt", mean_weights, texts), dim=-1)
             users = torch.cat([users, self.affinity_scale * profile], dim=-1)
         return users, mean_weights
+
+    def feature_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """The count features' part of the scores: ``(B, K, n)`` standardised features -> ``(B, n)``."""
+        if self.feature_weights is None:
+            raise ValueError("this head has no count features")
+        return torch.einsum("bkn,k->bn", features, self.feature_weights)
 
     def forward(self, history: HistoryBatch) -> torch.Tensor:
         """Scores of the whole catalog for each user, ``(B, capacity)``."""

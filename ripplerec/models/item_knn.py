@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from ripplerec.models.base import Interaction, Item, ModelLoadError, UserState
 from ripplerec.models.catalog import IndexedModel, grown, load_arrays, save_arrays
 
-__all__ = ["ItemKNNConfig", "ItemKNN"]
+__all__ = ["ItemKNNConfig", "CooccurrenceCounts", "ItemKNN"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,58 @@ class ItemKNNConfig:
             raise ValueError("recency_decay in (0, 1], alpha in [0, 1], popularity_prior >= 0")
 
 
+class CooccurrenceCounts:
+    """Symmetric co-occurrence counts within users' recent windows, and the item-kNN score from them; shared by
+    :class:`ItemKNN` and the transformer scorer's count features. The caller grows it with the catalog."""
+
+    def __init__(self, config: ItemKNNConfig | None = None) -> None:
+        self.config = config or ItemKNNConfig()
+        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.counts = np.zeros(0, dtype=np.float32)
+        self.recent: dict[str, deque[int]] = {}
+
+    def grow(self, n: int) -> None:
+        self.matrix = grown(self.matrix, n, axes=(0, 1))
+        self.counts = grown(self.counts, n)
+
+    def add(self, user_id: str, row: int) -> None:
+        """Learn that ``user_id`` interacted with ``row``: it co-occurs with their recent items."""
+        recent = self.recent.get(user_id)
+        if recent is None:
+            recent = self.recent[user_id] = deque(maxlen=self.config.window)
+        others = np.fromiter((other for other in set(recent) if other != row), dtype=np.int64)
+        if others.size:
+            self.matrix[row, others] += 1.0
+            self.matrix[others, row] += 1.0
+        self.counts[row] += 1.0
+        recent.append(row)
+
+    def scores(self, rows: Sequence[int], n: int) -> NDArray[np.float32]:
+        """Item-kNN scores over the first ``n`` catalog rows from a user's items ``rows`` (oldest first), before
+        the popularity prior; all zeros for an empty history."""
+        recent = list(rows)[-self.config.history :]
+        if not recent:
+            return np.zeros(n, dtype=np.float32)
+        counts = self.counts[:n]
+        scale = np.power(np.maximum(counts, 1.0), 1.0 - self.config.alpha)
+        weights = self.config.recency_decay ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
+        history = np.asarray(recent)
+        norms = np.power(np.maximum(counts[history], 1.0), self.config.alpha)
+        sims = self.matrix[history, :n] / norms[:, None]
+        return ((weights @ sims) / scale).astype(np.float32, copy=False)
+
+    def state(self, n: int) -> dict[str, NDArray[np.float32]]:
+        return {"cooccurrence": self.matrix[:n, :n], "counts": self.counts[:n]}
+
+    def restore(self, arrays: dict[str, NDArray[np.float32]], recent: dict[str, list[int]], n: int) -> None:
+        if arrays.get("cooccurrence", np.zeros(0)).shape != (n, n) or arrays.get("counts", np.zeros(0)).shape != (n,):
+            raise ModelLoadError(f"saved co-occurrence arrays do not match {n} items")
+        self.grow(n)
+        self.matrix[:n, :n] = arrays["cooccurrence"]
+        self.counts[:n] = arrays["counts"]
+        self.recent = {user: deque((int(r) for r in rows), maxlen=self.config.window) for user, rows in recent.items()}
+
+
 class ItemKNN(IndexedModel):
     """Co-occurrence item-kNN over recent history; a dense item x item matrix (fine up to ~20k items)."""
 
@@ -44,15 +96,11 @@ class ItemKNN(IndexedModel):
     def __init__(self, config: ItemKNNConfig | None = None) -> None:
         super().__init__()
         self.config = config or ItemKNNConfig()
-        self._cooc = np.zeros((0, 0), dtype=np.float32)
-        self._counts = np.zeros(0, dtype=np.float32)
-        self._recent: dict[str, deque[int]] = {}
+        self._cooc = CooccurrenceCounts(self.config)
 
     def add_items(self, items: Sequence[Item]) -> None:
         self._items.add(items)
-        n = len(self._items)
-        self._cooc = grown(self._cooc, n, axes=(0, 1))
-        self._counts = grown(self._counts, n)
+        self._cooc.grow(len(self._items))
 
     def learn(self, interactions: Sequence[Interaction], now: float) -> None:
         rows = self._items.rows
@@ -60,34 +108,18 @@ class ItemKNN(IndexedModel):
             row = rows.get(event.item_id)
             if row is None:
                 continue
-            recent = self._recent.get(event.user_id)
-            if recent is None:
-                recent = self._recent[event.user_id] = deque(maxlen=self.config.window)
-            others = np.fromiter((other for other in set(recent) if other != row), dtype=np.int64)
-            if others.size:
-                self._cooc[row, others] += 1.0
-                self._cooc[others, row] += 1.0
-            self._counts[row] += 1.0
-            recent.append(row)
+            self._cooc.add(event.user_id, row)
             self._learned += 1
 
     def score_many(self, users: Sequence[UserState], now: float | Sequence[float] | None = None) -> NDArray[np.float32]:
         n = len(self._items)
-        counts = self._counts[:n]
-        scale = np.power(np.maximum(counts, 1.0), 1.0 - self.config.alpha)
+        counts = self._cooc.counts[:n]
         prior = self.config.popularity_prior * counts / max(float(counts.max(initial=0.0)), 1.0)
         out = np.empty((len(users), n), dtype=np.float32)
         rows = self._items.rows
         for u, user in enumerate(users):
             recent = [rows[b.item_id] for b in user.history[-self.config.history :] if b.item_id in rows]
-            if not recent:
-                out[u] = prior
-                continue
-            weights = self.config.recency_decay ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
-            history = np.asarray(recent)
-            norms = np.power(np.maximum(counts[history], 1.0), self.config.alpha)
-            sims = self._cooc[history, :n] / norms[:, None]
-            out[u] = (weights @ sims) / scale + prior
+            out[u] = self._cooc.scores(recent, n) + prior
         return out
 
     def save(self, directory: str | Path) -> None:
@@ -95,12 +127,12 @@ class ItemKNN(IndexedModel):
         save_arrays(
             directory,
             type(self).__name__,
-            {"cooccurrence": self._cooc[:n, :n], "counts": self._counts[:n]},
+            self._cooc.state(n),
             {
                 "config": asdict(self.config),
                 "item_ids": self._items.ids,
                 "learned": self._learned,
-                "recent": {user: list(rows) for user, rows in self._recent.items()},
+                "recent": {user: list(rows) for user, rows in self._cooc.recent.items()},
             },
         )
 
@@ -109,14 +141,10 @@ class ItemKNN(IndexedModel):
         manifest, arrays = load_arrays(directory, cls.__name__)
         model = cls(ItemKNNConfig(**manifest["config"]))
         ids = [str(i) for i in manifest["item_ids"]]
-        n = len(ids)
-        if arrays.get("cooccurrence", np.zeros(0)).shape != (n, n) or arrays.get("counts", np.zeros(0)).shape != (n,):
-            raise ModelLoadError(f"{directory}: saved matrices do not match {n} items")
         model.add_items([Item(i, i) for i in ids])
-        model._cooc[:n, :n] = arrays["cooccurrence"]
-        model._counts[:n] = arrays["counts"]
+        try:
+            model._cooc.restore(arrays, manifest["recent"], len(ids))
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{directory}: {error}") from error
         model._learned = int(manifest["learned"])
-        model._recent = {
-            user: deque((int(r) for r in rows), maxlen=model.config.window) for user, rows in manifest["recent"].items()
-        }
         return model

@@ -101,17 +101,24 @@ class OnlineTrainer:
             self.optimizer.state[new] = state
 
     def step(
-        self, history: HistoryBatch, positives: torch.Tensor, n_items: int, active: torch.Tensor | None = None
+        self,
+        history: HistoryBatch,
+        positives: torch.Tensor,
+        n_items: int,
+        active: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
     ) -> float:
         """Train on one mini-batch: ``positives`` (B,) are catalog rows; returns the last loss.
 
         ``active``: bool mask over the catalog of items that may serve as negatives (all when None).
+        ``features``: ``(B, K, n_items)`` count features of a head with count features (zeros where an
+        example has none).
         """
         self.head.train()
         loss_value = 0.0
         for _ in range(self.config.steps_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(history, positives, n_items, active)
+            loss = self._loss(history, positives, n_items, active, features)
             if self.config.anchor_l2 > 0 and self.anchor:
                 pull = sum(((p - self.anchor[name]) ** 2).sum() for name, p in self.head.dense_parameters().items())
                 loss = loss + self.config.anchor_l2 * pull
@@ -125,7 +132,12 @@ class OnlineTrainer:
         return loss_value
 
     def _loss(
-        self, history: HistoryBatch, positives: torch.Tensor, n_items: int, active: torch.Tensor | None
+        self,
+        history: HistoryBatch,
+        positives: torch.Tensor,
+        n_items: int,
+        active: torch.Tensor | None,
+        features: torch.Tensor | None,
     ) -> torch.Tensor:
         head = self.head
         config = self.config
@@ -134,6 +146,8 @@ class OnlineTrainer:
             vectors = head.item_vectors(torch.arange(n_items))
             users, _ = head.user_vectors(history, vectors)
             logits = users @ vectors.T + head.biases(torch.arange(n_items))
+            if features is not None:
+                logits = logits + head.feature_scores(features[:, :, :n_items])
             if config.mask_history:
                 seen = torch.zeros(batch, n_items, dtype=torch.bool)
                 owners = torch.arange(batch).unsqueeze(1).expand_as(history.items)
@@ -158,6 +172,10 @@ class OnlineTrainer:
         sampled = vectors[inverse[:n_sampled]]
         positive_scores = (users * sampled[:batch]).sum(-1) + head.biases(positives)
         negative_scores = users @ sampled[batch:].T + head.biases(negatives)  # (B, N)
+        if features is not None:
+            mine = features[torch.arange(batch), :, positives].unsqueeze(-1)  # (B, K, 1)
+            positive_scores = positive_scores + head.feature_scores(mine)[:, 0]
+            negative_scores = negative_scores + head.feature_scores(features[:, :, negatives])
         # a sampled negative that is the positive itself is not a negative
         negative_scores = negative_scores.masked_fill(negatives.unsqueeze(0) == positives.unsqueeze(1), -1e9)
         if config.loss == "bpr":

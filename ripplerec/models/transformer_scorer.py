@@ -38,6 +38,7 @@ from ripplerec.models.base import (
     clocks_for,
     top_k_indices,
 )
+from ripplerec.models.count_features import CountFeatures
 from ripplerec.models.embedding_cache import EmbeddingCache
 from ripplerec.models.encoder import TextEncoder
 from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConfig, HistoryBatch
@@ -120,6 +121,8 @@ class TransformerScorer(RankingModel):
         self._replay: list[tuple[NDArray[np.float64], int, float]] = []
         self._replay_seen = 0
         self._active = torch.zeros(0, dtype=torch.bool)  # items seen as positives
+        # count features (co-occurrence, transitions) learned from every interaction, read by the hybrid head
+        self._counts = CountFeatures.build(head_config.cooccurrence_feature, head_config.transition_feature)
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -160,6 +163,7 @@ class TransformerScorer(RankingModel):
         for offset, item in enumerate(fresh):
             self._index_of[item.item_id] = start + offset
             self._item_ids.append(item.item_id)
+        self._counts.grow(needed)
         self._vectors = None
 
     # -- tensors from plain data ------------------------------------------------------------------
@@ -174,6 +178,22 @@ class TransformerScorer(RankingModel):
 
     def _history_batch(self, histories: Sequence[Sequence[Behavior]], nows: Sequence[float]) -> HistoryBatch:
         return self._batch_from_encoded([self._encode(history) for history in histories], nows)
+
+    def _feature_scores(
+        self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]]
+    ) -> torch.Tensor | None:
+        """The count features' part of the scores ``(B, n)`` for encoded histories (None without features)."""
+        if not len(self._counts):
+            return None
+        features = self._count_features(encoded)
+        with torch.no_grad():
+            return self.head.feature_scores(features)
+
+    def _count_features(
+        self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]]
+    ) -> torch.Tensor:
+        histories = [[int(behaviour[0]) for behaviour in rows] for rows in encoded]
+        return torch.from_numpy(self._counts.features(histories, len(self._item_ids)))
 
     def _batch_from_encoded(
         self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]], nows: Sequence[float]
@@ -216,6 +236,7 @@ class TransformerScorer(RankingModel):
         histories: list[NDArray[np.float64]] = []
         positives: list[int] = []
         clocks: list[float] = []
+        users: list[str] = []
         for event in interactions:
             history = self._histories.get(event.user_id)
             if history is None:
@@ -227,6 +248,7 @@ class TransformerScorer(RankingModel):
                 histories.append(np.array(encoded, dtype=np.float64).reshape(-1, 4))
                 positives.append(row)
                 clocks.append(event.ts)
+                users.append(event.user_id)
                 value = math.nan if event.value is None else event.value
                 encoded.append((row, _ACTION_INDEX.get(event.action, 0), value, event.ts))
             history.append(Behavior(event.item_id, event.action, event.value, event.ts))
@@ -241,6 +263,9 @@ class TransformerScorer(RankingModel):
                 )
             )
             self._train_examples(examples)
+            # counts learn after the step, so the step saw the features as a scorer saw them before
+            for user_id, row in zip(users[start : start + size], positives[start : start + size], strict=True):
+                self._counts.add(user_id, row)
         if positives:
             self._count(positives)
             self._vectors = None
@@ -271,7 +296,13 @@ class TransformerScorer(RankingModel):
                 )
             self._active[rows] = True
             active = self._active
-        self.trainer.step(encoded, rows, len(self._item_ids), active)
+        features = None
+        if len(self._counts):
+            # only the new examples carry features: theirs are the counts before they were learned, as at
+            # scoring time; a replayed example's would include itself and what came after it
+            features = torch.zeros(len(batch), len(self._counts), len(self._item_ids))
+            features[: len(examples)] = self._count_features(histories[: len(examples)])
+        self.trainer.step(encoded, rows, len(self._item_ids), active, features)
         if config.replay:
             for example in examples:  # reservoir sampling keeps a uniform sample of the whole stream
                 self._replay_seen += 1
@@ -285,8 +316,10 @@ class TransformerScorer(RankingModel):
     def fit(self, users: Sequence[UserState], positives: Sequence[str], now: float) -> float:
         """One training step on explicit examples (a trainer that holds user states elsewhere)."""
         rows = [self._index_of[item_id] for item_id in positives]
-        batch = self._history_batch([user.history for user in users], [now] * len(users))
-        loss = self.trainer.step(batch, torch.tensor(rows), len(self._item_ids))
+        encoded = [self._encode(user.history) for user in users]
+        batch = self._batch_from_encoded(encoded, [now] * len(users))
+        features = self._count_features(encoded) if len(self._counts) else None
+        loss = self.trainer.step(batch, torch.tensor(rows), len(self._item_ids), features=features)
         self._count(rows)
         self._vectors = None
         return loss
@@ -296,16 +329,23 @@ class TransformerScorer(RankingModel):
         if not users:
             return np.zeros((0, len(self._item_ids)), dtype=np.float32)
         clocks = clocks_for(users, now)
-        batch = self._history_batch([u.history for u in users], clocks)
+        encoded = [self._encode(u.history) for u in users]
+        batch = self._batch_from_encoded(encoded, clocks)
         with torch.no_grad():
             vectors = self._item_vectors()
             user_vectors, _ = self.head.user_vectors(batch, vectors)
             scores = user_vectors @ vectors.T + self.head.biases(torch.arange(len(self._item_ids)))
+            extra = self._feature_scores(encoded)
+            if extra is not None:
+                scores = scores + extra
         return scores.numpy().astype(np.float32, copy=False)
 
-    def _leave_one_out(self, user: UserState, now: float | None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def _leave_one_out(
+        self, user: UserState, now: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int], torch.Tensor | None]:
         """User vectors with all behaviours (row 0) and with each one removed (rows 1..), the attention
-        weights of the behaviours, and their positions in ``user.history``."""
+        weights of the behaviours, their positions in ``user.history``, and the count features' scores of
+        the same variants (None without count features)."""
         clock = clocks_for([user], now)[0]
         length = self.config.head.history_length
         history = user.history
@@ -318,14 +358,22 @@ class TransformerScorer(RankingModel):
         batch = self._batch_from_encoded(variants, [clock] * len(variants))
         with torch.no_grad():
             user_vectors, weights = self.head.user_vectors(batch, self._item_vectors())
-        return user_vectors, weights[0, length - len(encoded) :], positions
+        return user_vectors, weights[0, length - len(encoded) :], positions, self._feature_scores(variants)
 
     def _influences(
-        self, user: UserState, user_vectors: torch.Tensor, weights: torch.Tensor, positions: list[int], row: int
+        self,
+        user: UserState,
+        user_vectors: torch.Tensor,
+        weights: torch.Tensor,
+        positions: list[int],
+        row: int,
+        extra: torch.Tensor | None = None,
     ) -> list[Influence]:
         vectors = self._item_vectors()
         with torch.no_grad():
             scores = user_vectors @ vectors[row]  # bias cancels in the differences
+            if extra is not None:
+                scores = scores + extra[:, row]
         deltas = (scores[0] - scores[1:]).tolist()
         influences = [
             Influence(
@@ -351,8 +399,8 @@ class TransformerScorer(RankingModel):
             raise KeyError(f"unknown item {item_id!r}")
         if not user.history:
             return []
-        user_vectors, weights, positions = self._leave_one_out(user, now)
-        return self._influences(user, user_vectors, weights, positions, row)
+        user_vectors, weights, positions, extra = self._leave_one_out(user, now)
+        return self._influences(user, user_vectors, weights, positions, row, extra)
 
     def recommend(
         self, user: UserState, k: int, exclude: Collection[str] = (), now: float | None = None
@@ -361,12 +409,13 @@ class TransformerScorer(RankingModel):
         top = super().recommend(user, k, exclude, now)
         if not top or not user.history or self.config.influences == 0:
             return top
-        user_vectors, weights, positions = self._leave_one_out(user, now)
+        user_vectors, weights, positions, extra = self._leave_one_out(user, now)
         if not positions:
             return top
         out = []
         for scored in top:
-            influences = self._influences(user, user_vectors, weights, positions, self._index_of[scored.item_id])
+            row = self._index_of[scored.item_id]
+            influences = self._influences(user, user_vectors, weights, positions, row, extra)
             out.append(ScoredItem(scored.item_id, scored.score, tuple(influences[: self.config.influences])))
         return out
 
@@ -468,7 +517,12 @@ class TransformerScorer(RankingModel):
         histories = {
             user: [[b.item_id, b.action, b.value, b.ts] for b in history] for user, history in self._histories.items()
         }
-        write_json(folder / "histories.json", {"histories": histories})
+        if len(self._counts):
+            tmp = folder / ".counts.safetensors.tmp"
+            counts = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in self._counts.state(n).items()}
+            save_file(counts, str(tmp))
+            tmp.replace(folder / "counts.safetensors")
+        write_json(folder / "histories.json", {"histories": histories, "count_recent": self._counts.recent()})
         write_json(folder / "config.json", {**self._manifest(), "item_ids": self._item_ids})
 
     @classmethod
@@ -509,9 +563,16 @@ class TransformerScorer(RankingModel):
             if "active" in saved and tuple(saved["active"].shape) == (len(item_ids),):
                 scorer._active = saved["active"].bool()
         histories_path = folder / "histories.json"
-        if histories_path.is_file():
+        saved_histories = json.loads(histories_path.read_text()) if histories_path.is_file() else {}
+        if len(scorer._counts):
+            counts_path = folder / "counts.safetensors"
+            if not counts_path.is_file():
+                raise ModelLoadError(f"{counts_path} not found")
+            arrays = {k: v.numpy() for k, v in load_file(str(counts_path)).items()}
+            scorer._counts.restore(arrays, saved_histories.get("count_recent", {}), len(item_ids))
+        if saved_histories:
             length = config.head.history_length
-            for user, rows in json.loads(histories_path.read_text())["histories"].items():
+            for user, rows in saved_histories["histories"].items():
                 scorer._histories[user] = deque(
                     (Behavior(str(i), str(a), None if v is None else float(v), float(t)) for i, a, v, t in rows),
                     maxlen=length,

@@ -102,7 +102,7 @@ def test_eval_command_runs_every_model_on_a_small_stream(tmp_path: Path) -> None
     outcome = CliRunner().invoke(eval_app, args, prog_name="ripplerec eval")
     assert outcome.exit_code == 0, outcome.output
     names = [model["name"] for model in json.loads((out / "result.json").read_text())["models"]]
-    assert names == ["transformer", "id-only", "item-knn", "popularity", "popularity-decay", "biased-mf"]
+    assert names == ["transformer", "id-only", "item-knn", "transition", "popularity", "popularity-decay", "biased-mf"]
     assert "| transformer |" in outcome.output
     assert (out / "rolling_ndcg.png").is_file()
 

@@ -19,6 +19,9 @@ from ripplerec.models.item_knn import ItemKNN
 from ripplerec.models.popularity import DecayedPopularity, Popularity
 from ripplerec.models.trainer import TrainerConfig
 from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig
+from ripplerec.models.transition import Transition
+
+HYBRID = HeadConfig(dim=16, history_length=10, tower_hidden=32, cooccurrence_feature=True, transition_feature=True)
 
 SMALL = TransformerScorerConfig(HeadConfig(dim=16, history_length=10, tower_hidden=32), TrainerConfig(batch_size=64))
 
@@ -26,6 +29,7 @@ FACTORIES: dict[str, Callable[[int], RankingModel]] = {
     "popularity": lambda seed: Popularity(),
     "popularity-decay": lambda seed: DecayedPopularity(half_life_s=3600.0),
     "item-knn": lambda seed: ItemKNN(),
+    "transition": lambda seed: Transition(),
     "biased-mf": lambda seed: BiasedMFScorer(BiasedMFConfig(seed=seed)),
     "transformer": lambda seed: TransformerScorer(
         TransformerScorerConfig(SMALL.head, TrainerConfig(batch_size=64, seed=seed)), HashingEncoder(32)
@@ -38,6 +42,13 @@ FACTORIES: dict[str, Callable[[int], RankingModel]] = {
         HashingEncoder(32),
     ),
     "id-only": lambda seed: IdOnlyScorer(TransformerScorerConfig(SMALL.head, TrainerConfig(batch_size=64, seed=seed))),
+    "hybrid": lambda seed: TransformerScorer(
+        TransformerScorerConfig(HYBRID, TrainerConfig(batch_size=64, seed=seed)), HashingEncoder(32)
+    ),
+    "hybrid-sampled": lambda seed: TransformerScorer(
+        TransformerScorerConfig(HYBRID, TrainerConfig(batch_size=64, full_softmax_max=10, negatives=16, seed=seed)),
+        HashingEncoder(32),
+    ),
 }
 
 

@@ -1,0 +1,167 @@
+"""Item transitions: which items follow which in users' histories (directed, decayed by distance).
+
+Item-kNN's co-occurrence is symmetric and spread over a long window; this counts, for every new
+interaction ``j`` of a user, each of the user's previous ``window`` items ``i`` as a transition
+``i -> j`` weighted ``distance_decay ** (d - 1)`` (``d`` = 1 for the item just before). A user is scored
+from their last few items, the most recent weighted most. Sessions that follow a site's page order
+(MovieLens rating pages do) make the next item predictable from the last ones.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ripplerec.models.base import Interaction, Item, ModelLoadError, UserState
+from ripplerec.models.catalog import IndexedModel, grown, load_arrays, save_arrays
+
+__all__ = ["TransitionConfig", "TransitionCounts", "Transition"]
+
+
+@dataclass(frozen=True)
+class TransitionConfig:
+    """``window``: a new item is a transition from each of the user's previous ``window`` items, weighted
+    ``distance_decay ** (d - 1)`` at distance ``d``. ``history``: a user is scored from their last
+    ``history`` items, the k-th most recent weighted ``recency_decay ** k``. ``alpha``: each source row is
+    divided by its total outgoing weight ``** alpha`` (1: transition probabilities). ``beta``: each target
+    column by its count ``** beta`` (damps popular targets)."""
+
+    window: int = 10
+    distance_decay: float = 0.7
+    history: int = 10
+    recency_decay: float = 0.7
+    alpha: float = 0.5
+    beta: float = 0.0
+    popularity_prior: float = 1e-6  # breaks ties (and ranks users with no history) by popularity
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.history < 1:
+            raise ValueError("window and history must be >= 1")
+        if not 0.0 < self.distance_decay <= 1.0 or not 0.0 < self.recency_decay <= 1.0:
+            raise ValueError("distance_decay and recency_decay must be in (0, 1]")
+        if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0 or self.popularity_prior < 0:
+            raise ValueError("alpha and beta in [0, 1], popularity_prior >= 0")
+
+
+class TransitionCounts:
+    """The growing directed count matrix and per-user recent rows; shared by :class:`Transition` and the
+    transformer scorer's count features. Rows are catalog rows; the caller grows it with the catalog."""
+
+    def __init__(self, config: TransitionConfig | None = None) -> None:
+        self.config = config or TransitionConfig()
+        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.outgoing = np.zeros(0, dtype=np.float32)  # row sums of matrix
+        self.counts = np.zeros(0, dtype=np.float32)  # interactions per item
+        self.recent: dict[str, deque[int]] = {}
+        self._weights = self.config.distance_decay ** np.arange(self.config.window, dtype=np.float32)
+
+    def grow(self, n: int) -> None:
+        self.matrix = grown(self.matrix, n, axes=(0, 1))
+        self.outgoing = grown(self.outgoing, n)
+        self.counts = grown(self.counts, n)
+
+    def add(self, user_id: str, row: int) -> None:
+        """Learn that ``user_id`` interacted with ``row`` after their recent items."""
+        recent = self.recent.get(user_id)
+        if recent is None:
+            recent = self.recent[user_id] = deque(maxlen=self.config.window)
+        if recent:
+            sources = np.fromiter(reversed(recent), dtype=np.int64)  # most recent first: distance 1, 2, ...
+            weights = self._weights[: sources.size]
+            keep = sources != row
+            np.add.at(self.matrix[:, row], sources[keep], weights[keep])
+            np.add.at(self.outgoing, sources[keep], weights[keep])
+        self.counts[row] += 1.0
+        recent.append(row)
+
+    def scores(self, rows: Sequence[int], n: int) -> NDArray[np.float32]:
+        """Transition scores over the first ``n`` catalog rows from a user's items ``rows`` (oldest first)."""
+        config = self.config
+        recent = np.asarray(list(rows)[-config.history :], dtype=np.int64)
+        if recent.size == 0:
+            return np.zeros(n, dtype=np.float32)
+        weights = config.recency_decay ** np.arange(recent.size - 1, -1, -1, dtype=np.float32)
+        if config.alpha:
+            weights = weights / np.power(np.maximum(self.outgoing[recent], 1.0), config.alpha)
+        out = weights @ self.matrix[recent, :n]
+        if config.beta:
+            out = out / np.power(np.maximum(self.counts[:n], 1.0), config.beta)
+        return out.astype(np.float32, copy=False)
+
+    def state(self, n: int) -> dict[str, NDArray[np.float32]]:
+        return {"transitions": self.matrix[:n, :n], "outgoing": self.outgoing[:n], "counts": self.counts[:n]}
+
+    def restore(self, arrays: dict[str, NDArray[np.float32]], recent: dict[str, list[int]], n: int) -> None:
+        if arrays["transitions"].shape != (n, n) or arrays["outgoing"].shape != (n,) or arrays["counts"].shape != (n,):
+            raise ModelLoadError(f"saved transition arrays do not match {n} items")
+        self.grow(n)
+        self.matrix[:n, :n] = arrays["transitions"]
+        self.outgoing[:n] = arrays["outgoing"]
+        self.counts[:n] = arrays["counts"]
+        self.recent = {user: deque((int(r) for r in rows), maxlen=self.config.window) for user, rows in recent.items()}
+
+
+class Transition(IndexedModel):
+    """Directed, distance-decayed item transitions scored from the user's last items (a baseline)."""
+
+    name = "transition"
+
+    def __init__(self, config: TransitionConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or TransitionConfig()
+        self._counts = TransitionCounts(self.config)
+
+    def add_items(self, items: Sequence[Item]) -> None:
+        self._items.add(items)
+        self._counts.grow(len(self._items))
+
+    def learn(self, interactions: Sequence[Interaction], now: float) -> None:
+        rows = self._items.rows
+        for event in interactions:
+            row = rows.get(event.item_id)
+            if row is not None:
+                self._counts.add(event.user_id, row)
+                self._learned += 1
+
+    def score_many(self, users: Sequence[UserState], now: float | Sequence[float] | None = None) -> NDArray[np.float32]:
+        n = len(self._items)
+        counts = self._counts.counts[:n]
+        prior = self.config.popularity_prior * counts / max(float(counts.max(initial=0.0)), 1.0)
+        out = np.empty((len(users), n), dtype=np.float32)
+        rows = self._items.rows
+        for u, user in enumerate(users):
+            recent = [rows[b.item_id] for b in user.history[-self.config.history :] if b.item_id in rows]
+            out[u] = self._counts.scores(recent, n) + prior
+        return out
+
+    def save(self, directory: str | Path) -> None:
+        n = len(self._items)
+        save_arrays(
+            directory,
+            type(self).__name__,
+            self._counts.state(n),
+            {
+                "config": asdict(self.config),
+                "item_ids": self._items.ids,
+                "learned": self._learned,
+                "recent": {user: list(rows) for user, rows in self._counts.recent.items()},
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Transition:
+        manifest, arrays = load_arrays(directory, cls.__name__)
+        model = cls(TransitionConfig(**manifest["config"]))
+        ids = [str(i) for i in manifest["item_ids"]]
+        model.add_items([Item(i, i) for i in ids])
+        try:
+            model._counts.restore(arrays, manifest["recent"], len(ids))
+        except KeyError as error:
+            raise ModelLoadError(f"{directory}: missing {error}") from error
+        model._learned = int(manifest["learned"])
+        return model

@@ -1,0 +1,126 @@
+"""Transition counts, the count features and the transformer scorer's hybrid head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
+from ripplerec.models.base import Behavior, Interaction, Item, ModelLoadError, UserState
+from ripplerec.models.count_features import CountFeatures
+from ripplerec.models.encoder import HashingEncoder
+from ripplerec.models.head import HeadConfig
+from ripplerec.models.id_only import IdOnlyScorer
+from ripplerec.models.item_knn import ItemKNN
+from ripplerec.models.trainer import TrainerConfig
+from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig
+from ripplerec.models.transition import Transition, TransitionConfig, TransitionCounts
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_transitions_are_directed_and_decay_with_distance() -> None:
+    counts = TransitionCounts(TransitionConfig(window=3, distance_decay=0.5, history=1, alpha=0.0))
+    counts.grow(4)
+    for row in (0, 1, 2):
+        counts.add("u", row)
+    assert counts.matrix[0, 1] == 1.0 and counts.matrix[1, 2] == 1.0 and counts.matrix[0, 2] == 0.5
+    assert counts.matrix[1, 0] == 0.0 and counts.matrix[2, 1] == 0.0  # directed
+    np.testing.assert_array_equal(counts.scores([0], 4), [0.0, 1.0, 0.5, 0.0])
+    assert not counts.scores([], 4).any()
+
+
+def test_transition_baseline_ranks_what_follows_the_last_item() -> None:
+    model = Transition()
+    model.add_items([Item(f"i{n}", f"item {n}") for n in range(5)])
+    events = [Interaction(f"u{n}", item, "view", None, float(n)) for n in range(4) for item in ("i0", "i3")]
+    model.learn(events, 10.0)
+    top = model.recommend(UserState("new", (Behavior("i0", "view", None, 11.0),)), 1, exclude={"i0"})
+    assert top[0].item_id == "i3"
+
+
+def test_cooccurrence_feature_matches_item_knn() -> None:
+    stream = synthetic_stream(SyntheticConfig(n_users=20, n_items=30, n_topics=3, n_events=300, seed=2))
+    knn, features = ItemKNN(), CountFeatures.build(cooccurrence=True, transition=False)
+    knn.add_items(stream.items)
+    features.grow(len(stream.items))
+    knn.learn(stream.interactions, stream.interactions[-1].ts)
+    rows = knn.item_index()
+    for event in stream.interactions:
+        features.add(event.user_id, rows[event.item_id])
+    history = [rows[event.item_id] for event in stream.interactions[-5:]]
+    user = UserState("probe", tuple(Behavior(stream.items[r].item_id, "view", None, 0.0) for r in history))
+    raw = knn.score_all(user) - knn.config.popularity_prior * knn._cooc.counts[:30] / knn._cooc.counts.max()
+    expected = (raw - raw.mean()) / raw.std()
+    np.testing.assert_allclose(features.features([history], 30)[0, 0], expected, rtol=1e-4, atol=1e-5)
+    assert not features.features([[]], 30).any()  # an empty history gives no feature
+
+
+def _hybrid(**trainer: object) -> TransformerScorer:
+    head = HeadConfig(dim=16, history_length=10, tower_hidden=32, cooccurrence_feature=True, transition_feature=True)
+    return TransformerScorer(TransformerScorerConfig(head, TrainerConfig(batch_size=32, **trainer)), HashingEncoder(32))  # type: ignore[arg-type]
+
+
+def test_hybrid_scores_are_head_scores_plus_weighted_features() -> None:
+    scorer = _hybrid()
+    scorer.add_items([Item(f"i{n}", f"item {n}") for n in range(8)])
+    events = [Interaction(f"u{n % 4}", f"i{(n * 3) % 8}", "rate", 4.0, float(n)) for n in range(64)]
+    scorer.learn(events, 64.0)
+    user = UserState("u1", (Behavior("i1", "rate", 4.0, 1.0), Behavior("i4", "rate", 5.0, 2.0)))
+    scores = torch.from_numpy(scorer.score_all(user, 70.0))
+    features = scorer._count_features([scorer._encode(user.history)])
+    assert features.abs().sum() > 0
+    weights = scorer.head.feature_weights
+    assert weights is not None
+    expected = torch.einsum("bkn,k->bn", features, weights.detach())[0]
+    with torch.no_grad():
+        weights.zero_()
+    torch.testing.assert_close(scores - torch.from_numpy(scorer.score_all(user, 70.0)), expected)
+
+
+def test_training_features_are_the_counts_before_the_batch() -> None:
+    """A new example's features come from counts that have not learned it (as at scoring time)."""
+    scorer = _hybrid(replay=0)
+    scorer.add_items([Item(f"i{n}", f"item {n}") for n in range(6)])
+    seen: list[torch.Tensor] = []
+    step = scorer.trainer.step
+
+    def spy(*args: object, **kwargs: object) -> float:
+        features = kwargs.get("features", args[4] if len(args) > 4 else None)
+        assert isinstance(features, torch.Tensor)
+        seen.append(features.clone())
+        return step(*args, **kwargs)  # type: ignore[arg-type]
+
+    scorer.trainer.step = spy  # type: ignore[method-assign]
+    # i0 -> i1 for the first time: counts before the batch know nothing, so the features are all zero
+    scorer.learn([Interaction("u", "i0", "view", None, 1.0), Interaction("u", "i1", "view", None, 2.0)], 2.0)
+    assert not seen[-1].any()
+    user = UserState("v", (Behavior("i0", "view", None, 3.0),))
+    after = scorer._count_features([scorer._encode(user.history)])[0]
+    assert after[:, 1].gt(0).all()  # now they know it
+
+
+def test_id_only_gets_the_same_count_features() -> None:
+    head = HeadConfig(cooccurrence_feature=True, transition_feature=True, text_affinity=True, id_gate=2.0)
+    scorer = IdOnlyScorer(TransformerScorerConfig(head))
+    assert scorer.config.head.cooccurrence_feature and scorer.config.head.transition_feature
+    assert scorer.head.feature_weights is not None and scorer.head.feature_weights.shape == (2,)
+
+
+def test_hybrid_save_needs_its_counts(tmp_path: Path) -> None:
+    scorer = _hybrid()
+    scorer.add_items([Item(f"i{n}", f"item {n}") for n in range(6)])
+    scorer.learn([Interaction(f"u{n % 2}", f"i{n % 6}", "view", None, float(n)) for n in range(40)], 40.0)
+    scorer.save(tmp_path / "s")
+    user = UserState("u0", (Behavior("i2", "view", None, 41.0),))
+    loaded = TransformerScorer.load(tmp_path / "s", encoder=HashingEncoder(32))
+    np.testing.assert_array_equal(loaded.score_all(user, 42.0), scorer.score_all(user, 42.0))
+    (tmp_path / "s" / "counts.safetensors").unlink()
+    with pytest.raises(ModelLoadError):
+        TransformerScorer.load(tmp_path / "s", encoder=HashingEncoder(32))
