@@ -42,7 +42,10 @@ def evaluate(
         True, help="transformer: add a learned multiple of cos(item text, user's history text)"
     ),
     count_features: bool = typer.Option(
-        False, help="transformer and id-only: add co-occurrence and transition counts with learned weights"
+        True, help="transformer and id-only: add co-occurrence and transition counts with learned weights"
+    ),
+    text_feature: bool = typer.Option(
+        True, help="transformer, with --count-features: add the cosine of item text with recent items' texts"
     ),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: leave torch's default)"),
     seed: int = typer.Option(0, help="seed of every model"),
@@ -95,6 +98,7 @@ def evaluate(
             bias_gate=bias_gate,
             text_affinity=text_affinity,
             count_features=count_features,
+            text_feature=text_feature,
         )
         built = build_models(names, zoo)
     except (ValueError, FileNotFoundError) as error:

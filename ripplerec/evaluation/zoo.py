@@ -43,7 +43,8 @@ class ZooConfig:
     bias_gate: bool = False
     text_affinity: bool = True  # transformer only: see HeadConfig.text_affinity
     # transformer and id-only: co-occurrence and transition counts added with learned weights (hybrid head)
-    count_features: bool = False
+    count_features: bool = True
+    text_feature: bool = True  # transformer only, with count_features: see HeadConfig.text_feature
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.history_length < 1 or self.train_batch < 1 or self.steps_per_batch < 1:
@@ -81,7 +82,11 @@ def scorer_configs(config: ZooConfig | None = None) -> tuple[TransformerScorerCo
         ),
     )
     text_head = replace(
-        shared.head, id_gate=config.id_gate, bias_gate=config.bias_gate, text_affinity=config.text_affinity
+        shared.head,
+        id_gate=config.id_gate,
+        bias_gate=config.bias_gate,
+        text_affinity=config.text_affinity,
+        text_feature=config.text_feature and config.count_features,
     )
     return replace(shared, head=text_head), shared
 

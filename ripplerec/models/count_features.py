@@ -18,13 +18,18 @@ from ripplerec.models.base import ModelLoadError
 from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNNConfig
 from ripplerec.models.transition import TransitionConfig, TransitionCounts
 
-__all__ = ["CountFeatures", "FEATURE_NAMES"]
+__all__ = ["CountFeatures", "FEATURE_NAMES", "standardised"]
 
 FEATURE_NAMES = ("cooccurrence", "transition")
 _LOG_FLOOR = 1e-4  # transition scores are compared in log space: a first transition counts, not its size
 
 
-def _standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
+def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Zero mean, unit variance; all zeros for a constant row.
+
+    >>> standardised(np.array([1.0, 2.0, 3.0], dtype=np.float32)).round(3).tolist()
+    [-1.225, 0.0, 1.225]
+    """
     spread = float(values.std())
     if not spread > 1e-6 * (1.0 + abs(float(values.mean()))):  # constant up to rounding: no information
         return np.zeros_like(values)
@@ -73,7 +78,7 @@ class CountFeatures:
                     continue
                 if name == "transition":
                     values = np.log(values + _LOG_FLOOR)
-                out[b, k] = _standardised(values)
+                out[b, k] = standardised(values)
         return out
 
     def state(self, n: int) -> dict[str, NDArray[np.float32]]:

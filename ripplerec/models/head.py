@@ -64,6 +64,10 @@ class HeadConfig:
     # item-kNN co-occurrence and item transitions from the user's recent items (see models.count_features)
     cooccurrence_feature: bool = False
     transition_feature: bool = False
+    # text only, with the count features: cosine of the item's text with the user's last items' texts
+    # (recency-weighted), standardised like them; it reaches items that have no counts yet
+    text_feature: bool = False
+    text_feature_init: float = 1.0  # its starting weight
     # starting weight of each standardised feature; the softmax loss pulls the weights down slowly, though
     # heavier weights rank better (measured in docs/BENCHMARKS.md)
     feature_weight_init: float = 2.0
@@ -80,12 +84,12 @@ class HeadConfig:
             raise ValueError("id_gate must be >= 0")
         if self.id_gate and self.item_representation != "text+id":
             raise ValueError("id_gate needs item_representation 'text+id'")
-        if self.text_affinity and not self.uses_text:
-            raise ValueError("text_affinity needs text item representations")
+        if (self.text_affinity or self.text_feature) and not self.uses_text:
+            raise ValueError("text_affinity and text_feature need text item representations")
 
     @property
     def count_features(self) -> int:
-        return int(self.cooccurrence_feature) + int(self.transition_feature)
+        return int(self.cooccurrence_feature) + int(self.transition_feature) + int(self.text_feature)
 
     @property
     def gated(self) -> bool:
@@ -131,6 +135,8 @@ class Head(nn.Module):
         self.register_buffer("item_counts", torch.zeros(capacity), persistent=config.gated)
         self.affinity_scale = nn.Parameter(torch.tensor(1.0)) if config.text_affinity else None
         initial = torch.full((config.count_features,), config.feature_weight_init)
+        if config.text_feature:  # the text feature comes last
+            initial[-1] = config.text_feature_init
         self.feature_weights = nn.Parameter(initial) if config.count_features else None
         self.action = nn.Embedding(len(ACTIONS), d)
         self.value = nn.Embedding(VALUE_BUCKETS, d)

@@ -26,6 +26,7 @@ class IdOnlyScorer(TransformerScorer):
                 "id_gate": 0.0,
                 "bias_gate": False,
                 "text_affinity": False,
+                "text_feature": False,
             }
         )
         super().__init__(replace(config, head=head), encoder=None, name=name)

@@ -38,7 +38,7 @@ from ripplerec.models.base import (
     clocks_for,
     top_k_indices,
 )
-from ripplerec.models.count_features import CountFeatures
+from ripplerec.models.count_features import CountFeatures, standardised
 from ripplerec.models.embedding_cache import EmbeddingCache
 from ripplerec.models.encoder import TextEncoder
 from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConfig, HistoryBatch
@@ -49,6 +49,8 @@ __all__ = ["TransformerScorerConfig", "TransformerScorer", "item_text"]
 
 _PER_ITEM = ("item_bias", "item_ids", "item_counts")  # head tensors with one row per catalog item
 _ACTION_INDEX = {action: i for i, action in enumerate(ACTIONS)}
+TEXT_FEATURE_HISTORY = 10  # the text feature reads the user's last 10 items ...
+TEXT_FEATURE_DECAY = 0.7  # ... the k-th most recent weighted 0.7 ** k
 
 
 def item_text(item: Item) -> str:
@@ -123,6 +125,7 @@ class TransformerScorer(RankingModel):
         self._active = torch.zeros(0, dtype=torch.bool)  # items seen as positives
         # count features (co-occurrence, transitions) learned from every interaction, read by the hybrid head
         self._counts = CountFeatures.build(head_config.cooccurrence_feature, head_config.transition_feature)
+        self._unit_text: NDArray[np.float32] | None = None  # normalised item texts, for the text feature
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -165,6 +168,7 @@ class TransformerScorer(RankingModel):
             self._item_ids.append(item.item_id)
         self._counts.grow(needed)
         self._vectors = None
+        self._unit_text = None
 
     # -- tensors from plain data ------------------------------------------------------------------
     def _encode(self, history: Sequence[Behavior]) -> list[tuple[int, int, float, float]]:
@@ -183,7 +187,7 @@ class TransformerScorer(RankingModel):
         self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]]
     ) -> torch.Tensor | None:
         """The count features' part of the scores ``(B, n)`` for encoded histories (None without features)."""
-        if not len(self._counts):
+        if not self.config.head.count_features:
             return None
         features = self._count_features(encoded)
         with torch.no_grad():
@@ -193,7 +197,25 @@ class TransformerScorer(RankingModel):
         self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]]
     ) -> torch.Tensor:
         histories = [[int(behaviour[0]) for behaviour in rows] for rows in encoded]
-        return torch.from_numpy(self._counts.features(histories, len(self._item_ids)))
+        n = len(self._item_ids)
+        features = self._counts.features(histories, n)
+        if self.config.head.text_feature:
+            features = np.concatenate([features, self._text_feature(histories, n)[:, None, :]], axis=1)
+        return torch.from_numpy(features)
+
+    def _text_feature(self, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
+        """Standardised cosine of every item's text with each user's recency-weighted recent texts ``(B, n)``."""
+        if self._unit_text is None:
+            text = self.head.item_text[:n].numpy()
+            self._unit_text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+        unit = self._unit_text
+        out = np.zeros((len(histories), n), dtype=np.float32)
+        for b, rows in enumerate(histories):
+            recent = list(rows)[-TEXT_FEATURE_HISTORY:]
+            if recent:
+                weights = TEXT_FEATURE_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
+                out[b] = standardised(unit @ (weights @ unit[recent]))
+        return out
 
     def _batch_from_encoded(
         self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]], nows: Sequence[float]
@@ -297,10 +319,10 @@ class TransformerScorer(RankingModel):
             self._active[rows] = True
             active = self._active
         features = None
-        if len(self._counts):
+        if self.config.head.count_features:
             # only the new examples carry features: theirs are the counts before they were learned, as at
             # scoring time; a replayed example's would include itself and what came after it
-            features = torch.zeros(len(batch), len(self._counts), len(self._item_ids))
+            features = torch.zeros(len(batch), self.config.head.count_features, len(self._item_ids))
             features[: len(examples)] = self._count_features(histories[: len(examples)])
         self.trainer.step(encoded, rows, len(self._item_ids), active, features)
         if config.replay:
@@ -318,7 +340,7 @@ class TransformerScorer(RankingModel):
         rows = [self._index_of[item_id] for item_id in positives]
         encoded = [self._encode(user.history) for user in users]
         batch = self._batch_from_encoded(encoded, [now] * len(users))
-        features = self._count_features(encoded) if len(self._counts) else None
+        features = self._count_features(encoded) if self.config.head.count_features else None
         loss = self.trainer.step(batch, torch.tensor(rows), len(self._item_ids), features=features)
         self._count(rows)
         self._vectors = None

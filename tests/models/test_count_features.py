@@ -107,9 +107,14 @@ def test_training_features_are_the_counts_before_the_batch() -> None:
 
 
 def test_id_only_gets_the_same_count_features() -> None:
-    head = HeadConfig(cooccurrence_feature=True, transition_feature=True, text_affinity=True, id_gate=2.0)
-    scorer = IdOnlyScorer(TransformerScorerConfig(head))
+    from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
+
+    text, shared = scorer_configs(ZooConfig())
+    assert text.head.cooccurrence_feature and text.head.transition_feature and text.head.text_feature
+    scorer = IdOnlyScorer(text)
     assert scorer.config.head.cooccurrence_feature and scorer.config.head.transition_feature
+    assert not scorer.config.head.text_feature  # text-only, like the text affinity
+    assert scorer.config.head == IdOnlyScorer(shared).config.head
     assert scorer.head.feature_weights is not None and scorer.head.feature_weights.shape == (2,)
 
 
@@ -124,3 +129,22 @@ def test_hybrid_save_needs_its_counts(tmp_path: Path) -> None:
     (tmp_path / "s" / "counts.safetensors").unlink()
     with pytest.raises(ModelLoadError):
         TransformerScorer.load(tmp_path / "s", encoder=HashingEncoder(32))
+
+
+def test_text_feature_reaches_items_without_counts(tmp_path: Path) -> None:
+    head = HeadConfig(dim=16, history_length=10, tower_hidden=32, cooccurrence_feature=True, text_feature=True)
+    scorer = TransformerScorer(TransformerScorerConfig(head, TrainerConfig(batch_size=32)), HashingEncoder(32))
+    scorer.add_items([Item("a", "jazz piano trio"), Item("b", "jazz piano quartet"), Item("c", "mountain hiking")])
+    features = scorer._count_features([scorer._encode((Behavior("a", "view", None, 1.0),))])
+    assert features.shape == (1, 2, 3)
+    assert not features[0, 0].any()  # nobody has interacted yet: no co-occurrence
+    assert features[0, 1, 1] > features[0, 1, 2]  # but "b" reads like "a"
+    weights = scorer.head.feature_weights
+    assert weights is not None and weights.tolist() == [head.feature_weight_init, head.text_feature_init]
+    scorer.learn([Interaction("u", "a", "view", None, 1.0), Interaction("u", "c", "view", None, 2.0)], 2.0)
+    scorer.save(tmp_path / "s")
+    loaded = TransformerScorer.load(tmp_path / "s", encoder=HashingEncoder(32))
+    user = UserState("u", (Behavior("a", "view", None, 1.0),))
+    np.testing.assert_array_equal(loaded.score_all(user, 3.0), scorer.score_all(user, 3.0))
+    with pytest.raises(ValueError):
+        HeadConfig(item_representation="id", text_feature=True)

@@ -21,7 +21,9 @@ from ripplerec.models.trainer import TrainerConfig
 from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig
 from ripplerec.models.transition import Transition
 
-HYBRID = HeadConfig(dim=16, history_length=10, tower_hidden=32, cooccurrence_feature=True, transition_feature=True)
+HYBRID = HeadConfig(
+    dim=16, history_length=10, tower_hidden=32, cooccurrence_feature=True, transition_feature=True, text_feature=True
+)
 
 SMALL = TransformerScorerConfig(HeadConfig(dim=16, history_length=10, tower_hidden=32), TrainerConfig(batch_size=64))
 
