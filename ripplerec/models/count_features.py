@@ -21,6 +21,8 @@ from ripplerec.models.transition import TransitionConfig, TransitionCounts
 __all__ = ["CountFeatures", "FEATURE_NAMES", "standardised"]
 
 FEATURE_NAMES = ("cooccurrence", "transition")
+# the transition feature looks at the short range (item-kNN's co-occurrence covers the long one)
+FEATURE_TRANSITIONS = TransitionConfig(window=10, distance_decay=0.7, history=10, recency_decay=0.7, alpha=0.5)
 _LOG_FLOOR = 1e-4  # transition scores are compared in log space: a first transition counts, not its size
 
 
@@ -47,7 +49,7 @@ class CountFeatures:
     def build(cls, cooccurrence: bool, transition: bool) -> CountFeatures:
         return cls(
             CooccurrenceCounts(ItemKNNConfig()) if cooccurrence else None,
-            TransitionCounts(TransitionConfig()) if transition else None,
+            TransitionCounts(FEATURE_TRANSITIONS) if transition else None,
         )
 
     @property

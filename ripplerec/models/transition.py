@@ -29,12 +29,13 @@ class TransitionConfig:
     ``distance_decay ** (d - 1)`` at distance ``d``. ``history``: a user is scored from their last
     ``history`` items, the k-th most recent weighted ``recency_decay ** k``. ``alpha``: each source row is
     divided by its total outgoing weight ``** alpha`` (1: transition probabilities). ``beta``: each target
-    column by its count ``** beta`` (damps popular targets)."""
+    column by its count ``** beta`` (damps popular targets). The defaults are the best of
+    ``bench/transition_sweep.py`` on MovieLens-100K."""
 
-    window: int = 10
-    distance_decay: float = 0.7
-    history: int = 10
-    recency_decay: float = 0.7
+    window: int = 20
+    distance_decay: float = 0.8
+    history: int = 20
+    recency_decay: float = 0.8
     alpha: float = 0.5
     beta: float = 0.0
     popularity_prior: float = 1e-6  # breaks ties (and ranks users with no history) by popularity
