@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ripplerec.models.popularity import DecayedPopularity, Popularity
     from ripplerec.models.trainer import TrainerConfig
     from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig
+    from ripplerec.models.transition import Transition, TransitionConfig
 
 __all__ = [
     "ACTIONS",
@@ -60,6 +61,8 @@ __all__ = [
     "TransformerEncoder",
     "TransformerScorer",
     "TransformerScorerConfig",
+    "Transition",
+    "TransitionConfig",
     "UserState",
 ]
 
@@ -80,6 +83,8 @@ _LAZY = {
     "TransformerEncoder": "encoder",
     "TransformerScorer": "transformer_scorer",
     "TransformerScorerConfig": "transformer_scorer",
+    "Transition": "transition",
+    "TransitionConfig": "transition",
 }
 
 

@@ -97,4 +97,7 @@ class CountFeatures:
             own = {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
             if name not in recent or not own:
                 raise ModelLoadError(f"saved scorer lacks the {name} counts")
-            counts.restore(own, recent[name], n)
+            try:
+                counts.restore(own, recent[name], n)
+            except KeyError as error:
+                raise ModelLoadError(f"saved {name} counts lack {error}") from error

@@ -285,9 +285,9 @@ class TransformerScorer(RankingModel):
                 )
             )
             self._train_examples(examples)
-            # counts learn after the step, so the step saw the features as a scorer saw them before
-            for user_id, row in zip(users[start : start + size], positives[start : start + size], strict=True):
-                self._counts.add(user_id, row)
+            if len(self._counts):  # counts learn after the step: it saw the features a scorer saw before
+                for user_id, row in zip(users[start : start + size], positives[start : start + size], strict=True):
+                    self._counts.add(user_id, row)
         if positives:
             self._count(positives)
             self._vectors = None
