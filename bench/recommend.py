@@ -48,6 +48,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all ticks, stolen ticks) of the machine so far, from /proc/stat ((0, 0) where it is absent).
+
+    Steal is time the hypervisor gave this VM's CPUs to someone else: latency we cannot fix here.
+    """
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(fields[:8]), (fields[7] if len(fields) > 7 else 0)
+
+
 def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, stack: Any, rng: random.Random) -> None:
     """Warm up, then send ``rate`` requests/s for ``args.seconds`` and print what happened."""
     latencies: list[float] = []
@@ -87,7 +99,9 @@ def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, sta
     processes = {"worker": worker.proc.pid, "client (this process)": os.getpid(),
                  **{Path(str(p.args[0])).name.split("-")[0]: p.pid for p in stack.processes()}}
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    ticks_before = cpu_ticks()
     sent, took = run(args.seconds, record=True)
+    ticks_after = cpu_ticks()
     cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()}
     wait_until = time.monotonic() + 12
     while client.pending and time.monotonic() < wait_until:
@@ -106,6 +120,10 @@ def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, sta
     print("CPU during the timed window, ms per request (% of one core): " + ", ".join(
         f"{name} {spent[name] / sent * 1000:.2f} ({spent[name] / took * 100:.0f}%)" for name in processes
     ) + f"; total {sum(spent.values()) / took * 100:.0f}% of {os.cpu_count()} cores")
+    ticks, stolen = ticks_after[0] - ticks_before[0], ticks_after[1] - ticks_before[1]
+    if ticks:
+        print("CPU time stolen by the hypervisor during the window: "
+              f"{stolen / ticks * 100:.1f}% (noise beyond our control)")
     moved = {k: after[k] - before.get(k, 0) for k in after
              if k.endswith("_total") and after[k] - before.get(k, 0) and "python_gc" not in k}
     print("worker counters during the timed window: "
@@ -154,7 +172,10 @@ def main() -> None:
                     for n in range(args.events)
                 ])
             deadline = time.monotonic() + 120
-            while worker.read_metrics().get("ripplerec_events_ingested_total", 0) < args.events:
+            # ingested, and their training examples published (they are sent after the profile write)
+            while (worker.read_metrics().get("ripplerec_events_ingested_total", 0) < args.events
+                   or settings.emit_training
+                   and worker.read_metrics().get("ripplerec_training_examples_total", 0) < args.events):
                 if time.monotonic() > deadline or not worker.alive():
                     raise SystemExit("the worker did not ingest the profile events")
                 time.sleep(0.5)
