@@ -2,11 +2,16 @@
 
     python bench/score.py                  # 1,682 items (MovieLens-100K size) and 50,000 items
     python bench/score.py --items 1682 --threads 2
+    python bench/score.py --served         # the configuration ripplerec eval measures and the worker serves
 
 Reports, per catalog size: p50/p99 latency of top-10 over the full catalog for one user (one matrix
 product), the same with influences attached (``recommend``), a naive loop that scores items one by one,
 and head training examples/s (mini-batches of 256 with 50-behaviour histories), alone and with the
 replay of 512 past examples per step that the evaluation uses (3x the work per new event).
+
+By default the head is the plain one (``HeadConfig`` defaults). ``--served`` builds the scorer from
+``ripplerec.evaluation.zoo.scorer_configs()`` instead: the hybrid head with its count and text
+features and the evaluation's trainer settings, i.e. what is measured and served.
 
 Item text embeddings are random unit vectors of MiniLM's size (384): latency does not depend on what
 they say, and the benchmark then needs no model download or cache.
@@ -35,11 +40,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def build(n_items: int, history: int, seed: int = 0) -> tuple[TransformerScorer, UserState, float]:
+def build(
+    n_items: int, history: int, seed: int = 0, served: bool = False
+) -> tuple[TransformerScorer, UserState, float]:
     rng = np.random.default_rng(seed)
     embeddings = rng.standard_normal((n_items, 384)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    config = TransformerScorerConfig(HeadConfig(text_dim=384, history_length=history), TrainerConfig(seed=seed))
+    if served:
+        from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
+
+        config, _ = scorer_configs(ZooConfig(history_length=history, seed=seed))
+        config = replace(config, head=replace(config.head, text_dim=384))
+    else:
+        config = TransformerScorerConfig(HeadConfig(text_dim=384, history_length=history), TrainerConfig(seed=seed))
     scorer = TransformerScorer(config)
     scorer.add_items([Item(f"i{n}", f"item {n}") for n in range(n_items)], embeddings)
     now = 1_700_000_000.0
@@ -91,7 +104,7 @@ def training_rate(scorer: TransformerScorer, n_items: int, examples: int, replay
 
 
 def measure(n_items: int, args: argparse.Namespace) -> dict[str, object]:
-    scorer, user, now = build(n_items, args.history)
+    scorer, user, now = build(n_items, args.history, served=args.served)
     top_k = time_calls(lambda: scorer.top_k(user, 10, now), args.repeats)
     explained = time_calls(lambda: scorer.recommend(user, 10, now=now), max(20, args.repeats // 5))
     naive = time_calls(lambda: naive_top_k(scorer, user, now), 3 if n_items > 5000 else 10)
@@ -120,9 +133,12 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--train-examples", type=int, default=20_000)
     parser.add_argument("--json", action="store_true", help="print one JSON object per size")
+    parser.add_argument("--served", action="store_true",
+                        help="the hybrid configuration ripplerec eval measures and the worker serves")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)")
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"{'served (hybrid) configuration' if args.served else 'plain head'}")
     for n_items in args.items:
         row = measure(n_items, args)
         if args.json:
