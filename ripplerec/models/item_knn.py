@@ -6,6 +6,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,7 +14,7 @@ from numpy.typing import NDArray
 from ripplerec.models.base import Interaction, Item, ModelLoadError, UserState
 from ripplerec.models.catalog import IndexedModel, grown, load_arrays, save_arrays
 
-__all__ = ["ItemKNNConfig", "CooccurrenceCounts", "ItemKNN"]
+__all__ = ["ItemKNNConfig", "CooccurrenceCounts", "RecentCountsModel", "ItemKNN"]
 
 
 @dataclass(frozen=True)
@@ -88,38 +89,46 @@ class CooccurrenceCounts:
         self.recent = {user: deque((int(r) for r in rows), maxlen=self.config.window) for user, rows in recent.items()}
 
 
-class ItemKNN(IndexedModel):
-    """Co-occurrence item-kNN over recent history; a dense item x item matrix (fine up to ~20k items)."""
+_M = TypeVar("_M", bound="RecentCountsModel")
 
-    name = "item-knn"
 
-    def __init__(self, config: ItemKNNConfig | None = None) -> None:
+class RecentCountsModel(IndexedModel):
+    """A model scored from count matrices over users' recent items (item-kNN, transitions).
+
+    Subclasses name their config and counts types; ``_counts`` learns every interaction and scores a
+    user from their last ``config.history`` items, with popularity as a tie-breaker
+    (``config.popularity_prior``).
+    """
+
+    config_type: type[Any]
+    counts_type: type[Any]
+
+    def __init__(self, config: Any = None) -> None:
         super().__init__()
-        self.config = config or ItemKNNConfig()
-        self._cooc = CooccurrenceCounts(self.config)
+        self.config = config or self.config_type()
+        self._counts = self.counts_type(self.config)
 
     def add_items(self, items: Sequence[Item]) -> None:
         self._items.add(items)
-        self._cooc.grow(len(self._items))
+        self._counts.grow(len(self._items))
 
     def learn(self, interactions: Sequence[Interaction], now: float) -> None:
         rows = self._items.rows
         for event in interactions:
             row = rows.get(event.item_id)
-            if row is None:
-                continue
-            self._cooc.add(event.user_id, row)
-            self._learned += 1
+            if row is not None:
+                self._counts.add(event.user_id, row)
+                self._learned += 1
 
     def score_many(self, users: Sequence[UserState], now: float | Sequence[float] | None = None) -> NDArray[np.float32]:
         n = len(self._items)
-        counts = self._cooc.counts[:n]
+        counts = self._counts.counts[:n]
         prior = self.config.popularity_prior * counts / max(float(counts.max(initial=0.0)), 1.0)
         out = np.empty((len(users), n), dtype=np.float32)
         rows = self._items.rows
         for u, user in enumerate(users):
             recent = [rows[b.item_id] for b in user.history[-self.config.history :] if b.item_id in rows]
-            out[u] = self._cooc.scores(recent, n) + prior
+            out[u] = self._counts.scores(recent, n) + prior
         return out
 
     def save(self, directory: str | Path) -> None:
@@ -127,24 +136,34 @@ class ItemKNN(IndexedModel):
         save_arrays(
             directory,
             type(self).__name__,
-            self._cooc.state(n),
+            self._counts.state(n),
             {
                 "config": asdict(self.config),
                 "item_ids": self._items.ids,
                 "learned": self._learned,
-                "recent": {user: list(rows) for user, rows in self._cooc.recent.items()},
+                "recent": {user: list(rows) for user, rows in self._counts.recent.items()},
             },
         )
 
     @classmethod
-    def load(cls, directory: str | Path) -> ItemKNN:
+    def load(cls: type[_M], directory: str | Path) -> _M:
         manifest, arrays = load_arrays(directory, cls.__name__)
-        model = cls(ItemKNNConfig(**manifest["config"]))
+        model = cls(cls.config_type(**manifest["config"]))
         ids = [str(i) for i in manifest["item_ids"]]
         model.add_items([Item(i, i) for i in ids])
         try:
-            model._cooc.restore(arrays, manifest["recent"], len(ids))
+            model._counts.restore(arrays, manifest["recent"], len(ids))
+        except KeyError as error:
+            raise ModelLoadError(f"{directory}: missing {error}") from error
         except ModelLoadError as error:
             raise ModelLoadError(f"{directory}: {error}") from error
         model._learned = int(manifest["learned"])
         return model
+
+
+class ItemKNN(RecentCountsModel):
+    """Co-occurrence item-kNN over recent history; a dense item x item matrix (fine up to ~20k items)."""
+
+    name = "item-knn"
+    config_type = ItemKNNConfig
+    counts_type = CooccurrenceCounts

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ripplerec.models.base import Interaction, Item, ModelLoadError, UserState
-from ripplerec.models.catalog import IndexedModel, grown, load_arrays, save_arrays
+from ripplerec.models.base import ModelLoadError
+from ripplerec.models.catalog import grown
+from ripplerec.models.item_knn import RecentCountsModel
 
 __all__ = ["TransitionConfig", "TransitionCounts", "Transition"]
 
@@ -107,62 +107,9 @@ class TransitionCounts:
         self.recent = {user: deque((int(r) for r in rows), maxlen=self.config.window) for user, rows in recent.items()}
 
 
-class Transition(IndexedModel):
+class Transition(RecentCountsModel):
     """Directed, distance-decayed item transitions scored from the user's last items (a baseline)."""
 
     name = "transition"
-
-    def __init__(self, config: TransitionConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or TransitionConfig()
-        self._counts = TransitionCounts(self.config)
-
-    def add_items(self, items: Sequence[Item]) -> None:
-        self._items.add(items)
-        self._counts.grow(len(self._items))
-
-    def learn(self, interactions: Sequence[Interaction], now: float) -> None:
-        rows = self._items.rows
-        for event in interactions:
-            row = rows.get(event.item_id)
-            if row is not None:
-                self._counts.add(event.user_id, row)
-                self._learned += 1
-
-    def score_many(self, users: Sequence[UserState], now: float | Sequence[float] | None = None) -> NDArray[np.float32]:
-        n = len(self._items)
-        counts = self._counts.counts[:n]
-        prior = self.config.popularity_prior * counts / max(float(counts.max(initial=0.0)), 1.0)
-        out = np.empty((len(users), n), dtype=np.float32)
-        rows = self._items.rows
-        for u, user in enumerate(users):
-            recent = [rows[b.item_id] for b in user.history[-self.config.history :] if b.item_id in rows]
-            out[u] = self._counts.scores(recent, n) + prior
-        return out
-
-    def save(self, directory: str | Path) -> None:
-        n = len(self._items)
-        save_arrays(
-            directory,
-            type(self).__name__,
-            self._counts.state(n),
-            {
-                "config": asdict(self.config),
-                "item_ids": self._items.ids,
-                "learned": self._learned,
-                "recent": {user: list(rows) for user, rows in self._counts.recent.items()},
-            },
-        )
-
-    @classmethod
-    def load(cls, directory: str | Path) -> Transition:
-        manifest, arrays = load_arrays(directory, cls.__name__)
-        model = cls(TransitionConfig(**manifest["config"]))
-        ids = [str(i) for i in manifest["item_ids"]]
-        model.add_items([Item(i, i) for i in ids])
-        try:
-            model._counts.restore(arrays, manifest["recent"], len(ids))
-        except KeyError as error:
-            raise ModelLoadError(f"{directory}: missing {error}") from error
-        model._learned = int(manifest["learned"])
-        return model
+    config_type = TransitionConfig
+    counts_type = TransitionCounts

@@ -56,7 +56,7 @@ def test_cooccurrence_feature_matches_item_knn() -> None:
         features.add(event.user_id, rows[event.item_id])
     history = [rows[event.item_id] for event in stream.interactions[-5:]]
     user = UserState("probe", tuple(Behavior(stream.items[r].item_id, "view", None, 0.0) for r in history))
-    raw = knn.score_all(user) - knn.config.popularity_prior * knn._cooc.counts[:30] / knn._cooc.counts.max()
+    raw = knn.score_all(user) - knn.config.popularity_prior * knn._counts.counts[:30] / knn._counts.counts.max()
     expected = (raw - raw.mean()) / raw.std()
     np.testing.assert_allclose(features.features([history], 30)[0, 0], expected, rtol=1e-4, atol=1e-5)
     assert not features.features([[]], 30).any()  # an empty history gives no feature
