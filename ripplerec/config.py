@@ -71,13 +71,18 @@ class KafkaSecurity(BaseModel):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
 
-    def kafka_python_kwargs(self) -> dict[str, Any]:
+    def _sasl_kwargs(self) -> dict[str, Any]:
+        """Protocol and SASL arguments, named the same in kafka-python and aiokafka."""
         kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
             kwargs["sasl_plain_username"] = self.sasl_username
             if self.sasl_password is not None:
                 kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        return kwargs
+
+    def kafka_python_kwargs(self) -> dict[str, Any]:
+        kwargs = self._sasl_kwargs()
         for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             value = getattr(self, key)
             if value is not None:
@@ -95,12 +100,7 @@ class KafkaSecurity(BaseModel):
 
     def aiokafka_kwargs(self) -> dict[str, Any]:
         """The same passthrough in aiokafka's terms (an ``ssl_context`` instead of file paths)."""
-        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_username
-            if self.sasl_password is not None:
-                kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        kwargs = self._sasl_kwargs()
         context = self.ssl_context()
         if context is not None:
             kwargs["ssl_context"] = context

@@ -30,3 +30,17 @@ def test_bad_values_fail_clearly(monkeypatch) -> None:
     monkeypatch.setenv("RIPPLEREC_TOPICS__PARTITIONS", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_security_passthrough_for_both_kafka_clients() -> None:
+    import ssl
+
+    from ripplerec.config import KafkaSecurity
+
+    sec = KafkaSecurity(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="app",
+                        sasl_password="s3cret")
+    sync, asyncio_side = sec.kafka_python_kwargs(), sec.aiokafka_kwargs()
+    for kwargs in (sync, asyncio_side):
+        assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_plain_password"] == "s3cret"
+    assert isinstance(asyncio_side["ssl_context"], ssl.SSLContext) and "ssl_context" not in sync
+    assert "ssl_context" not in KafkaSecurity().aiokafka_kwargs()
