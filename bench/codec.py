@@ -149,7 +149,7 @@ def training_examples(codec: AvroCodec, count: int, repeat: int) -> None:
 
     Consecutive examples of a user share a sliding 20-entry history, as the ingest agent emits them.
     """
-    from ripplerec.streams.ingest import TrainingExampleWriter
+    from ripplerec.schemas.training import TrainingExampleWriter
 
     history = [{"item_id": f"item-{k % 1682}", "action": "view", "value": None, "ts": 1_714_564_800_000 + k}
                for k in range(count + 20)]
