@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
     args = parser.parse_args()
 
     from ripplerec.consumers import RecommendationClient
@@ -152,9 +153,9 @@ def main() -> None:
     from ripplerec.producers import EventProducer
     from ripplerec.streams.worker import WorkerProcess
 
-    with EmbeddedStack(partitions=4) as stack:
+    with EmbeddedStack(partitions=args.partitions) as stack:
         topics = TopicNames(**{k: f"{v}.bench" for k, v in TopicNames().all().items()})
-        create_topics(stack.bootstrap_servers, topics.all().values(), 4, topics.compacted())
+        create_topics(stack.bootstrap_servers, topics.all().values(), args.partitions, topics.compacted())
         settings = Settings(bootstrap_servers=stack.bootstrap_servers, redis_url=stack.redis_url, topics=topics,
                             app_id=f"bench-rec-{uuid.uuid4().hex[:6]}", rebalance_timeout_s=2.0,
                             session_timeout_s=4.0, web_port=free_port(), proactive_min_events=0,

@@ -296,6 +296,10 @@ return {table.concat(hist, '\30'), table.concat(consumed, '\30'), pop, table.con
 """
 
 
+#: Decoded history entries kept by a store (about 200 bytes each); the cache starts over when it is full.
+DECODED_ENTRIES_CACHED = 200_000
+
+
 def _split(raw: str) -> list[str]:
     return raw.split(LIST_SEP) if raw else []
 
@@ -341,6 +345,9 @@ class RedisProfileStore:
         self.proactive_interval_ms = int(proactive_interval_s * 1000)
         self._apply = client.register_script(APPLY_BATCH_LUA)
         self._signals = client.register_script(SCORING_SIGNALS_LUA)
+        # raw entry -> decoded entry: a user's history comes back with every batch they appear in, so
+        # nearly every entry was decoded before (decoding is most of what a batch costs in Python here)
+        self._decoded: dict[str, ProfileEntry] = {}
 
     @classmethod
     def from_settings(cls, settings: Any, client: aioredis.Redis | None = None) -> RedisProfileStore:
@@ -405,16 +412,8 @@ class RedisProfileStore:
         flags, pre, proactive, replay = await self._apply(
             args=self.batch_args(events, now_ms, prior_history, sources, delivered)
         )
-        prior: dict[str, list[ProfileEntry]] = {}
-        if pre:
-            for part in pre.split("\x1c"):
-                user_id, _, joined = part.partition("\x1d")
-                prior[user_id] = [decode_entry(raw) for raw in reversed(_split(joined))]
-        stored: dict[str, list[ProfileEntry]] = {}
-        if replay:
-            for part in replay.split("\x1c"):
-                user_id, _, joined = part.partition("\x1d")
-                stored[user_id] = [decode_entry(raw) for raw in reversed(_split(joined))]
+        prior = self._histories(pre)
+        stored = self._histories(replay)
         it = iter(proactive)
         pairs = [(str(u), str(e)) for u, e in zip(it, it, strict=False)]
         return BatchOutcome(
@@ -424,6 +423,25 @@ class RedisProfileStore:
             replayed=[c == "2" for c in flags] if stored else (),
             stored_history=stored,
         )
+
+    def _histories(self, packed: str) -> dict[str, list[ProfileEntry]]:
+        """The per-user histories packed in a script reply (oldest first), decoded through the cache."""
+        histories: dict[str, list[ProfileEntry]] = {}
+        if not packed:
+            return histories
+        decoded = self._decoded
+        if len(decoded) > DECODED_ENTRIES_CACHED:
+            decoded.clear()
+        for part in packed.split("\x1c"):
+            user_id, _, joined = part.partition("\x1d")
+            entries = []
+            for raw in reversed(_split(joined)):
+                entry = decoded.get(raw)
+                if entry is None:
+                    entry = decoded[raw] = decode_entry(raw)
+                entries.append(entry)
+            histories[user_id] = entries
+        return histories
 
     async def get_profile(self, user_id: str) -> Profile | None:
         p = self.prefix
