@@ -111,8 +111,8 @@ class OnlineTrainer:
         """Train on one mini-batch: ``positives`` (B,) are catalog rows; returns the last loss.
 
         ``active``: bool mask over the catalog of items that may serve as negatives (all when None).
-        ``features``: ``(B, K, n_items)`` count features of a head with count features (zeros where an
-        example has none).
+        ``features``: ``(m, K, n_items)`` count features of the first ``m <= B`` examples, for a head with
+        count features (the other examples have none, as if their features were zeros).
         """
         self.head.train()
         loss_value = 0.0
@@ -143,11 +143,12 @@ class OnlineTrainer:
         config = self.config
         batch = positives.shape[0]
         if config.loss == "softmax" and n_items <= config.full_softmax_max:
-            vectors = head.item_vectors(torch.arange(n_items))
+            catalog = slice(0, n_items)
+            vectors = head.item_vectors(catalog)
             users, _ = head.user_vectors(history, vectors)
-            logits = users @ vectors.T + head.biases(torch.arange(n_items))
+            logits = head.scores(users, vectors) + head.biases(catalog)
             if features is not None:
-                logits = logits + head.feature_scores(features[:, :, :n_items])
+                logits = logits + _padded(head.feature_scores(features[:, :, :n_items]), batch)
             if config.mask_history:
                 seen = torch.zeros(batch, n_items, dtype=torch.bool)
                 owners = torch.arange(batch).unsqueeze(1).expand_as(history.items)
@@ -171,14 +172,20 @@ class OnlineTrainer:
         users, _ = head.user_vectors(local, vectors)
         sampled = vectors[inverse[:n_sampled]]
         positive_scores = (users * sampled[:batch]).sum(-1) + head.biases(positives)
-        negative_scores = users @ sampled[batch:].T + head.biases(negatives)  # (B, N)
+        negative_scores = head.scores(users, sampled[batch:]) + head.biases(negatives)  # (B, N)
         if features is not None:
-            mine = features[torch.arange(batch), :, positives].unsqueeze(-1)  # (B, K, 1)
-            positive_scores = positive_scores + head.feature_scores(mine)[:, 0]
-            negative_scores = negative_scores + head.feature_scores(features[:, :, negatives])
+            featured = features.shape[0]
+            mine = features[torch.arange(featured), :, positives[:featured]].unsqueeze(-1)  # (m, K, 1)
+            positive_scores = positive_scores + _padded(head.feature_scores(mine)[:, 0], batch)
+            negative_scores = negative_scores + _padded(head.feature_scores(features[:, :, negatives]), batch)
         # a sampled negative that is the positive itself is not a negative
         negative_scores = negative_scores.masked_fill(negatives.unsqueeze(0) == positives.unsqueeze(1), -1e9)
         if config.loss == "bpr":
             return -nn.functional.logsigmoid(positive_scores.unsqueeze(1) - negative_scores).mean()
         logits = torch.cat([positive_scores.unsqueeze(1), negative_scores], dim=1)
         return nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
+
+
+def _padded(scores: torch.Tensor, rows: int) -> torch.Tensor:
+    """``scores`` of the first examples of a batch, with zero rows below for the rest (``rows`` in all)."""
+    return nn.functional.pad(scores, (0, 0) * (scores.dim() - 1) + (0, rows - scores.shape[0]))

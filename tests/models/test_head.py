@@ -1,0 +1,123 @@
+"""The head's fused gathers and split products give the figures (and gradients) of their plain forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ripplerec.models.base import ACTIONS
+from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConfig, HistoryBatch
+from ripplerec.models.trainer import OnlineTrainer, TrainerConfig
+
+N_ITEMS, BATCH, LENGTH = 40, 6, 8
+
+
+def _head(**config: object) -> Head:
+    torch.manual_seed(0)
+    head = Head(
+        HeadConfig(**{"text_dim": 12, "dim": 8, "history_length": LENGTH, "tower_hidden": 16, **config}),  # type: ignore[arg-type]
+        capacity=N_ITEMS,
+    )
+    if head.config.uses_text:
+        with torch.no_grad():
+            head.item_text.copy_(torch.randn(N_ITEMS, 12))
+    return head
+
+
+def _history(seed: int = 1) -> HistoryBatch:
+    generator = torch.Generator().manual_seed(seed)
+    used = torch.tensor([0, 1, 3, LENGTH, 5, LENGTH])  # left-padded, an empty history among them
+    mask = torch.arange(LENGTH).flip(0).unsqueeze(0) < used.unsqueeze(1)
+
+    def draw(high: int) -> torch.Tensor:
+        return torch.randint(0, high, (BATCH, LENGTH), generator=generator) * mask
+
+    return HistoryBatch(draw(N_ITEMS), draw(len(ACTIONS)), draw(VALUE_BUCKETS), draw(RECENCY_BUCKETS), mask)
+
+
+def _gradients(head: Head) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in head.named_parameters() if p.grad is not None}
+
+
+def test_behaviours_are_the_sum_of_their_five_embeddings() -> None:
+    head, history = _head(), _history()
+    learned = head.item_vectors()[:, : head.config.dim]
+    distance = torch.arange(LENGTH).flip(0)
+    fused = head._behaviours(history, learned, history.items, distance)
+    plain = (
+        learned[history.items]
+        + head.action(history.actions)
+        + head.value(history.values)
+        + head.recency(history.recency)
+        + head.position(distance)
+    )
+    torch.testing.assert_close(fused, plain)
+    weights = torch.randn_like(plain)
+    (fused * weights).sum().backward(retain_graph=True)  # learned is shared by both sums
+    expected = _gradients(head)
+    head.zero_grad()
+    (plain * weights).sum().backward()
+    for name, grad in _gradients(head).items():
+        torch.testing.assert_close(expected[name], grad, msg=name)
+
+
+def test_text_profile_matches_the_gathered_weighted_sum() -> None:
+    head, history = _head(item_representation="text", text_affinity=True), _history()
+    vectors = head.item_vectors()
+    weights = torch.rand(BATCH, LENGTH).mul(history.mask).requires_grad_()
+    pooled = head._text_profile(history, weights, vectors)
+    texts = torch.nn.functional.normalize(head.item_text, dim=-1)[history.items]
+    plain = torch.einsum("bl,blt->bt", weights, texts)
+    torch.testing.assert_close(pooled, plain)
+    torch.testing.assert_close(head._text_profile(history, weights, None), plain)
+    (grad,) = torch.autograd.grad(pooled.square().sum(), weights)
+    (expected,) = torch.autograd.grad(plain.square().sum(), weights)
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("representation", ["text", "id", "text+id"])
+def test_user_vectors_from_the_catalog_match_those_from_the_history_rows(representation: str) -> None:
+    affinity = representation == "text"
+    head, history = _head(item_representation=representation, text_affinity=affinity), _history()
+    with torch.no_grad():
+        from_catalog, weights = head.user_vectors(history, head.item_vectors())
+        from_rows, weights_from_rows = head.user_vectors(history)
+    assert from_catalog.shape == (BATCH, head.config.dim + (12 if affinity else 0))
+    torch.testing.assert_close(from_catalog, from_rows)
+    torch.testing.assert_close(weights, weights_from_rows)
+
+
+def test_split_scores_have_the_plain_product_and_gradients() -> None:
+    head, history = _head(item_representation="text+id", text_affinity=True), _history()
+    targets = torch.randn(BATCH, N_ITEMS)
+    results = []
+    for split in (True, False):
+        head.zero_grad()
+        vectors = head.item_vectors()
+        users, _ = head.user_vectors(history, vectors)
+        scores = head.scores(users, vectors) if split else users @ vectors.T
+        (scores * targets).sum().backward()
+        results.append((scores.detach(), _gradients(head)))
+    (split_scores, split_grads), (plain_scores, plain_grads) = results
+    torch.testing.assert_close(split_scores, plain_scores)
+    assert split_grads.keys() == plain_grads.keys()
+    for name, grad in split_grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], msg=name)
+
+
+@pytest.mark.parametrize("full_softmax_max", [N_ITEMS, 4])  # the full catalog, and sampled negatives
+def test_features_of_the_first_examples_train_like_zero_padded_features(full_softmax_max: int) -> None:
+    history = _history()
+    positives = torch.tensor([3, 7, 7, 20, 1, 39])
+    features = torch.randn(2, 2, N_ITEMS)  # the first two examples carry features, the others none
+    padded = torch.cat([features, torch.zeros(BATCH - 2, 2, N_ITEMS)])
+    heads = []
+    for given in (features, padded):
+        head = _head(cooccurrence_feature=True, transition_feature=True)
+        trainer = OnlineTrainer(head, TrainerConfig(full_softmax_max=full_softmax_max, negatives=8, seed=3))
+        loss = trainer.step(history, positives, N_ITEMS, features=given)
+        heads.append((loss, head))
+    (loss, head), (padded_loss, padded_head) = heads
+    assert loss == pytest.approx(padded_loss, rel=1e-6)
+    for (name, p), q in zip(head.named_parameters(), padded_head.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
