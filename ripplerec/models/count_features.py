@@ -8,34 +8,108 @@ history gives it nothing), so one weight per feature is on a fixed scale.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
+from torch import nn
 
 from ripplerec.models.base import ModelLoadError
 from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNNConfig
 from ripplerec.models.transition import TransitionConfig, TransitionCounts
 
-__all__ = ["CountFeatures", "FEATURE_NAMES", "standardised"]
+__all__ = ["CountFeatures", "FEATURE_NAMES", "recent_rows", "standardised", "weighted_row_sums"]
 
 FEATURE_NAMES = ("cooccurrence", "transition")
 # the transition feature looks at the short range (item-kNN's co-occurrence covers the long one)
 FEATURE_TRANSITIONS = TransitionConfig(window=10, distance_decay=0.7, history=10, recency_decay=0.7, alpha=0.5)
-_LOG_FLOOR = 1e-4  # transition scores are compared in log space: a first transition counts, not its size
+# transition scores are compared in log space: a first transition counts, not its size
+_LOG_SCALED = frozenset({"transition"})
+_LOG_FLOOR = 1e-4
 
 
 def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Zero mean, unit variance; all zeros for a constant row.
+    """Zero mean, unit variance along the last axis (each row of a batch on its own); zeros for a constant row.
 
-    >>> standardised(np.array([1.0, 2.0, 3.0], dtype=np.float32)).round(3).tolist()
+    >>> standardised(np.array([1.0, 2.0, 3.0], dtype=np.float32)).astype(float).round(3).tolist()
     [-1.225, 0.0, 1.225]
+    >>> standardised(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], dtype=np.float32)).astype(float).round(3).tolist()
+    [[-1.225, 0.0, 1.225], [0.0, 0.0, 0.0]]
     """
-    spread = float(values.std())
-    if not spread > 1e-6 * (1.0 + abs(float(values.mean()))):  # constant up to rounding: no information
-        return np.zeros_like(values)
-    return ((values - values.mean()) / spread).astype(np.float32, copy=False)
+    mean = values.mean(axis=-1, keepdims=True)
+    spread = values.std(axis=-1, keepdims=True)
+    # constant up to rounding: no information
+    informative = spread > 1e-6 * (1.0 + np.abs(mean.astype(np.float64)))
+    out = np.where(informative, (values - mean) / np.where(informative, spread, 1.0), 0.0)
+    return out.astype(np.float32, copy=False)
+
+
+def recent_rows(
+    histories: Sequence[Sequence[int]], length: int, decay: float
+) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The last ``length`` rows of each history, right-aligned ``(B, length)``, and their weights: ``decay ** k``
+    for the k-th most recent, 0 in the padding slots (which hold row 0).
+
+    >>> rows, weights = recent_rows([[4, 5, 6], [7]], 2, 0.5)
+    >>> rows.tolist(), weights.tolist()
+    ([[5, 6], [0, 7]], [[0.5, 1.0], [0.0, 1.0]])
+    """
+    rows = np.zeros((len(histories), length), dtype=np.int64)
+    weights = np.zeros((len(histories), length), dtype=np.float32)
+    powers = decay ** np.arange(length - 1, -1, -1, dtype=np.float32)
+    for b, history in enumerate(histories):
+        recent = list(history)[-length:]
+        if recent:
+            rows[b, length - len(recent) :] = recent
+            weights[b, length - len(recent) :] = powers[length - len(recent) :]
+    return rows, weights
+
+
+def weighted_row_sums(
+    matrix: NDArray[np.float32], rows: NDArray[np.int64], weights: NDArray[np.float32], n: int
+) -> NDArray[np.float32]:
+    """``sum_h weights[b, h] * matrix[rows[b, h], :n]`` for every ``b``, ``(B, n)``.
+
+    An ``embedding_bag``: the ``(B, H, n)`` gather is never materialised, and torch keeps to its thread
+    setting where numpy's BLAS would start threads of its own.
+    """
+    table = torch.from_numpy(matrix[:, :n])
+    sums = nn.functional.embedding_bag(
+        torch.from_numpy(rows), table, per_sample_weights=torch.from_numpy(weights), mode="sum"
+    )
+    return sums.numpy()
+
+
+def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
+    """:meth:`CooccurrenceCounts.scores` of many histories at once."""
+    config = counts.config
+    rows, weights = recent_rows(histories, config.history, config.recency_decay)
+    weights /= np.power(np.maximum(counts.counts[rows], 1.0), config.alpha)
+    scale = np.power(np.maximum(counts.counts[:n], 1.0), 1.0 - config.alpha)
+    return (weighted_row_sums(counts.matrix, rows, weights, n) / scale).astype(np.float32, copy=False)
+
+
+def _transition_scores(counts: TransitionCounts, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
+    """:meth:`TransitionCounts.scores` of many histories at once."""
+    config = counts.config
+    rows, weights = recent_rows(histories, config.history, config.recency_decay)
+    if config.alpha:
+        weights /= np.power(np.maximum(counts.outgoing[rows], 1.0), config.alpha)
+    out = weighted_row_sums(counts.matrix, rows, weights, n)
+    if config.beta:
+        out /= np.power(np.maximum(counts.counts[:n], 1.0), config.beta)
+    return out
+
+
+# features scored for a whole batch at once (the same figures as their counts' ``scores``, history by history);
+# a feature without an entry here is scored one history at a time
+_BATCH_SCORES: dict[str, Callable[[Any, Sequence[Sequence[int]], int], NDArray[np.float32]]] = {
+    "cooccurrence": _cooccurrence_scores,
+    "transition": _transition_scores,
+}
 
 
 @dataclass
@@ -69,19 +143,35 @@ class CountFeatures:
             counts.add(user_id, row)
 
     def features(self, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
-        """Standardised feature rows ``(len(histories), K, n)`` for histories of catalog rows, oldest first."""
+        """Standardised feature rows ``(len(histories), K, n)`` for histories of catalog rows, oldest first.
+
+        A history that gives a feature nothing (no counts yet, or an empty history) leaves its row at zero.
+        """
         out = np.zeros((len(histories), len(self), n), dtype=np.float32)
         for k, (name, counts) in enumerate(self.enabled):
-            for b, rows in enumerate(histories):
-                if not rows:
-                    continue
-                values = counts.scores(rows, n)
-                if not values.any():
-                    continue
-                if name == "transition":
-                    values = np.log(values + _LOG_FLOOR)
-                out[b, k] = standardised(values)
+            raw = self.scores(name, counts, histories, n)
+            informative = raw.any(axis=1)
+            if not informative.any():
+                continue
+            values = raw[informative]
+            if name in _LOG_SCALED:
+                values = np.log(values + np.float32(_LOG_FLOOR))
+            out[informative, k] = standardised(values)
         return out
+
+    @staticmethod
+    def scores(
+        name: str, counts: CooccurrenceCounts | TransitionCounts, histories: Sequence[Sequence[int]], n: int
+    ) -> NDArray[np.float32]:
+        """Raw scores ``(B, n)`` of one feature's ``counts`` for each history (zeros for an empty one)."""
+        batched = _BATCH_SCORES.get(name)
+        if batched is not None:
+            return batched(counts, histories, n)
+        raw = np.zeros((len(histories), n), dtype=np.float32)
+        for b, rows in enumerate(histories):
+            if len(rows):
+                raw[b] = counts.scores(rows, n)
+        return raw
 
     def state(self, n: int) -> dict[str, NDArray[np.float32]]:
         return {f"{name}.{key}": value for name, counts in self.enabled for key, value in counts.state(n).items()}

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import nn
 
 from ripplerec.models.base import (
     ACTIONS,
@@ -38,7 +39,7 @@ from ripplerec.models.base import (
     clocks_for,
     top_k_indices,
 )
-from ripplerec.models.count_features import CountFeatures, standardised
+from ripplerec.models.count_features import CountFeatures, recent_rows, standardised
 from ripplerec.models.embedding_cache import EmbeddingCache
 from ripplerec.models.encoder import TextEncoder
 from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConfig, HistoryBatch
@@ -209,12 +210,15 @@ class TransformerScorer(RankingModel):
             text = self.head.item_text[:n].numpy()
             self._unit_text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
         unit = self._unit_text
+        rows, weights = recent_rows(histories, TEXT_FEATURE_HISTORY, TEXT_FEATURE_DECAY)
+        used = weights.any(axis=1)
         out = np.zeros((len(histories), n), dtype=np.float32)
-        for b, rows in enumerate(histories):
-            recent = list(rows)[-TEXT_FEATURE_HISTORY:]
-            if recent:
-                weights = TEXT_FEATURE_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
-                out[b] = standardised(unit @ (weights @ unit[recent]))
+        if used.any():
+            # products in torch, which keeps to its thread setting (numpy's BLAS would start its own threads)
+            unit_t = torch.from_numpy(unit)
+            recent, recent_weights = torch.from_numpy(rows[used]), torch.from_numpy(weights[used])
+            profiles = nn.functional.embedding_bag(recent, unit_t, per_sample_weights=recent_weights, mode="sum")
+            out[used] = standardised((profiles @ unit_t.T).numpy())
         return out
 
     def _batch_from_encoded(
@@ -322,8 +326,7 @@ class TransformerScorer(RankingModel):
         if self.config.head.count_features:
             # only the new examples carry features: theirs are the counts before they were learned, as at
             # scoring time; a replayed example's would include itself and what came after it
-            features = torch.zeros(len(batch), self.config.head.count_features, len(self._item_ids))
-            features[: len(examples)] = self._count_features(histories[: len(examples)])
+            features = self._count_features(histories[: len(examples)])
         self.trainer.step(encoded, rows, len(self._item_ids), active, features)
         if config.replay:
             for example in examples:  # reservoir sampling keeps a uniform sample of the whole stream
@@ -356,7 +359,7 @@ class TransformerScorer(RankingModel):
         with torch.no_grad():
             vectors = self._item_vectors()
             user_vectors, _ = self.head.user_vectors(batch, vectors)
-            scores = user_vectors @ vectors.T + self.head.biases(torch.arange(len(self._item_ids)))
+            scores = user_vectors @ vectors.T + self.head.biases(slice(0, len(self._item_ids)))
             extra = self._feature_scores(encoded)
             if extra is not None:
                 scores = scores + extra

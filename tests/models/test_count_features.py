@@ -10,13 +10,18 @@ import torch
 
 from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
 from ripplerec.models.base import Behavior, Interaction, Item, ModelLoadError, UserState
-from ripplerec.models.count_features import CountFeatures
+from ripplerec.models.count_features import CountFeatures, standardised
 from ripplerec.models.encoder import HashingEncoder
 from ripplerec.models.head import HeadConfig
 from ripplerec.models.id_only import IdOnlyScorer
 from ripplerec.models.item_knn import ItemKNN
 from ripplerec.models.trainer import TrainerConfig
-from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig
+from ripplerec.models.transformer_scorer import (
+    TEXT_FEATURE_DECAY,
+    TEXT_FEATURE_HISTORY,
+    TransformerScorer,
+    TransformerScorerConfig,
+)
 from ripplerec.models.transition import Transition, TransitionConfig, TransitionCounts
 
 
@@ -148,3 +153,74 @@ def test_text_feature_reaches_items_without_counts(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.score_all(user, 3.0), scorer.score_all(user, 3.0))
     with pytest.raises(ValueError):
         HeadConfig(item_representation="id", text_feature=True)
+
+
+def _standardised_row(values: np.ndarray) -> np.ndarray:
+    """The one-row definition the batched ``standardised`` must match."""
+    spread = float(values.std())
+    if not spread > 1e-6 * (1.0 + abs(float(values.mean()))):
+        return np.zeros_like(values)
+    return ((values - values.mean()) / spread).astype(np.float32)
+
+
+def test_standardised_rows_match_one_row_at_a_time() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((6, 50)).astype(np.float32) * 3.0 + 1.0
+    values[2] = 4.0  # constant: no information
+    values[4] = 0.0
+    expected = np.stack([_standardised_row(row) for row in values])
+    np.testing.assert_allclose(standardised(values), expected, rtol=1e-5, atol=1e-6)
+    assert not standardised(values)[[2, 4]].any()
+    np.testing.assert_allclose(standardised(values[1]), expected[1], rtol=1e-5, atol=1e-6)
+
+
+def _random_counts(n: int, seed: int) -> tuple[CountFeatures, list[list[int]]]:
+    """Count features that learned a random stream, and random histories (empty, short and long ones)."""
+    rng = np.random.default_rng(seed)
+    features = CountFeatures.build(cooccurrence=True, transition=True)
+    features.grow(n)
+    for user, row in zip(rng.integers(0, 15, 800), rng.integers(0, n, 800), strict=True):
+        features.add(f"u{user}", int(row))
+    histories = [rng.integers(0, n, length).tolist() for length in (0, 1, 3, 10, 25, 60, 0, 7)]
+    return features, histories
+
+
+def test_batched_count_scores_match_each_counts_scores() -> None:
+    features, histories = _random_counts(40, seed=1)
+    for name, counts in features.enabled:
+        batched = features.scores(name, counts, histories, 40)
+        for history, row in zip(histories, batched, strict=True):
+            expected = counts.scores(history, 40) if history else np.zeros(40, dtype=np.float32)
+            np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_features_match_their_history_by_history_definition() -> None:
+    features, histories = _random_counts(40, seed=2)
+    features.grow(64)  # capacity beyond the catalog: only the first n rows and columns count
+    out = features.features(histories, 40)
+    assert out.shape == (len(histories), 2, 40) and out.dtype == np.float32
+    for b, history in enumerate(histories):
+        for k, (name, counts) in enumerate(features.enabled):
+            values = counts.scores(history, 40) if history else np.zeros(40, dtype=np.float32)
+            if not values.any():
+                assert not out[b, k].any()
+                continue
+            if name == "transition":
+                values = np.log(values + 1e-4)
+            np.testing.assert_allclose(out[b, k], _standardised_row(values), rtol=1e-4, atol=1e-5)
+
+
+def test_text_feature_matches_its_user_by_user_definition() -> None:
+    head = HeadConfig(dim=16, history_length=20, tower_hidden=32, cooccurrence_feature=True, text_feature=True)
+    scorer = TransformerScorer(TransformerScorerConfig(head, TrainerConfig(batch_size=32)), HashingEncoder(32))
+    scorer.add_items([Item(f"i{n}", f"item {n} {'jazz' if n % 3 else 'folk'} {n % 5}") for n in range(30)])
+    rng = np.random.default_rng(3)
+    histories = [rng.integers(0, 30, length).tolist() for length in (0, 1, 4, 10, 18)]
+    text = scorer.head.item_text[:30].numpy()
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+    out = scorer._text_feature(histories, 30)
+    assert not out[0].any()
+    for history, row in zip(histories[1:], out[1:], strict=True):
+        recent = history[-TEXT_FEATURE_HISTORY:]
+        weights = TEXT_FEATURE_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
+        np.testing.assert_allclose(row, _standardised_row(unit @ (weights @ unit[recent])), rtol=1e-4, atol=1e-5)
