@@ -60,8 +60,24 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields[:8]), (fields[7] if len(fields) > 7 else 0)
 
 
+def stored_messages(bootstrap: str, topic: str) -> int:
+    """Messages a topic holds (the sum of its partitions' end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return int(sum(ends.values()))
+    finally:
+        consumer.close()
+
+
 def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, stack: Any, rng: random.Random) -> None:
     """Warm up, then send ``rate`` requests/s for ``args.seconds`` and print what happened."""
+    settings = client.settings
+    held = [stored_messages(settings.bootstrap_servers, t)
+            for t in (settings.topics.rec_requests, settings.topics.recommendations)]
     latencies: list[float] = []
     hops: list[float] = []  # published -> received, seconds
     errors = [0]
@@ -110,7 +126,8 @@ def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, sta
     n = len(latencies)
     ms = [x * 1000 for x in latencies] or [float("nan")]
     print(f"== {rate:.0f} requests/s: sent {sent} in {took:.1f}s ({sent / took:.0f}/s); {n} replies, "
-          f"{errors[0]} errors/timeouts")
+          f"{errors[0]} errors/timeouts; the request and reply topics held {held[0]:,} and {held[1]:,} "
+          "messages before the warm-up (the broker's cost per fetch grows with them: bench/tansu_fetch_cost.py)")
     print(f"request->reply latency: p50 {percentile(ms, 50):.1f} ms  p90 {percentile(ms, 90):.1f} ms  "
           f"p99 {percentile(ms, 99):.1f} ms  max {max(ms):.1f} ms   (goal: p99 < 50 ms at 200/s)")
     back = sorted(h * 1000 for h in hops) or [float("nan")]
@@ -119,7 +136,7 @@ def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, sta
     spent = {name: cpu_after[name] - cpu_before[name] for name in processes}
     print("CPU during the timed window, ms per request (% of one core): " + ", ".join(
         f"{name} {spent[name] / sent * 1000:.2f} ({spent[name] / took * 100:.0f}%)" for name in processes
-    ) + f"; total {sum(spent.values()) / took * 100:.0f}% of {os.cpu_count()} cores")
+    ) + f"; total {sum(spent.values()) / took * 100:.0f}% of one core, out of {os.cpu_count()}")
     ticks, stolen = ticks_after[0] - ticks_before[0], ticks_after[1] - ticks_before[1]
     if ticks:
         print("CPU time stolen by the hypervisor during the window: "
