@@ -24,7 +24,8 @@ def _head(**config: object) -> Head:
     return head
 
 
-def _history(seed: int = 1) -> HistoryBatch:
+def _history(rows: int = BATCH, seed: int = 1) -> HistoryBatch:
+    """``rows`` histories: all six have more slots than the catalog has items, two have fewer."""
     generator = torch.Generator().manual_seed(seed)
     used = torch.tensor([0, 1, 3, LENGTH, 5, LENGTH])  # left-padded, an empty history among them
     mask = torch.arange(LENGTH).flip(0).unsqueeze(0) < used.unsqueeze(1)
@@ -32,15 +33,17 @@ def _history(seed: int = 1) -> HistoryBatch:
     def draw(high: int) -> torch.Tensor:
         return torch.randint(0, high, (BATCH, LENGTH), generator=generator) * mask
 
-    return HistoryBatch(draw(N_ITEMS), draw(len(ACTIONS)), draw(VALUE_BUCKETS), draw(RECENCY_BUCKETS), mask)
+    batch = HistoryBatch(draw(N_ITEMS), draw(len(ACTIONS)), draw(VALUE_BUCKETS), draw(RECENCY_BUCKETS), mask)
+    return HistoryBatch(*(tensor[:rows] for tensor in batch))
 
 
 def _gradients(head: Head) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in head.named_parameters() if p.grad is not None}
 
 
-def test_behaviours_are_the_sum_of_their_five_embeddings() -> None:
-    head, history = _head(), _history()
+@pytest.mark.parametrize("rows", [BATCH, 2])
+def test_behaviours_are_the_sum_of_their_five_embeddings(rows: int) -> None:
+    head, history = _head(), _history(rows)
     learned = head.item_vectors()[:, : head.config.dim]
     distance = torch.arange(LENGTH).flip(0)
     fused = head._behaviours(history, learned, history.items, distance)
@@ -61,10 +64,11 @@ def test_behaviours_are_the_sum_of_their_five_embeddings() -> None:
         torch.testing.assert_close(expected[name], grad, msg=name)
 
 
-def test_text_profile_matches_the_gathered_weighted_sum() -> None:
-    head, history = _head(item_representation="text", text_affinity=True), _history()
+@pytest.mark.parametrize("rows", [BATCH, 2])
+def test_text_profile_matches_the_gathered_weighted_sum(rows: int) -> None:
+    head, history = _head(item_representation="text", text_affinity=True), _history(rows)
     vectors = head.item_vectors()
-    weights = torch.rand(BATCH, LENGTH).mul(history.mask).requires_grad_()
+    weights = torch.rand(rows, LENGTH).mul(history.mask).requires_grad_()
     pooled = head._text_profile(history, weights, vectors)
     texts = torch.nn.functional.normalize(head.item_text, dim=-1)[history.items]
     plain = torch.einsum("bl,blt->bt", weights, texts)
@@ -75,14 +79,15 @@ def test_text_profile_matches_the_gathered_weighted_sum() -> None:
     torch.testing.assert_close(grad, expected)
 
 
+@pytest.mark.parametrize("rows", [BATCH, 2])
 @pytest.mark.parametrize("representation", ["text", "id", "text+id"])
-def test_user_vectors_from_the_catalog_match_those_from_the_history_rows(representation: str) -> None:
+def test_user_vectors_from_the_catalog_match_those_from_the_history_rows(representation: str, rows: int) -> None:
     affinity = representation == "text"
-    head, history = _head(item_representation=representation, text_affinity=affinity), _history()
+    head, history = _head(item_representation=representation, text_affinity=affinity), _history(rows)
     with torch.no_grad():
         from_catalog, weights = head.user_vectors(history, head.item_vectors())
         from_rows, weights_from_rows = head.user_vectors(history)
-    assert from_catalog.shape == (BATCH, head.config.dim + (12 if affinity else 0))
+    assert from_catalog.shape == (rows, head.config.dim + (12 if affinity else 0))
     torch.testing.assert_close(from_catalog, from_rows)
     torch.testing.assert_close(weights, weights_from_rows)
 
