@@ -40,11 +40,13 @@ def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
     [[-1.225, 0.0, 1.225], [0.0, 0.0, 0.0]]
     """
     mean = values.mean(axis=-1, keepdims=True)
-    spread = values.std(axis=-1, keepdims=True)
-    # constant up to rounding: no information
-    informative = spread > 1e-6 * (1.0 + np.abs(mean.astype(np.float64)))
-    out = np.where(informative, (values - mean) / np.where(informative, spread, 1.0), 0.0)
-    return out.astype(np.float32, copy=False)
+    centred = values - mean
+    # np.std's own steps, reusing the mean and the centred values
+    spread = np.sqrt(np.square(centred).sum(axis=-1, keepdims=True) / values.shape[-1])
+    informative = spread > 1e-6 * (1.0 + np.abs(mean.astype(np.float64)))  # constant up to rounding: no information
+    centred /= np.where(informative, spread, 1.0)
+    np.copyto(centred, 0.0, where=~informative)
+    return centred.astype(np.float32, copy=False)
 
 
 def recent_rows(
@@ -61,10 +63,10 @@ def recent_rows(
     weights = np.zeros((len(histories), length), dtype=np.float32)
     powers = decay ** np.arange(length - 1, -1, -1, dtype=np.float32)
     for b, history in enumerate(histories):
-        recent = list(history)[-length:]
-        if recent:
-            rows[b, length - len(recent) :] = recent
-            weights[b, length - len(recent) :] = powers[length - len(recent) :]
+        used = min(len(history), length)
+        if used:
+            rows[b, length - used :] = history[len(history) - used :]
+            weights[b, length - used :] = powers[length - used :]
     return rows, weights
 
 

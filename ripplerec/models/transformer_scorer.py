@@ -197,11 +197,12 @@ class TransformerScorer(RankingModel):
     def _count_features(
         self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]]
     ) -> torch.Tensor:
-        histories = [[int(behaviour[0]) for behaviour in rows] for rows in encoded]
+        histories = [np.asarray(rows, dtype=np.float64).reshape(-1, 4)[:, 0].astype(np.int64) for rows in encoded]
         n = len(self._item_ids)
-        features = self._counts.features(histories, n)
-        if self.config.head.text_feature:
-            features = np.concatenate([features, self._text_feature(histories, n)[:, None, :]], axis=1)
+        features = np.empty((len(histories), self.config.head.count_features, n), dtype=np.float32)
+        features[:, : len(self._counts)] = self._counts.features(histories, n)
+        if self.config.head.text_feature:  # the text feature comes last
+            features[:, -1] = self._text_feature(histories, n)
         return torch.from_numpy(features)
 
     def _text_feature(self, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
