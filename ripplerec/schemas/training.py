@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ripplerec.schemas.codec import HEADER_SIZE, AvroCodec
@@ -54,6 +54,7 @@ class TrainingExampleWriter:
         self.header = codec.encode("TrainingExample", _EMPTY_EXAMPLE)[:HEADER_SIZE]
         self.cache_size = cache_size
         self._entries: dict[tuple[Any, ...], bytes] = {}
+        self._strings: dict[str, bytes] = {}
         self.fast = self._layout_matches(codec.schema("TrainingExample"))
 
     @staticmethod
@@ -70,44 +71,107 @@ class TrainingExampleWriter:
         return entry == _HISTORY_FIELDS and by_name["negatives"].get("items") == "string"
 
     def encode(self, x: TrainingExample) -> bytes:
-        value = x["value"]
-        if not self.fast or not (value is None or type(value) is float) or type(x["weight"]) is not float:
-            return self.codec.encode("TrainingExample", x)
+        if self.fast:
+            history = [(h["item_id"], h["action"], h["value"], h["ts"]) for h in x["history"]]
+            positive = (x["positive_item_id"], x["action"], x["value"], x["ts"])
+            raw = self._fast(x["event_id"], x["user_id"], positive, history, x["negatives"], x["weight"])
+            if raw is not None:
+                return raw
+        return self.codec.encode("TrainingExample", x)
+
+    def encode_parts(
+        self,
+        event_id: str,
+        user_id: str,
+        positive: tuple[str, str, float | None, int],
+        history: Sequence[tuple[str, str, float | None, int]],
+        negatives: Sequence[str],
+        weight: float = 1.0,
+    ) -> bytes:
+        """The bytes of the example with these parts, without building its record.
+
+        ``positive`` and each ``history`` entry are ``(item_id, action, value, ts)`` tuples (a
+        ``ProfileEntry`` is one), so the ingest agent passes the entries it already holds, and
+        their bytes are found by the entry itself.
+        """
+        raw = self._fast(event_id, user_id, positive, history, negatives, weight) if self.fast else None
+        return raw if raw is not None else self._through_codec(event_id, user_id, positive, history, negatives, weight)
+
+    def _fast(
+        self,
+        event_id: str,
+        user_id: str,
+        positive: tuple[str, str, float | None, int],
+        history: Sequence[tuple[str, str, float | None, int]],
+        negatives: Sequence[str],
+        weight: float,
+    ) -> bytes | None:
+        """The bytes, or None for a value the layout above does not expect (the codec decides then)."""
+        value = positive[2]
+        if not (value is None or type(value) is float) or type(weight) is not float:
+            return None
+        entries, strings = self._entries, self._strings
+        if len(entries) > self.cache_size:
+            entries.clear()
+        if len(strings) > self.cache_size:
+            strings.clear()
+        ids = []
+        for text in (user_id, positive[0], positive[1], *negatives):  # ids and actions repeat: cached
+            raw = strings.get(text)
+            if raw is None:
+                raw = strings[text] = _avro_str(text)
+            ids.append(raw)
         parts = [
             self.header,
-            _avro_str(x["event_id"]),
-            _avro_str(x["user_id"]),
-            _avro_str(x["positive_item_id"]),
-            _avro_str(x["action"]),
+            _avro_str(event_id),
+            ids[0],
+            ids[1],
+            ids[2],
             b"\x00" if value is None else b"\x02" + _DOUBLE.pack(value),
-            _zigzag(x["ts"]),
+            _zigzag(positive[3]),
         ]
-        history = x["history"]
         if history:
-            entries = self._entries
-            if len(entries) > self.cache_size:
-                entries.clear()
             parts.append(_zigzag(len(history)))
-            for h in history:
-                key = (h["item_id"], h["action"], h["value"], h["ts"])
-                raw = entries.get(key)
+            for entry in history:
+                raw = entries.get(entry)
                 if raw is None:
-                    v = h["value"]
+                    item_id, action, v, ts = entry
                     if not (v is None or type(v) is float):
-                        return self.codec.encode("TrainingExample", x)
-                    raw = entries[key] = (
-                        _avro_str(h["item_id"]) + _avro_str(h["action"])
-                        + (b"\x00" if v is None else b"\x02" + _DOUBLE.pack(v)) + _zigzag(h["ts"])
+                        return None
+                    raw = entries[entry] = (
+                        _avro_str(item_id) + _avro_str(action)
+                        + (b"\x00" if v is None else b"\x02" + _DOUBLE.pack(v)) + _zigzag(ts)
                     )
                 parts.append(raw)
         parts.append(b"\x00")
-        negatives = x["negatives"]
         if negatives:
             parts.append(_zigzag(len(negatives)))
-            parts.extend(_avro_str(n) for n in negatives)
+            parts.extend(ids[3:])
         parts.append(b"\x00")
-        parts.append(_DOUBLE.pack(x["weight"]))
+        parts.append(_DOUBLE.pack(weight))
         return b"".join(parts)
+
+    def _through_codec(
+        self,
+        event_id: str,
+        user_id: str,
+        positive: tuple[str, str, float | None, int],
+        history: Sequence[tuple[str, str, float | None, int]],
+        negatives: Sequence[str],
+        weight: float,
+    ) -> bytes:
+        record: TrainingExample = {
+            "event_id": event_id,
+            "user_id": user_id,
+            "positive_item_id": positive[0],
+            "action": positive[1],
+            "value": positive[2],
+            "ts": positive[3],
+            "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in history],
+            "negatives": list(negatives),
+            "weight": weight,
+        }
+        return self.codec.encode("TrainingExample", record)
 
 
 _EMPTY_EXAMPLE: TrainingExample = {

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ripplerec.config import Settings
 from ripplerec.monitoring import StreamMetrics
@@ -35,6 +35,9 @@ __all__ = [
     "decode_events",
     "training_examples",
     "replayed_examples",
+    "example_parts",
+    "encode_example",
+    "ExampleParts",
     "TRIGGER_CONTEXT_KEY",
 ]
 
@@ -131,6 +134,42 @@ def decode_events(
     return events, partitions, sources, rejects
 
 
+class ExampleParts(NamedTuple):
+    """What one TrainingExample is made of, before it becomes a record or bytes."""
+
+    event: Mapping[str, Any]
+    entry: ProfileEntry  # the positive
+    window: Sequence[ProfileEntry]  # the history before it, oldest first
+    negatives: list[str]
+
+
+def example_parts(
+    events: Sequence[Mapping[str, Any]],
+    new: Sequence[bool],
+    prior_history: Mapping[str, Sequence[ProfileEntry]],
+    item_pool: Sequence[str],
+    negatives: int,
+    history_length: int,
+    rng: random.Random,
+) -> list[ExampleParts]:
+    """The parts of :func:`training_examples`' examples (the ingest agent turns them straight into bytes)."""
+    running: dict[str, list[ProfileEntry]] = {}
+    out: list[ExampleParts] = []
+    for event, is_new in zip(events, new, strict=True):
+        if not is_new:
+            continue
+        user_id = event["user_id"]
+        history = running.get(user_id)
+        if history is None:
+            history = running[user_id] = list(prior_history.get(user_id, ()))
+        entry = ProfileEntry(event["item_id"], event["action"], event["value"], event["ts"])
+        if event["action"] != "skip":
+            window = history[-history_length:] if history_length else []
+            out.append(ExampleParts(event, entry, window, _negatives(entry, window, item_pool, negatives, rng)))
+        history.append(entry)
+    return out
+
+
 def training_examples(
     events: Sequence[Mapping[str, Any]],
     new: Sequence[bool],
@@ -145,21 +184,14 @@ def training_examples(
     Pure apart from ``rng``. Negatives are drawn from ``item_pool`` leaving out the positive and the
     items in the history (so there may be fewer when the pool is small).
     """
-    running: dict[str, list[ProfileEntry]] = {}
-    out: list[TrainingExample] = []
-    for event, is_new in zip(events, new, strict=True):
-        if not is_new:
-            continue
-        user_id = event["user_id"]
-        history = running.get(user_id)
-        if history is None:
-            history = running[user_id] = list(prior_history.get(user_id, ()))
-        entry = ProfileEntry(event["item_id"], event["action"], event["value"], event["ts"])
-        if event["action"] != "skip":
-            window = history[-history_length:] if history_length else []
-            out.append(_example(event, entry, window, item_pool, negatives, rng))
-        history.append(entry)
-    return out
+    parts = example_parts(events, new, prior_history, item_pool, negatives, history_length, rng)
+    return [_record(part) for part in parts]
+
+
+def encode_example(writer: TrainingExampleWriter, part: ExampleParts) -> bytes:
+    """The Avro bytes of :func:`training_examples`' record for ``part``, without building the record."""
+    event = part.event
+    return writer.encode_parts(event["event_id"], event["user_id"], part.entry, part.window, part.negatives)
 
 
 def replayed_examples(
@@ -194,18 +226,14 @@ def replayed_examples(
         cursors[user_id] = position + 1
         if event["action"] != "skip":
             window = list(stored[max(0, position - history_length) : position]) if history_length else []
-            out.append(_example(event, entry, window, item_pool, negatives, rng))
+            sampled = _negatives(entry, window, item_pool, negatives, rng)
+            out.append(_record(ExampleParts(event, entry, window, sampled)))
     return out, missing
 
 
-def _example(
-    event: Mapping[str, Any],
-    entry: ProfileEntry,
-    window: Sequence[ProfileEntry],
-    item_pool: Sequence[str],
-    negatives: int,
-    rng: random.Random,
-) -> TrainingExample:
+def _negatives(
+    entry: ProfileEntry, window: Sequence[ProfileEntry], item_pool: Sequence[str], negatives: int, rng: random.Random
+) -> list[str]:
     sampled: list[str] = []
     if negatives and item_pool:
         avoid = {e.item_id for e in window}
@@ -216,15 +244,20 @@ def _example(
                 avoid.add(candidate)
                 if len(sampled) >= negatives:
                     break
+    return sampled
+
+
+def _record(part: ExampleParts) -> TrainingExample:
+    entry = part.entry
     return {
-        "event_id": event["event_id"],
-        "user_id": event["user_id"],
+        "event_id": part.event["event_id"],
+        "user_id": part.event["user_id"],
         "positive_item_id": entry.item_id,
         "action": entry.action,
         "value": entry.value,
         "ts": entry.ts,
-        "history": [{"item_id": e.item_id, "action": e.action, "value": e.value, "ts": e.ts} for e in window],
-        "negatives": sampled,
+        "history": [{"item_id": e.item_id, "action": e.action, "value": e.value, "ts": e.ts} for e in part.window],
+        "negatives": part.negatives,
         "weight": 1.0,
     }
 
@@ -364,42 +397,44 @@ class IngestProcessor:
         self.metrics.events_duplicate.inc(len(events) - fresh)
         settings = self.settings
         encode = self.codec.encode
-        write_example = self._examples.encode
         send = self.send
         if settings.emit_training and (fresh or outcome.replayed):
             pool = self.item_pool
             for event in events:
                 pool.add(event["item_id"])
-            examples = training_examples(
+            parts = example_parts(
                 events, outcome.new, outcome.prior_history, pool.ids,
                 settings.training_negatives, settings.training_history_length, self.rng,
             )
+            # Same partition as the source event: topics share the partition count and the events
+            # topic is keyed by user, so this is where the user's key would land anyway.
+            partition_of = {e["event_id"]: p for e, p in zip(events, batch.partitions, strict=True)}
+            limit = settings.topics.partitions
+            writer = self._examples
+            records = [
+                (partition_of[p.event["event_id"]] % limit, p.event["user_id"].encode(), encode_example(writer, p))
+                for p in parts
+            ]
             if outcome.replayed:
                 again, missing = replayed_examples(
                     events, outcome.replayed, outcome.stored_history, pool.ids,
                     settings.training_negatives, settings.training_history_length, self.rng,
                 )
-                examples.extend(again)
+                records.extend(
+                    (partition_of[x["event_id"]] % limit, x["user_id"].encode(), writer.encode(x)) for x in again
+                )
                 self.metrics.training_examples_replayed.inc(len(again))
                 if missing:
                     self.metrics.training_examples_unrecoverable.inc(missing)
                     log.warning("%d redelivered events had left their user's stored history: their training "
                                 "examples cannot be rebuilt", missing)
             topic = settings.topics.training
-            # Same partition as the source event: topics share the partition count and the events
-            # topic is keyed by user, so this is where the user's key would land anyway.
-            partition_of = {e["event_id"]: p for e, p in zip(events, batch.partitions, strict=True)}
-            limit = settings.topics.partitions
-            records = [
-                (partition_of[x["event_id"]] % limit, x["user_id"].encode(), write_example(x))
-                for x in examples
-            ]
             if self.send_many is not None:
                 pending.extend(await self.send_many(topic, records))
             else:
                 for partition, key, value in records:
                     pending.append(await send(topic, key, value, partition))
-            self.metrics.training_examples.inc(len(examples))
+            self.metrics.training_examples.inc(len(records))
         for user_id, event_id in outcome.proactive:
             request = {
                 "request_id": f"proactive-{event_id}",

@@ -7,7 +7,15 @@ import random
 from ripplerec.config import Settings
 from ripplerec.profiles import ProfileEntry
 from ripplerec.schemas import AvroCodec
-from ripplerec.streams.ingest import RawMessage, decode_events, replayed_examples, training_examples
+from ripplerec.schemas.training import TrainingExampleWriter
+from ripplerec.streams.ingest import (
+    RawMessage,
+    decode_events,
+    encode_example,
+    example_parts,
+    replayed_examples,
+    training_examples,
+)
 
 NOW = 1_700_000_000_000
 
@@ -53,6 +61,28 @@ def test_training_examples_carry_history_before_each_event_and_fresh_negatives()
         assert len(x["negatives"]) == 3 and x["positive_item_id"] not in x["negatives"]
         assert not {h["item_id"] for h in x["history"]} & set(x["negatives"])
     AvroCodec().encode("TrainingExample", examples[0])
+
+
+def test_examples_encoded_from_their_parts_are_the_records_bytes() -> None:
+    rng = random.Random(3)
+    pool = [f"i{n}" for n in range(40)]
+    actions = ["view", "click", "rate", "skip", "purchase"]
+    events = []
+    for n in range(300):
+        action = rng.choice(actions)
+        value = float(rng.randint(1, 5)) if action == "rate" else None
+        events.append(_event(event_id=f"e{n}", user_id=f"u{rng.randrange(12)}", item_id=rng.choice(pool),
+                             action=action, value=value, ts=1000 + n))
+    new = [rng.random() > 0.1 for _ in events]
+    prior = {f"u{u}": [ProfileEntry(rng.choice(pool), "rate", 4.5, u) for _ in range(rng.randrange(8))]
+             for u in range(12)}
+    records = training_examples(events, new, prior, pool, 4, 5, random.Random(9))
+    parts = example_parts(events, new, prior, pool, 4, 5, random.Random(9))
+    codec = AvroCodec()
+    writer = TrainingExampleWriter(codec)
+    assert len(parts) == len(records) > 200
+    assert [encode_example(writer, p) for p in parts] == [codec.encode("TrainingExample", r) for r in records]
+    assert [encode_example(writer, p) for p in parts] == [writer.encode(r) for r in records]  # from its cache
 
 
 class _PureStore:
