@@ -21,7 +21,7 @@ from ripplerec.models.base import ModelLoadError
 from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNNConfig
 from ripplerec.models.transition import TransitionConfig, TransitionCounts
 
-__all__ = ["CountFeatures", "FEATURE_NAMES", "recent_rows", "standardised", "weighted_row_sums"]
+__all__ = ["CountFeatures", "FEATURE_NAMES", "HistoryRows", "recent_rows", "standardised", "weighted_row_sums"]
 
 FEATURE_NAMES = ("cooccurrence", "transition")
 # the transition feature looks at the short range (item-kNN's co-occurrence covers the long one)
@@ -29,6 +29,8 @@ FEATURE_TRANSITIONS = TransitionConfig(window=10, distance_decay=0.7, history=10
 # transition scores are compared in log space: a first transition counts, not its size
 _LOG_SCALED = frozenset({"transition"})
 _LOG_FLOOR = 1e-4
+
+HistoryRows = Sequence[int] | NDArray[np.int64]  # a history's catalog rows, oldest first
 
 
 def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -50,7 +52,7 @@ def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def recent_rows(
-    histories: Sequence[Sequence[int]], length: int, decay: float
+    histories: Sequence[HistoryRows], length: int, decay: float
 ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """The last ``length`` rows of each history, right-aligned ``(B, length)``, and their weights: ``decay ** k``
     for the k-th most recent, 0 in the padding slots (which hold row 0).
@@ -85,7 +87,7 @@ def weighted_row_sums(
     return sums.numpy()
 
 
-def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
+def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
     """:meth:`CooccurrenceCounts.scores` of many histories at once."""
     config = counts.config
     rows, weights = recent_rows(histories, config.history, config.recency_decay)
@@ -94,7 +96,7 @@ def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Sequence[Sequenc
     return (weighted_row_sums(counts.matrix, rows, weights, n) / scale).astype(np.float32, copy=False)
 
 
-def _transition_scores(counts: TransitionCounts, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
+def _transition_scores(counts: TransitionCounts, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
     """:meth:`TransitionCounts.scores` of many histories at once."""
     config = counts.config
     rows, weights = recent_rows(histories, config.history, config.recency_decay)
@@ -108,7 +110,7 @@ def _transition_scores(counts: TransitionCounts, histories: Sequence[Sequence[in
 
 # features scored for a whole batch at once (the same figures as their counts' ``scores``, history by history);
 # a feature without an entry here is scored one history at a time
-_BATCH_SCORES: dict[str, Callable[[Any, Sequence[Sequence[int]], int], NDArray[np.float32]]] = {
+_BATCH_SCORES: dict[str, Callable[[Any, Sequence[HistoryRows], int], NDArray[np.float32]]] = {
     "cooccurrence": _cooccurrence_scores,
     "transition": _transition_scores,
 }
@@ -144,7 +146,7 @@ class CountFeatures:
         for _, counts in self.enabled:
             counts.add(user_id, row)
 
-    def features(self, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
+    def features(self, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
         """Standardised feature rows ``(len(histories), K, n)`` for histories of catalog rows, oldest first.
 
         A history that gives a feature nothing (no counts yet, or an empty history) leaves its row at zero.
@@ -163,7 +165,7 @@ class CountFeatures:
 
     @staticmethod
     def scores(
-        name: str, counts: CooccurrenceCounts | TransitionCounts, histories: Sequence[Sequence[int]], n: int
+        name: str, counts: CooccurrenceCounts | TransitionCounts, histories: Sequence[HistoryRows], n: int
     ) -> NDArray[np.float32]:
         """Raw scores ``(B, n)`` of one feature's ``counts`` for each history (zeros for an empty one)."""
         batched = _BATCH_SCORES.get(name)
@@ -172,7 +174,7 @@ class CountFeatures:
         raw = np.zeros((len(histories), n), dtype=np.float32)
         for b, rows in enumerate(histories):
             if len(rows):
-                raw[b] = counts.scores(rows, n)
+                raw[b] = counts.scores([int(row) for row in rows], n)
         return raw
 
     def state(self, n: int) -> dict[str, NDArray[np.float32]]:

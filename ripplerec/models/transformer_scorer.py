@@ -39,7 +39,7 @@ from ripplerec.models.base import (
     clocks_for,
     top_k_indices,
 )
-from ripplerec.models.count_features import CountFeatures, recent_rows, standardised
+from ripplerec.models.count_features import CountFeatures, HistoryRows, recent_rows, standardised
 from ripplerec.models.embedding_cache import EmbeddingCache
 from ripplerec.models.encoder import TextEncoder
 from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConfig, HistoryBatch
@@ -205,7 +205,7 @@ class TransformerScorer(RankingModel):
             features[:, -1] = self._text_feature(histories, n)
         return torch.from_numpy(features)
 
-    def _text_feature(self, histories: Sequence[Sequence[int]], n: int) -> NDArray[np.float32]:
+    def _text_feature(self, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
         """Standardised cosine of every item's text with each user's recency-weighted recent texts ``(B, n)``."""
         if self._unit_text is None:
             text = self.head.item_text[:n].numpy()
