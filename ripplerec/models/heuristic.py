@@ -18,6 +18,7 @@ A user without history gets the most popular items, with no influences.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,7 +107,8 @@ def rank(
     recent = recent_distinct(history, config.recent_items)
     weights = [config.recency_decay**j * _behaviour_weight(b, config) for j, b in enumerate(recent)]
     total = sum(weights)
-    contributions: dict[str, list[tuple[float, Behavior, float]]] = {}
+    # (behaviour, its weight, its neighbours, their top count)
+    sources: list[tuple[Behavior, float, Mapping[str, float], float]] = []
     co_score: dict[str, float] = {}
     if total > 0:
         for behavior, weight in zip(recent, weights, strict=True):
@@ -118,28 +120,35 @@ def rank(
             top = max(neighbours.values())
             if top <= 0:
                 continue
+            sources.append((behavior, weight, neighbours, top))
             for item_id, count in neighbours.items():
                 if item_id in excluded:
                     continue
-                part = weight * count / top / total
-                co_score[item_id] = co_score.get(item_id, 0.0) + part
-                contributions.setdefault(item_id, []).append((part, behavior, weight / total))
+                co_score[item_id] = co_score.get(item_id, 0.0) + weight * count / top / total
     best = max(popular.values()) if popular else 0.0
-    candidates = {i for i in popular if i not in excluded} | co_score.keys()
-    scored: list[tuple[float, str]] = []
-    for item_id in candidates:
-        pop = 2.0 ** (popular[item_id] - best) if item_id in popular else 0.0
-        score = config.cooccurrence_weight * co_score.get(item_id, 0.0) + config.popularity_weight * pop
-        scored.append((score, item_id))
-    scored.sort(key=lambda pair: (-pair[0], pair[1]))
+    co_weight, pop_weight = config.cooccurrence_weight, config.popularity_weight
+    scored: list[tuple[float, str]] = [  # negated scores: the k smallest are the best, ties by item id
+        (-(co_weight * co_score.get(item_id, 0.0) + pop_weight * 2.0 ** (score - best)), item_id)
+        for item_id, score in popular.items()
+        if item_id not in excluded
+    ]
+    scored.extend((-co_weight * part, item_id) for item_id, part in co_score.items() if item_id not in popular)
     out = []
-    for score, item_id in scored[:k]:
-        parts = sorted(contributions.get(item_id, ()), key=lambda c: (-c[0], c[1].item_id))
-        influences = tuple(
-            Influence(b.item_id, b.action, b.ts, weight, config.cooccurrence_weight * part)
-            for part, b, weight in parts[: config.max_influences]
+    for negated, item_id in heapq.nsmallest(k, scored):
+        # influences only for the items returned: each history item's share of the co-occurrence score
+        parts = sorted(
+            (
+                (weight * neighbours[item_id] / top / total, behavior, weight / total)
+                for behavior, weight, neighbours, top in sources
+                if item_id in neighbours
+            ),
+            key=lambda c: (-c[0], c[1].item_id),
         )
-        out.append(ScoredItem(item_id, round(score, 12), influences))
+        influences = tuple(
+            Influence(b.item_id, b.action, b.ts, share, co_weight * part)
+            for part, b, share in parts[: config.max_influences]
+        )
+        out.append(ScoredItem(item_id, round(-negated, 12), influences))
     return out
 
 
