@@ -149,14 +149,17 @@ class OnlineTrainer:
             logits = head.scores(users, vectors) + head.biases(catalog)
             if features is not None:
                 logits = logits + _padded(head.feature_scores(features[:, :, :n_items]), batch)
+            blocked = None  # one mask for both reasons, so the (B, n) logits are filled once
             if config.mask_history:
-                seen = torch.zeros(batch, n_items, dtype=torch.bool)
+                blocked = torch.zeros(batch, n_items, dtype=torch.bool)
                 owners = torch.arange(batch).unsqueeze(1).expand_as(history.items)
-                seen[owners[history.mask], history.items[history.mask]] = True
-                seen[torch.arange(batch), positives] = False
-                logits = logits.masked_fill(seen, -1e9)
+                blocked[owners[history.mask], history.items[history.mask]] = True
+                blocked[torch.arange(batch), positives] = False
             if active is not None:
-                logits = logits.masked_fill(~active[:n_items].unsqueeze(0), -1e9)
+                inactive = ~active[:n_items].unsqueeze(0)
+                blocked = inactive if blocked is None else blocked | inactive
+            if blocked is not None:
+                logits = logits.masked_fill(blocked, -1e9)
             return nn.functional.cross_entropy(logits, positives)
         if active is not None and bool(active[:n_items].any()):
             pool = torch.nonzero(active[:n_items]).squeeze(1)
@@ -188,4 +191,6 @@ class OnlineTrainer:
 
 def _padded(scores: torch.Tensor, rows: int) -> torch.Tensor:
     """``scores`` of the first examples of a batch, with zero rows below for the rest (``rows`` in all)."""
+    if scores.shape[0] == rows:
+        return scores
     return nn.functional.pad(scores, (0, 0) * (scores.dim() - 1) + (0, rows - scores.shape[0]))
