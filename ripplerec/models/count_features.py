@@ -78,13 +78,15 @@ def weighted_row_sums(
     """``sum_h weights[b, h] * matrix[rows[b, h], :n]`` for every ``b``, ``(B, n)``.
 
     An ``embedding_bag``: the ``(B, H, n)`` gather is never materialised, and torch keeps to its thread
-    setting where numpy's BLAS would start threads of its own.
+    setting where numpy's BLAS would start threads of its own. The bag reads whole rows of ``matrix``
+    (a matrix grown beyond ``n`` columns would otherwise be copied into a contiguous ``(rows, n)`` table on
+    every call) and keeps the first ``n`` columns of the sums.
     """
-    table = torch.from_numpy(matrix[:, :n])
+    table = torch.from_numpy(np.ascontiguousarray(matrix))
     sums = nn.functional.embedding_bag(
         torch.from_numpy(rows), table, per_sample_weights=torch.from_numpy(weights), mode="sum"
     )
-    return sums.numpy()
+    return sums.numpy()[:, :n]
 
 
 def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
