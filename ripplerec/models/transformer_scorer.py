@@ -39,7 +39,14 @@ from ripplerec.models.base import (
     clocks_for,
     top_k_indices,
 )
-from ripplerec.models.count_features import CountFeatures, HistoryRows, recent_rows, standardised
+from ripplerec.models.catalog import grown
+from ripplerec.models.count_features import (
+    CountFeatures,
+    HistoryRows,
+    recent_rows,
+    standardised,
+    weighted_row_sums,
+)
 from ripplerec.models.embedding_cache import EmbeddingCache
 from ripplerec.models.encoder import TextEncoder
 from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConfig, HistoryBatch
@@ -52,6 +59,7 @@ _PER_ITEM = ("item_bias", "item_ids", "item_counts")  # head tensors with one ro
 _ACTION_INDEX = {action: i for i, action in enumerate(ACTIONS)}
 TEXT_FEATURE_HISTORY = 10  # the text feature reads the user's last 10 items ...
 TEXT_FEATURE_DECAY = 0.7  # ... the k-th most recent weighted 0.7 ** k
+TEXT_COSINES_MAX_ITEMS = 5_000  # up to here the text feature keeps an (n, n) cosine matrix (100 MB at 5,000)
 
 
 def item_text(item: Item) -> str:
@@ -127,6 +135,10 @@ class TransformerScorer(RankingModel):
         # count features (co-occurrence, transitions) learned from every interaction, read by the hybrid head
         self._counts = CountFeatures.build(head_config.cooccurrence_feature, head_config.transition_feature)
         self._unit_text: NDArray[np.float32] | None = None  # normalised item texts, for the text feature
+        # cosines of the item texts with each other (an item's text never changes once added), for the text
+        # feature of a catalog up to TEXT_COSINES_MAX_ITEMS; filled for the first _cosine_rows items
+        self._text_cosines = np.zeros((0, 0), dtype=np.float32)
+        self._cosine_rows = 0
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -206,21 +218,45 @@ class TransformerScorer(RankingModel):
         return torch.from_numpy(features)
 
     def _text_feature(self, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
-        """Standardised cosine of every item's text with each user's recency-weighted recent texts ``(B, n)``."""
-        if self._unit_text is None:
-            text = self.head.item_text[:n].numpy()
-            self._unit_text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-        unit = self._unit_text
+        """Standardised cosine of every item's text with each user's recency-weighted recent texts ``(B, n)``.
+
+        Up to ``TEXT_COSINES_MAX_ITEMS`` items, the weighted sum of the recent items' rows of the kept
+        cosine matrix (a few rows per user); beyond, the weighted recent texts times every item's text.
+        """
         rows, weights = recent_rows(histories, TEXT_FEATURE_HISTORY, TEXT_FEATURE_DECAY)
         used = weights.any(axis=1)
         out = np.zeros((len(histories), n), dtype=np.float32)
-        if used.any():
-            # products in torch, which keeps to its thread setting (numpy's BLAS would start its own threads)
-            unit_t = torch.from_numpy(unit)
+        if not used.any():
+            return out
+        if n <= TEXT_COSINES_MAX_ITEMS:
+            raw = weighted_row_sums(self._cosines(n), rows[used], weights[used], n)
+        else:  # products in torch, which keeps to its thread setting (numpy's BLAS would start its own threads)
+            unit = torch.from_numpy(self._unit_texts(n))
             recent, recent_weights = torch.from_numpy(rows[used]), torch.from_numpy(weights[used])
-            profiles = nn.functional.embedding_bag(recent, unit_t, per_sample_weights=recent_weights, mode="sum")
-            out[used] = standardised((profiles @ unit_t.T).numpy())
+            profiles = nn.functional.embedding_bag(recent, unit, per_sample_weights=recent_weights, mode="sum")
+            raw = (profiles @ unit.T).numpy()
+        out[used] = standardised(raw)
         return out
+
+    def _unit_texts(self, n: int) -> NDArray[np.float32]:
+        """The first ``n`` item texts, normalised ``(n, text_dim)``."""
+        if self._unit_text is None:
+            text = self.head.item_text[:n].numpy()
+            self._unit_text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+        return self._unit_text
+
+    def _cosines(self, n: int) -> NDArray[np.float32]:
+        """Cosines of the first ``n`` items' texts with each other (at least ``(n, n)``), extended as items
+        arrive: only the new items' rows (and columns) are computed."""
+        done = self._cosine_rows
+        if done < n:
+            unit = torch.from_numpy(self._unit_texts(n))
+            fresh = (unit[done:n] @ unit.T).numpy()  # (new items, n)
+            self._text_cosines = grown(self._text_cosines, n, axes=(0, 1))
+            self._text_cosines[done:n, :n] = fresh
+            self._text_cosines[:done, done:n] = fresh[:, :done].T
+            self._cosine_rows = n
+        return self._text_cosines
 
     def _batch_from_encoded(
         self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]], nows: Sequence[float]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
+from ripplerec.models import transformer_scorer
 from ripplerec.models.base import Behavior, Interaction, Item, ModelLoadError, UserState
 from ripplerec.models.count_features import CountFeatures, standardised
 from ripplerec.models.encoder import HashingEncoder
@@ -210,17 +211,23 @@ def test_features_match_their_history_by_history_definition() -> None:
             np.testing.assert_allclose(out[b, k], _standardised_row(values), rtol=1e-4, atol=1e-5)
 
 
-def test_text_feature_matches_its_user_by_user_definition() -> None:
+@pytest.mark.parametrize("cosines", [True, False])  # the kept cosine matrix, and the products beyond its size
+def test_text_feature_matches_its_user_by_user_definition(cosines: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not cosines:
+        monkeypatch.setattr(transformer_scorer, "TEXT_COSINES_MAX_ITEMS", 10)
     head = HeadConfig(dim=16, history_length=20, tower_hidden=32, cooccurrence_feature=True, text_feature=True)
     scorer = TransformerScorer(TransformerScorerConfig(head, TrainerConfig(batch_size=32)), HashingEncoder(32))
-    scorer.add_items([Item(f"i{n}", f"item {n} {'jazz' if n % 3 else 'folk'} {n % 5}") for n in range(30)])
+    items = [Item(f"i{n}", f"item {n} {'jazz' if n % 3 else 'folk'} {n % 5}") for n in range(45)]
     rng = np.random.default_rng(3)
-    histories = [rng.integers(0, 30, length).tolist() for length in (0, 1, 4, 10, 18)]
-    text = scorer.head.item_text[:30].numpy()
-    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
-    out = scorer._text_feature(histories, 30)
-    assert not out[0].any()
-    for history, row in zip(histories[1:], out[1:], strict=True):
-        recent = history[-TEXT_FEATURE_HISTORY:]
-        weights = TEXT_FEATURE_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
-        np.testing.assert_allclose(row, _standardised_row(unit @ (weights @ unit[recent])), rtol=1e-4, atol=1e-5)
+    for n in (30, 45):  # the catalog grows between two calls: the cosines are extended
+        scorer.add_items(items[:n])
+        histories = [rng.integers(0, n, length).tolist() for length in (0, 1, 4, 10, 18)]
+        text = scorer.head.item_text[:n].numpy()
+        unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+        out = scorer._text_feature(histories, n)
+        assert out.shape == (5, n) and not out[0].any()
+        for history, row in zip(histories[1:], out[1:], strict=True):
+            recent = history[-TEXT_FEATURE_HISTORY:]
+            weights = TEXT_FEATURE_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
+            expected = _standardised_row(unit @ (weights @ unit[recent]))
+            np.testing.assert_allclose(row, expected, rtol=1e-4, atol=1e-5)
