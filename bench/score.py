@@ -133,12 +133,15 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--train-examples", type=int, default=20_000)
     parser.add_argument("--json", action="store_true", help="print one JSON object per size")
-    parser.add_argument("--served", action="store_true",
-                        help="the hybrid configuration ripplerec eval measures and the worker serves")
+    parser.add_argument(
+        "--served", action="store_true", help="the hybrid configuration ripplerec eval measures and the worker serves"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
-          f"{'served (hybrid) configuration' if args.served else 'plain head'}")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+        f"{'served (hybrid) configuration' if args.served else 'plain head'}"
+    )
     for n_items in args.items:
         row = measure(n_items, args)
         if args.json:
