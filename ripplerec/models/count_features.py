@@ -4,6 +4,10 @@ Counts react to a new interaction at once, where a head's weights move one optim
 the transformer scorer adds them to its learned scores with learned weights (a hybrid head). Each
 feature is standardised per user over the catalog (zero mean, unit variance; all zeros when the user's
 history gives it nothing), so one weight per feature is on a fixed scale.
+
+A new feature needs its counts (``grow``, ``add``, ``scores``, ``state``, ``restore``), a field and an entry in
+:attr:`CountFeatures.enabled`, and optionally a function in ``_BATCH_SCORES`` that scores a whole batch of
+histories at once (without one, its ``scores`` runs history by history).
 """
 
 from __future__ import annotations
