@@ -40,6 +40,15 @@ from ripplerec.config import Settings, TopicNames  # noqa: E402
 T0 = 1_700_000_000_000
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_events(n: int, users: int, items: int, seed: int = 1) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     actions = ["view", "view", "view", "click", "cart", "purchase", "rate", "skip"]
@@ -104,6 +113,7 @@ class _Clock:
         self.expect = expect
         self.events = 0
         self.t0 = 0.0
+        self.cpu0 = 0.0
         self.profiler: Any = None
         self.extra: dict[str, Any] = {}
         if os.environ.get("BENCH_PROFILE"):
@@ -114,6 +124,7 @@ class _Clock:
     def start(self) -> None:
         if not self.t0:
             self.t0 = time.perf_counter()
+            self.cpu0 = time.process_time()
             if self.profiler is not None:
                 self.profiler.enable()
 
@@ -121,7 +132,8 @@ class _Clock:
         self.start()
         self.events += n
         if self.events >= self.expect:
-            result(events=self.events, seconds=time.perf_counter() - self.t0, **self.extra)
+            result(events=self.events, seconds=time.perf_counter() - self.t0, cpu_s=time.process_time() - self.cpu0,
+                   **self.extra)
             if self.profiler is not None:
                 self.profiler.disable()
                 self.profiler.dump_stats(os.environ["BENCH_PROFILE"])
@@ -307,21 +319,31 @@ def main() -> None:
             ]
         if args.only:
             plan = [step for step in plan if step[0] in args.only.split(",")]
+        redis = next((p.pid for p in stack.processes() if "redis" in Path(str(p.args[0])).name), None)
         for label, kind, topic, expect, extra in plan:
+            redis_before = cpu_seconds(redis) if redis else 0.0
             runs[label] = run_child(kind, settings, topic, expect, extra)
             run = runs[label]
+            run["redis_s"] = cpu_seconds(redis) - redis_before if redis else 0.0
             detail = ""
             if "batches" in run:
                 detail = (f"; {run['batches']} batches of {run['events'] / run['batches']:.0f}, "
                           f"writes (Redis + publish) busy {run['write_s'] / run['seconds']:.0%} of the time")
+            cpu = f"; CPU per event: reader {run['cpu_s'] / run['events'] * 1e6:.0f} us" if "cpu_s" in run else ""
+            if cpu and run["redis_s"] > 0.01:
+                cpu += f", redis-server {run['redis_s'] / run['events'] * 1e6:.0f} us (whole child run)"
             print(f"  ({label:5}) {kind:9} {run['rate']:>10,.0f} events/s  "
-                  f"({run['events']} events in {run['seconds']:.2f}s{detail})", flush=True)
+                  f"({run['events']} events in {run['seconds']:.2f}s{detail}{cpu})", flush=True)
 
         def ratio(x: str, y: str) -> str:
             return f"{runs[x]['rate'] / runs[y]['rate']:.2f}x" if x in runs and y in runs else "-"
 
         print("\nratios (same run):")
         print(f"  (c)/(e)  ours vs empty Faust agent       {ratio('c', 'e')}   goal >= 0.8x")
+        if "c" in runs and "e" in runs and "cpu_s" in runs["c"]:
+            per_event = {x: runs[x]["cpu_s"] / runs[x]["events"] for x in ("c", "e")}
+            print(f"           the same in reader CPU per event: {per_event['e'] / per_event['c']:.2f}x "
+                  "(steadier than events/s when other jobs share the cores)")
         print(f"  (c)/(b)  ours vs naive per-event Faust   {ratio('c', 'b')}   goal >= 8x")
         print(f"  (c-)/(e) ours without training examples  {ratio('c-', 'e')}")
         print(f"  (e)/(a)  empty Faust vs bare aiokafka    {ratio('e', 'a')}")
