@@ -6,7 +6,7 @@
 
 Reports, per catalog size: p50/p99 latency of top-10 over the full catalog for one user (one matrix
 product), the same with influences attached (``recommend``), a naive loop that scores items one by one,
-and head training examples/s (mini-batches of 256 with 50-behaviour histories), alone and with the
+and head training examples/s (mini-batches of 256; every user's history full, 50 behaviours), alone and with the
 replay of 512 past examples per step that the evaluation uses (3x the work per new event).
 
 By default the head is the plain one (``HeadConfig`` defaults). ``--served`` builds the scorer from
@@ -88,19 +88,36 @@ def naive_top_k(scorer: TransformerScorer, user: UserState, now: float, k: int =
 
 
 def training_rate(scorer: TransformerScorer, n_items: int, examples: int, replay: int, seed: int = 0) -> float:
-    """New examples learned per second, in mini-batches of 256 (plus ``replay`` replayed ones per step)."""
+    """New examples learned per second, in mini-batches of 256 (plus ``replay`` replayed ones per step).
+
+    ``examples // 50`` users first learn 50 events each, untimed, so every timed example has a full
+    50-behaviour history (and the count features read full recent windows), as in a running system.
+    """
     scorer.config = replace(scorer.config, trainer=replace(scorer.config.trainer, replay=replay))
     rng = np.random.default_rng(seed)
-    users, items = rng.integers(0, 1000, examples), rng.integers(0, n_items, examples)
-    events = [
-        Interaction(f"u{u}", f"i{i}", "click", None, 1e9 + n) for n, (u, i) in enumerate(zip(users, items, strict=True))
-    ]
-    scorer.learn(events[:512], events[511].ts)  # warm-up, and fills histories
-    start = time.perf_counter()
-    for offset in range(512, examples, 256):
-        chunk = events[offset : offset + 256]
+    history = scorer.config.head.history_length
+    n_users = max(1, examples // history)
+
+    def events(count: int, start_ts: float) -> list[Interaction]:
+        users, items = rng.integers(0, n_users, count), rng.integers(0, n_items, count)
+        return [
+            Interaction(f"u{u}", f"i{i}", "click", None, start_ts + n)
+            for n, (u, i) in enumerate(zip(users, items, strict=True))
+        ]
+
+    warm = []  # round robin: each user's n-th event before anyone's (n+1)-th
+    for n in range(history):
+        picks = rng.integers(0, n_items, n_users)
+        warm += [Interaction(f"u{u}", f"i{picks[u]}", "click", None, 1e9 + n * n_users + u) for u in range(n_users)]
+    for offset in range(0, len(warm), 256):
+        chunk = warm[offset : offset + 256]
         scorer.learn(chunk, chunk[-1].ts)
-    return (examples - 512) / (time.perf_counter() - start)
+    timed = events(examples, 2e9)
+    start = time.perf_counter()
+    for offset in range(0, examples, 256):
+        chunk = timed[offset : offset + 256]
+        scorer.learn(chunk, chunk[-1].ts)
+    return examples / (time.perf_counter() - start)
 
 
 def measure(n_items: int, args: argparse.Namespace) -> dict[str, object]:
