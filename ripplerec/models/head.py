@@ -197,12 +197,13 @@ class Head(nn.Module):
         gate = self.gate(rows) if self.config.bias_gate else None
         return bias if gate is None else bias * gate
 
-    def item_vectors(self, rows: Rows = None) -> torch.Tensor:
+    def item_vectors(self, rows: Rows = None, affinity: bool = True) -> torch.Tensor:
         """Item vectors for catalog ``rows`` (all rows when None; a slice such as ``slice(0, n)`` is a view,
         where an index tensor copies).
 
         With ``text_affinity`` the normalised text embedding is appended (``dim + text_dim`` columns); the
-        user vectors carry the matching columns, so scores stay one matrix product.
+        user vectors carry the matching columns, so scores stay one matrix product. ``affinity=False`` leaves
+        them out (the text affinity is then scored apart, by :meth:`affinity_scores`).
         """
         parts = []
         if self.adapter is not None:
@@ -215,17 +216,18 @@ class Head(nn.Module):
         vectors = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         if self.config.normalize:
             vectors = nn.functional.normalize(vectors, dim=-1)
-        if self.affinity_scale is not None:
+        if self.affinity_scale is not None and affinity:
             text = self.item_text if rows is None else self.item_text[rows]
             vectors = torch.cat([vectors, nn.functional.normalize(text, dim=-1)], dim=-1)
         return vectors
 
     def user_vectors(
-        self, history: HistoryBatch, item_vectors: torch.Tensor | None = None
+        self, history: HistoryBatch, item_vectors: torch.Tensor | None = None, affinity: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """User vectors ``(B, d)`` and attention weights ``(B, L)`` (mean over heads).
 
         ``item_vectors``: precomputed :meth:`item_vectors` for the whole catalog, to save work.
+        ``affinity=False``: without the text-affinity columns (see :meth:`affinity_scores`).
         """
         batch, length = history.items.shape
         d = self.config.dim
@@ -250,7 +252,7 @@ class Head(nn.Module):
         if self.config.normalize:
             users = nn.functional.normalize(users, dim=-1) * self.scale
         mean_weights = weights.mean(dim=1)
-        if self.affinity_scale is not None:
+        if self.affinity_scale is not None and affinity:
             profile = nn.functional.normalize(self._text_profile(history, mean_weights, item_vectors), dim=-1)
             users = torch.cat([users, self.affinity_scale * profile], dim=-1)
         return users, mean_weights
@@ -309,10 +311,31 @@ class Head(nn.Module):
         The text columns of ``text_affinity`` are fixed (normalised item texts), so no gradient is computed
         for them: with ``text_affinity`` that saves a third of the training step's largest product.
         """
-        if self.affinity_scale is None:
-            return users @ vectors.T
         d = self.config.dim
+        if self.affinity_scale is None or vectors.shape[1] == d:  # no text columns (or left out)
+            return users @ vectors.T
         return users[:, :d] @ vectors[:, :d].T + users[:, d:] @ vectors[:, d:].detach().T
+
+    def affinity_scores(
+        self, history: HistoryBatch, weights: torch.Tensor, cosines: torch.Tensor, n: int
+    ) -> torch.Tensor:
+        """The text-affinity part of the scores of the first ``n`` items ``(B, n)``, from the cosines of the
+        item texts with each other.
+
+        ``affinity_scale * cos(u_i, p)`` with ``p = sum_l w_l u_{h_l}`` (unit texts ``u``, the history's
+        rows ``h`` and attention ``weights`` ``w``), which is ``affinity_scale * sum_l w_l C[h_l, i] / |p|``
+        for the cosine matrix ``C = U U^T``: a weighted sum of ``L`` rows of ``C`` per user, where the
+        user-vector columns cost a ``text_dim``-wide product. ``cosines`` holds ``C`` for at least the first
+        ``n`` items (what lies beyond is ignored); ``weights`` are :meth:`user_vectors`' attention weights.
+        Gradients are those of the user-vector columns (see :class:`_CosineRows`).
+        """
+        if self.affinity_scale is None:
+            raise ValueError("this head has no text affinity")
+        texts = nn.functional.normalize(self.item_text[:n], dim=-1)
+        profile = nn.functional.embedding_bag(history.items, texts, per_sample_weights=weights, mode="sum")
+        dots = _CosineRows.apply(profile, texts, history.items, weights.detach(), cosines)
+        # nn.functional.normalize's divisor, applied to the (B, n) dot products instead of the profile
+        return dots * (self.affinity_scale / profile.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
     def feature_scores(self, features: torch.Tensor) -> torch.Tensor:
         """The count features' part of the scores: ``(B, K, n)`` standardised features -> ``(B, n)``."""
@@ -330,3 +353,37 @@ class Head(nn.Module):
         vectors = self.item_vectors()
         users, _ = self.user_vectors(history, vectors)
         return users @ vectors.T + self.biases(None)
+
+
+class _CosineRows(torch.autograd.Function):
+    """``profile @ texts.T`` for ``profile = embedding_bag(items, texts, weights)``, computed forward as the
+    ``weights``-weighted sum of the ``items``' rows of ``cosines = texts @ texts.T`` (``L`` rows of ``n``
+    per user instead of a ``(B, text_dim) x (text_dim, n)`` product).
+
+    The gradient is that of the product: ``grad @ texts`` reaches ``profile`` (and through it the weights);
+    the same gradient as the cosine rows' own (``grad . C[h_l]`` per slot), whose per-slot dot products
+    torch computes far more slowly than this one product.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        profile: torch.Tensor,
+        texts: torch.Tensor,
+        items: torch.Tensor,
+        weights: torch.Tensor,
+        cosines: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(texts)
+        n = texts.shape[0]
+        # whole rows of the kept matrix (it may be wider than n): a column slice would be copied on every call
+        table = cosines if cosines.is_contiguous() else cosines.contiguous()
+        summed = nn.functional.embedding_bag(items, table, per_sample_weights=weights, mode="sum")
+        return summed if summed.shape[1] == n else summed[:, :n]
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        (texts,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad @ texts, None, None, None, None

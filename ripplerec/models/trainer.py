@@ -107,18 +107,22 @@ class OnlineTrainer:
         n_items: int,
         active: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
+        text_cosines: torch.Tensor | None = None,
     ) -> float:
         """Train on one mini-batch: ``positives`` (B,) are catalog rows; returns the last loss.
 
         ``active``: bool mask over the catalog of items that may serve as negatives (all when None).
         ``features``: ``(m, K, n_items)`` count features of the first ``m <= B`` examples, for a head with
         count features (the other examples have none, as if their features were zeros).
+        ``text_cosines``: cosines of the item texts with each other (at least ``(n_items, n_items)``), for a
+        head with ``text_affinity``: the full-catalog loss then scores the affinity from them
+        (:meth:`Head.affinity_scores`), the same figures with less work.
         """
         self.head.train()
         loss_value = 0.0
         for _ in range(self.config.steps_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(history, positives, n_items, active, features)
+            loss = self._loss(history, positives, n_items, active, features, text_cosines)
             if self.config.anchor_l2 > 0 and self.anchor:
                 pull = sum(((p - self.anchor[name]) ** 2).sum() for name, p in self.head.dense_parameters().items())
                 loss = loss + self.config.anchor_l2 * pull
@@ -138,15 +142,21 @@ class OnlineTrainer:
         n_items: int,
         active: torch.Tensor | None,
         features: torch.Tensor | None,
+        text_cosines: torch.Tensor | None = None,
     ) -> torch.Tensor:
         head = self.head
         config = self.config
         batch = positives.shape[0]
         if config.loss == "softmax" and n_items <= config.full_softmax_max:
             catalog = slice(0, n_items)
-            vectors = head.item_vectors(catalog)
-            users, _ = head.user_vectors(history, vectors)
-            logits = head.scores(users, vectors) + head.biases(catalog)
+            # with the cosines, the text affinity is scored apart from the user and item vectors
+            cosines = text_cosines if head.affinity_scale is not None else None
+            vectors = head.item_vectors(catalog, affinity=cosines is None)
+            users, weights = head.user_vectors(history, vectors, affinity=cosines is None)
+            logits = head.scores(users, vectors)
+            if cosines is not None:
+                logits = logits + head.affinity_scores(history, weights, cosines, n_items)
+            logits = logits + head.biases(catalog)
             if features is not None:
                 logits = logits + _padded(head.feature_scores(features[:, :, :n_items]), batch)
             blocked = None  # one mask for both reasons, so the (B, n) logits are filled once

@@ -59,7 +59,8 @@ _PER_ITEM = ("item_bias", "item_ids", "item_counts")  # head tensors with one ro
 _ACTION_INDEX = {action: i for i, action in enumerate(ACTIONS)}
 TEXT_FEATURE_HISTORY = 10  # the text feature reads the user's last 10 items ...
 TEXT_FEATURE_DECAY = 0.7  # ... the k-th most recent weighted 0.7 ** k
-TEXT_COSINES_MAX_ITEMS = 5_000  # up to here the text feature keeps an (n, n) cosine matrix (100 MB at 5,000)
+# up to here the text feature and the training of the text affinity share an (n, n) cosine matrix (100 MB at 5,000)
+TEXT_COSINES_MAX_ITEMS = 5_000
 
 
 def item_text(item: Item) -> str:
@@ -136,7 +137,8 @@ class TransformerScorer(RankingModel):
         self._counts = CountFeatures.build(head_config.cooccurrence_feature, head_config.transition_feature)
         self._unit_text: NDArray[np.float32] | None = None  # normalised item texts, for the text feature
         # cosines of the item texts with each other (an item's text never changes once added), for the text
-        # feature of a catalog up to TEXT_COSINES_MAX_ITEMS; filled for the first _cosine_rows items
+        # feature and the trainer's text affinity of a catalog up to TEXT_COSINES_MAX_ITEMS; filled for the
+        # first _cosine_rows items
         self._text_cosines = np.zeros((0, 0), dtype=np.float32)
         self._cosine_rows = 0
 
@@ -258,6 +260,14 @@ class TransformerScorer(RankingModel):
             self._cosine_rows = n
         return self._text_cosines
 
+    def _affinity_cosines(self) -> torch.Tensor | None:
+        """The kept text cosines (a view, no copy) for the trainer to score the text affinity from; None
+        without text affinity or above ``TEXT_COSINES_MAX_ITEMS`` items (the trainer then uses the text columns)."""
+        n = len(self._item_ids)
+        if not self.config.head.text_affinity or n > TEXT_COSINES_MAX_ITEMS:
+            return None
+        return torch.from_numpy(self._cosines(n))
+
     def _batch_from_encoded(
         self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]], nows: Sequence[float]
     ) -> HistoryBatch:
@@ -364,7 +374,7 @@ class TransformerScorer(RankingModel):
             # only the new examples carry features: theirs are the counts before they were learned, as at
             # scoring time; a replayed example's would include itself and what came after it
             features = self._count_features(histories[: len(examples)])
-        self.trainer.step(encoded, rows, len(self._item_ids), active, features)
+        self.trainer.step(encoded, rows, len(self._item_ids), active, features, self._affinity_cosines())
         if config.replay:
             for example in examples:  # reservoir sampling keeps a uniform sample of the whole stream
                 self._replay_seen += 1
@@ -381,7 +391,9 @@ class TransformerScorer(RankingModel):
         encoded = [self._encode(user.history) for user in users]
         batch = self._batch_from_encoded(encoded, [now] * len(users))
         features = self._count_features(encoded) if self.config.head.count_features else None
-        loss = self.trainer.step(batch, torch.tensor(rows), len(self._item_ids), features=features)
+        loss = self.trainer.step(
+            batch, torch.tensor(rows), len(self._item_ids), features=features, text_cosines=self._affinity_cosines()
+        )
         self._count(rows)
         self._vectors = None
         return loss

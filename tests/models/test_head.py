@@ -126,3 +126,58 @@ def test_features_of_the_first_examples_train_like_zero_padded_features(full_sof
     assert loss == pytest.approx(padded_loss, rel=1e-6)
     for (name, p), q in zip(head.named_parameters(), padded_head.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def _cosines(head: Head, capacity: int) -> torch.Tensor:
+    """The item texts' cosine matrix, zero-padded to ``capacity`` rows and columns (as the scorer keeps it)."""
+    unit = torch.nn.functional.normalize(head.item_text, dim=-1)
+    padded = torch.zeros(capacity, capacity)
+    padded[:N_ITEMS, :N_ITEMS] = unit @ unit.T
+    return padded
+
+
+@pytest.mark.parametrize("capacity", [N_ITEMS, N_ITEMS + 24])
+@pytest.mark.parametrize("representation", ["text", "text+id"])
+def test_affinity_from_the_cosines_has_the_scores_and_gradients_of_the_text_columns(
+    representation: str, capacity: int
+) -> None:
+    head, history = _head(item_representation=representation, text_affinity=True), _history()
+    with torch.no_grad():
+        head.affinity_scale.fill_(1.7)  # type: ignore[union-attr]
+    targets = torch.randn(BATCH, N_ITEMS)
+    results = []
+    for apart in (True, False):
+        head.zero_grad()
+        vectors = head.item_vectors(affinity=not apart)
+        users, weights = head.user_vectors(history, vectors, affinity=not apart)
+        scores = head.scores(users, vectors)
+        if apart:
+            assert users.shape == (BATCH, head.config.dim)
+            scores = scores + head.affinity_scores(history, weights, _cosines(head, capacity), N_ITEMS)
+        (scores * targets).sum().backward()
+        results.append((scores.detach(), _gradients(head)))
+    (apart_scores, apart_grads), (plain_scores, plain_grads) = results
+    torch.testing.assert_close(apart_scores, plain_scores)
+    assert apart_grads.keys() == plain_grads.keys()
+    assert "affinity_scale" in apart_grads and "attention_query" in apart_grads
+    for name, grad in apart_grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], msg=name)
+
+
+@pytest.mark.parametrize("representation", ["text", "text+id"])
+def test_training_with_the_cosines_matches_training_with_the_text_columns(representation: str) -> None:
+    history = _history()
+    positives = torch.tensor([3, 7, 7, 20, 1, 39])
+    active = torch.rand(N_ITEMS, generator=torch.Generator().manual_seed(5)) < 0.8
+    features = torch.randn(BATCH, 1, N_ITEMS)
+    trained = []
+    for cosines in (True, False):
+        head = _head(item_representation=representation, text_affinity=True, cooccurrence_feature=True)
+        trainer = OnlineTrainer(head, TrainerConfig(steps_per_batch=3, seed=3))
+        table = _cosines(head, N_ITEMS + 8) if cosines else None
+        loss = trainer.step(history, positives, N_ITEMS, active, features, text_cosines=table)
+        trained.append((loss, head))
+    (loss, head), (plain_loss, plain_head) = trained
+    assert loss == pytest.approx(plain_loss, rel=1e-5)
+    for (name, p), q in zip(head.named_parameters(), plain_head.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
