@@ -181,3 +181,23 @@ def test_training_with_the_cosines_matches_training_with_the_text_columns(repres
     assert loss == pytest.approx(plain_loss, rel=1e-5)
     for (name, p), q in zip(head.named_parameters(), plain_head.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+
+
+@pytest.mark.parametrize("additive", [True, False])
+def test_attention_logits_are_tanh_keys_times_the_queries(additive: bool) -> None:
+    head = _head(additive_attention=additive)
+    with torch.no_grad():
+        head.attention_query.mul_(10.0)  # a trained query's size
+    behaviour = torch.randn(BATCH, LENGTH, head.config.dim)  # layer-normed behaviours
+    targets = torch.randn(BATCH, LENGTH, head.config.heads)
+    logits = head._attention_logits(behaviour)
+    (logits * targets).sum().backward()
+    expected_grads = _gradients(head)
+    head.zero_grad()
+    keys = torch.tanh(head.attention_key(behaviour)) if head.attention_key is not None else behaviour
+    plain = torch.nn.functional.linear(keys, head.attention_query)
+    (plain * targets).sum().backward()
+    torch.testing.assert_close(logits, plain)
+    assert expected_grads.keys() == _gradients(head).keys()
+    for name, grad in _gradients(head).items():  # 2 sigmoid(2z) - 1 rounds apart from tanh(z): scaled tolerance
+        torch.testing.assert_close(expected_grads[name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item(), msg=name)
