@@ -128,7 +128,7 @@ class TransformerScorer(RankingModel):
         self._item_ids: list[str] = []
         self._index_of: dict[str, int] = {}
         self._histories: dict[str, deque[Behavior]] = {}
-        self._encoded: dict[str, deque[tuple[int, int, float, float]]] = {}
+        self._encoded: dict[str, _EncodedHistory] = {}
         self._vectors: torch.Tensor | None = None  # item vectors of the current weights
         self._replay: list[tuple[NDArray[np.float64], int, float]] = []
         self._replay_seen = 0
@@ -314,11 +314,11 @@ class TransformerScorer(RankingModel):
             history = self._histories.get(event.user_id)
             if history is None:
                 history = self._histories[event.user_id] = deque(maxlen=length)
-                self._encoded[event.user_id] = deque(maxlen=length)
+                self._encoded[event.user_id] = _EncodedHistory(length)
             encoded = self._encoded[event.user_id]
             row = self._index_of.get(event.item_id)
             if row is not None:
-                histories.append(np.array(encoded, dtype=np.float64).reshape(-1, 4))
+                histories.append(encoded.snapshot())
                 positives.append(row)
                 clocks.append(event.ts)
                 users.append(event.user_id)
@@ -651,5 +651,33 @@ class TransformerScorer(RankingModel):
                     (Behavior(str(i), str(a), None if v is None else float(v), float(t)) for i, a, v, t in rows),
                     maxlen=length,
                 )
-                scorer._encoded[user] = deque(scorer._encode(list(scorer._histories[user])), maxlen=length)
+                scorer._encoded[user] = _EncodedHistory(length, scorer._encode(list(scorer._histories[user])))
         return scorer
+
+
+class _EncodedHistory:
+    """A user's last ``length`` encoded behaviours (row, action index, value or NaN, ts), oldest first, in a
+    numpy buffer of twice that length: a snapshot is one slice copy (a deque of tuples is converted value by
+    value, which was a tenth of a training step), and the buffer shifts once every ``length`` appends."""
+
+    def __init__(self, length: int, behaviours: Sequence[tuple[int, int, float, float]] = ()) -> None:
+        self._length = length
+        self._buffer = np.zeros((2 * length, 4), dtype=np.float64)
+        self._end = 0
+        for behaviour in behaviours:
+            self.append(behaviour)
+
+    def __len__(self) -> int:
+        return min(self._end, self._length)
+
+    def append(self, behaviour: tuple[int, int, float, float]) -> None:
+        if self._end == self._buffer.shape[0]:  # full: keep the last length - 1 at the front
+            kept = self._length - 1
+            self._buffer[:kept] = self._buffer[self._end - kept : self._end]
+            self._end = kept
+        self._buffer[self._end] = behaviour
+        self._end += 1
+
+    def snapshot(self) -> NDArray[np.float64]:
+        """The behaviours as a ``(len(self), 4)`` array, a copy."""
+        return self._buffer[self._end - len(self) : self._end].copy()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from ripplerec.models.head import HeadConfig
 from ripplerec.models.id_only import IdOnlyScorer
 from ripplerec.models.popularity import Popularity
 from ripplerec.models.trainer import TrainerConfig
-from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig
+from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig, _EncodedHistory
 
 
 @pytest.fixture(autouse=True)
@@ -292,3 +294,20 @@ def test_text_options_do_not_reach_the_id_only_baseline() -> None:
     assert scorer.config.head.id_gate == 0.0 and not scorer.config.head.text_affinity
     with pytest.raises(ValueError):
         HeadConfig(item_representation="id", id_gate=1.0)
+
+
+@pytest.mark.parametrize("length", [1, 3, 50])
+def test_encoded_history_keeps_the_last_behaviours_like_a_bounded_deque(length: int) -> None:
+    rng = random.Random(length)
+    kept: deque[tuple[int, int, float, float]] = deque(maxlen=length)
+    encoded = _EncodedHistory(length)
+    assert encoded.snapshot().shape == (0, 4)
+    for n in range(4 * length + 3):
+        behaviour = (rng.randrange(100), rng.randrange(4), math.nan if n % 3 else float(n), 1e9 + n)
+        encoded.append(behaviour)
+        kept.append(behaviour)
+        snapshot = encoded.snapshot()
+        np.testing.assert_array_equal(snapshot, np.array(kept, dtype=np.float64).reshape(-1, 4))
+        assert len(encoded) == len(kept)
+        snapshot[:] = -1.0  # a copy: the history is untouched
+    np.testing.assert_array_equal(_EncodedHistory(length, list(kept)).snapshot(), encoded.snapshot())
