@@ -12,7 +12,7 @@ histories at once (without one, its ``scores`` runs history by history).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,16 @@ from ripplerec.models.base import ModelLoadError
 from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNNConfig
 from ripplerec.models.transition import TransitionConfig, TransitionCounts
 
-__all__ = ["CountFeatures", "FEATURE_NAMES", "HistoryRows", "recent_rows", "standardised", "weighted_row_sums"]
+__all__ = [
+    "AlignedHistories",
+    "CountFeatures",
+    "FEATURE_NAMES",
+    "Histories",
+    "HistoryRows",
+    "recent_rows",
+    "standardised",
+    "weighted_row_sums",
+]
 
 FEATURE_NAMES = ("cooccurrence", "transition")
 # the transition feature looks at the short range (item-kNN's co-occurrence covers the long one)
@@ -35,6 +44,41 @@ _LOG_SCALED = frozenset({"transition"})
 _LOG_FLOOR = 1e-4
 
 HistoryRows = Sequence[int] | NDArray[np.int64]  # a history's catalog rows, oldest first
+
+
+@dataclass(frozen=True)
+class AlignedHistories:
+    """Histories in one right-aligned array, as a :class:`~ripplerec.models.head.HistoryBatch` holds them:
+    ``rows[b]`` ends with history ``b``'s most recent row, ``mask[b]`` is True in the slots that hold one (the
+    last ones; the others hold row 0). Their recent rows are slices, where a list of histories takes a loop.
+    """
+
+    rows: NDArray[np.int64]  # (B, L)
+    mask: NDArray[np.bool_]  # (B, L)
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __iter__(self) -> Iterator[NDArray[np.int64]]:
+        """Each history's rows, oldest first."""
+        width = self.rows.shape[1]
+        for rows, used in zip(self.rows, self.mask.sum(axis=1), strict=True):
+            yield rows[width - int(used) :]
+
+    def recent(self, length: int, decay: float) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """:func:`recent_rows` of these histories."""
+        rows = np.zeros((len(self), length), dtype=np.int64)
+        weights = np.zeros((len(self), length), dtype=np.float32)
+        kept = min(length, self.rows.shape[1])
+        if kept:
+            mask = self.mask[:, -kept:]
+            rows[:, length - kept :] = np.where(mask, self.rows[:, -kept:], 0)
+            powers = decay ** np.arange(kept - 1, -1, -1, dtype=np.float32)
+            weights[:, length - kept :] = np.where(mask, powers, np.float32(0.0))
+        return rows, weights
+
+
+Histories = Sequence[HistoryRows] | AlignedHistories
 
 
 def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -47,17 +91,19 @@ def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
     """
     mean = values.mean(axis=-1, keepdims=True)
     centred = values - mean
-    # np.std's own steps, reusing the mean and the centred values
-    spread = np.sqrt(np.square(centred).sum(axis=-1, keepdims=True) / values.shape[-1])
+    # np.std's own steps, reusing the mean and the centred values (einsum: the squares without a temporary)
+    squares = np.einsum("...i,...i->...", centred, centred)[..., np.newaxis]
+    spread = np.sqrt(squares / values.shape[-1])
     informative = spread > 1e-6 * (1.0 + np.abs(mean.astype(np.float64)))  # constant up to rounding: no information
-    centred /= np.where(informative, spread, 1.0)
-    np.copyto(centred, 0.0, where=~informative)
+    if informative.all():  # the usual case: one pass fewer
+        centred /= spread
+    else:
+        centred /= np.where(informative, spread, 1.0)
+        np.copyto(centred, 0.0, where=~informative)
     return centred.astype(np.float32, copy=False)
 
 
-def recent_rows(
-    histories: Sequence[HistoryRows], length: int, decay: float
-) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+def recent_rows(histories: Histories, length: int, decay: float) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """The last ``length`` rows of each history, right-aligned ``(B, length)``, and their weights: ``decay ** k``
     for the k-th most recent, 0 in the padding slots (which hold row 0).
 
@@ -65,6 +111,8 @@ def recent_rows(
     >>> rows.tolist(), weights.tolist()
     ([[5, 6], [0, 7]], [[0.5, 1.0], [0.0, 1.0]])
     """
+    if isinstance(histories, AlignedHistories):
+        return histories.recent(length, decay)
     rows = np.zeros((len(histories), length), dtype=np.int64)
     weights = np.zeros((len(histories), length), dtype=np.float32)
     powers = decay ** np.arange(length - 1, -1, -1, dtype=np.float32)
@@ -93,7 +141,7 @@ def weighted_row_sums(
     return sums.numpy()[:, :n]
 
 
-def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
+def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Histories, n: int) -> NDArray[np.float32]:
     """:meth:`CooccurrenceCounts.scores` of many histories at once."""
     config = counts.config
     rows, weights = recent_rows(histories, config.history, config.recency_decay)
@@ -102,7 +150,7 @@ def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Sequence[History
     return (weighted_row_sums(counts.matrix, rows, weights, n) / scale).astype(np.float32, copy=False)
 
 
-def _transition_scores(counts: TransitionCounts, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
+def _transition_scores(counts: TransitionCounts, histories: Histories, n: int) -> NDArray[np.float32]:
     """:meth:`TransitionCounts.scores` of many histories at once."""
     config = counts.config
     rows, weights = recent_rows(histories, config.history, config.recency_decay)
@@ -116,7 +164,7 @@ def _transition_scores(counts: TransitionCounts, histories: Sequence[HistoryRows
 
 # features scored for a whole batch at once (the same figures as their counts' ``scores``, history by history);
 # a feature without an entry here is scored one history at a time
-_BATCH_SCORES: dict[str, Callable[[Any, Sequence[HistoryRows], int], NDArray[np.float32]]] = {
+_BATCH_SCORES: dict[str, Callable[[Any, Histories, int], NDArray[np.float32]]] = {
     "cooccurrence": _cooccurrence_scores,
     "transition": _transition_scores,
 }
@@ -152,7 +200,7 @@ class CountFeatures:
         for _, counts in self.enabled:
             counts.add(user_id, row)
 
-    def features(self, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
+    def features(self, histories: Histories, n: int) -> NDArray[np.float32]:
         """Standardised feature rows ``(len(histories), K, n)`` for histories of catalog rows, oldest first.
 
         A history that gives a feature nothing (no counts yet, or an empty history) leaves its row at zero.
@@ -171,7 +219,7 @@ class CountFeatures:
 
     @staticmethod
     def scores(
-        name: str, counts: CooccurrenceCounts | TransitionCounts, histories: Sequence[HistoryRows], n: int
+        name: str, counts: CooccurrenceCounts | TransitionCounts, histories: Histories, n: int
     ) -> NDArray[np.float32]:
         """Raw scores ``(B, n)`` of one feature's ``counts`` for each history (zeros for an empty one)."""
         batched = _BATCH_SCORES.get(name)

@@ -41,8 +41,9 @@ from ripplerec.models.base import (
 )
 from ripplerec.models.catalog import grown
 from ripplerec.models.count_features import (
+    AlignedHistories,
     CountFeatures,
-    HistoryRows,
+    Histories,
     recent_rows,
     standardised,
     weighted_row_sums,
@@ -198,20 +199,18 @@ class TransformerScorer(RankingModel):
     def _history_batch(self, histories: Sequence[Sequence[Behavior]], nows: Sequence[float]) -> HistoryBatch:
         return self._batch_from_encoded([self._encode(history) for history in histories], nows)
 
-    def _feature_scores(
-        self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]]
-    ) -> torch.Tensor | None:
-        """The count features' part of the scores ``(B, n)`` for encoded histories (None without features)."""
+    def _feature_scores(self, batch: HistoryBatch) -> torch.Tensor | None:
+        """The count features' part of the scores ``(B, n)`` for a batch of histories (None without features)."""
         if not self.config.head.count_features:
             return None
-        features = self._count_features(encoded)
+        features = self._count_features(batch)
         with torch.no_grad():
             return self.head.feature_scores(features)
 
-    def _count_features(
-        self, encoded: Sequence[Sequence[tuple[int, int, float, float]] | NDArray[np.float64]]
-    ) -> torch.Tensor:
-        histories = [np.asarray(rows, dtype=np.float64).reshape(-1, 4)[:, 0].astype(np.int64) for rows in encoded]
+    def _count_features(self, batch: HistoryBatch, users: int | None = None) -> torch.Tensor:
+        """The count features ``(B, K, n)`` of the histories in ``batch`` (its first ``users`` only, when given)."""
+        rows, mask = batch.items[:users], batch.mask[:users]
+        histories = AlignedHistories(rows.numpy(), mask.numpy())
         n = len(self._item_ids)
         features = np.empty((len(histories), self.config.head.count_features, n), dtype=np.float32)
         features[:, : len(self._counts)] = self._counts.features(histories, n)
@@ -219,7 +218,7 @@ class TransformerScorer(RankingModel):
             features[:, -1] = self._text_feature(histories, n)
         return torch.from_numpy(features)
 
-    def _text_feature(self, histories: Sequence[HistoryRows], n: int) -> NDArray[np.float32]:
+    def _text_feature(self, histories: Histories, n: int) -> NDArray[np.float32]:
         """Standardised cosine of every item's text with each user's recency-weighted recent texts ``(B, n)``.
 
         Up to ``TEXT_COSINES_MAX_ITEMS`` items, the weighted sum of the recent items' rows of the kept
@@ -373,7 +372,7 @@ class TransformerScorer(RankingModel):
         if self.config.head.count_features:
             # only the new examples carry features: theirs are the counts before they were learned, as at
             # scoring time; a replayed example's would include itself and what came after it
-            features = self._count_features(histories[: len(examples)])
+            features = self._count_features(encoded, len(examples))
         self.trainer.step(encoded, rows, len(self._item_ids), active, features, self._affinity_cosines())
         if config.replay:
             for example in examples:  # reservoir sampling keeps a uniform sample of the whole stream
@@ -390,7 +389,7 @@ class TransformerScorer(RankingModel):
         rows = [self._index_of[item_id] for item_id in positives]
         encoded = [self._encode(user.history) for user in users]
         batch = self._batch_from_encoded(encoded, [now] * len(users))
-        features = self._count_features(encoded) if self.config.head.count_features else None
+        features = self._count_features(batch) if self.config.head.count_features else None
         loss = self.trainer.step(
             batch, torch.tensor(rows), len(self._item_ids), features=features, text_cosines=self._affinity_cosines()
         )
@@ -409,7 +408,7 @@ class TransformerScorer(RankingModel):
             vectors = self._item_vectors()
             user_vectors, _ = self.head.user_vectors(batch, vectors)
             scores = user_vectors @ vectors.T + self.head.biases(slice(0, len(self._item_ids)))
-            extra = self._feature_scores(encoded)
+            extra = self._feature_scores(batch)
             if extra is not None:
                 scores = scores + extra
         return scores.numpy().astype(np.float32, copy=False)
@@ -432,7 +431,7 @@ class TransformerScorer(RankingModel):
         batch = self._batch_from_encoded(variants, [clock] * len(variants))
         with torch.no_grad():
             user_vectors, weights = self.head.user_vectors(batch, self._item_vectors())
-        return user_vectors, weights[0, length - len(encoded) :], positions, self._feature_scores(variants)
+        return user_vectors, weights[0, length - len(encoded) :], positions, self._feature_scores(batch)
 
     def _influences(
         self,

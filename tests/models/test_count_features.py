@@ -11,7 +11,7 @@ import torch
 from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
 from ripplerec.models import transformer_scorer
 from ripplerec.models.base import Behavior, Interaction, Item, ModelLoadError, UserState
-from ripplerec.models.count_features import CountFeatures, standardised
+from ripplerec.models.count_features import AlignedHistories, CountFeatures, HistoryRows, recent_rows, standardised
 from ripplerec.models.encoder import HashingEncoder
 from ripplerec.models.head import HeadConfig
 from ripplerec.models.id_only import IdOnlyScorer
@@ -80,7 +80,7 @@ def test_hybrid_scores_are_head_scores_plus_weighted_features() -> None:
     scorer.learn(events, 64.0)
     user = UserState("u1", (Behavior("i1", "rate", 4.0, 1.0), Behavior("i4", "rate", 5.0, 2.0)))
     scores = torch.from_numpy(scorer.score_all(user, 70.0))
-    features = scorer._count_features([scorer._encode(user.history)])
+    features = scorer._count_features(scorer._history_batch([user.history], [70.0]))
     assert features.abs().sum() > 0
     weights = scorer.head.feature_weights
     assert weights is not None
@@ -108,7 +108,7 @@ def test_training_features_are_the_counts_before_the_batch() -> None:
     scorer.learn([Interaction("u", "i0", "view", None, 1.0), Interaction("u", "i1", "view", None, 2.0)], 2.0)
     assert not seen[-1].any()
     user = UserState("v", (Behavior("i0", "view", None, 3.0),))
-    after = scorer._count_features([scorer._encode(user.history)])[0]
+    after = scorer._count_features(scorer._history_batch([user.history], [3.0]))[0]
     assert after[:, 1].gt(0).all()  # now they know it
 
 
@@ -141,7 +141,7 @@ def test_text_feature_reaches_items_without_counts(tmp_path: Path) -> None:
     head = HeadConfig(dim=16, history_length=10, tower_hidden=32, cooccurrence_feature=True, text_feature=True)
     scorer = TransformerScorer(TransformerScorerConfig(head, TrainerConfig(batch_size=32)), HashingEncoder(32))
     scorer.add_items([Item("a", "jazz piano trio"), Item("b", "jazz piano quartet"), Item("c", "mountain hiking")])
-    features = scorer._count_features([scorer._encode((Behavior("a", "view", None, 1.0),))])
+    features = scorer._count_features(scorer._history_batch([(Behavior("a", "view", None, 1.0),)], [1.0]))
     assert features.shape == (1, 2, 3)
     assert not features[0, 0].any()  # nobody has interacted yet: no co-occurrence
     assert features[0, 1, 1] > features[0, 1, 2]  # but "b" reads like "a"
@@ -226,8 +226,34 @@ def test_text_feature_matches_its_user_by_user_definition(cosines: bool, monkeyp
         unit = text / np.linalg.norm(text, axis=1, keepdims=True)
         out = scorer._text_feature(histories, n)
         assert out.shape == (5, n) and not out[0].any()
+        np.testing.assert_array_equal(scorer._text_feature(_aligned(histories, 20), n), out)
         for history, row in zip(histories[1:], out[1:], strict=True):
             recent = history[-TEXT_FEATURE_HISTORY:]
             weights = TEXT_FEATURE_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
             expected = _standardised_row(unit @ (weights @ unit[recent]))
             np.testing.assert_allclose(row, expected, rtol=1e-4, atol=1e-5)
+
+
+def _aligned(histories: list[HistoryRows], width: int) -> AlignedHistories:
+    """The last ``width`` rows of each history, right-aligned as a history batch holds them."""
+    rows = np.zeros((len(histories), width), dtype=np.int64)
+    mask = np.zeros((len(histories), width), dtype=bool)
+    for b, history in enumerate(histories):
+        kept = list(history)[-width:]
+        if kept:
+            rows[b, width - len(kept) :] = kept
+            mask[b, width - len(kept) :] = True
+    return AlignedHistories(rows, mask)
+
+
+@pytest.mark.parametrize("width", [5, 10, 50])
+def test_aligned_histories_have_the_recent_rows_and_features_of_the_lists(width: int) -> None:
+    features, histories = _random_counts(40, seed=4)
+    clipped: list[HistoryRows] = [history[-width:] for history in histories]
+    aligned = _aligned(histories, width)
+    assert len(aligned) == len(clipped)
+    assert [history.tolist() for history in aligned] == clipped
+    for length, decay in ((10, 0.7), (3, 0.5), (60, 0.9)):
+        for got, expected in zip(recent_rows(aligned, length, decay), recent_rows(clipped, length, decay), strict=True):
+            np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(features.features(aligned, 40), features.features(clipped, 40))
