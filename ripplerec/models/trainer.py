@@ -64,7 +64,10 @@ class OnlineTrainer:
         self.head = head
         self.config = config or TrainerConfig()
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        self.optimizer = torch.optim.AdamW(head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        # fused: one kernel for all parameters' updates, where the default loops over them in Python on CPU
+        self.optimizer = torch.optim.AdamW(
+            head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True
+        )
         self.steps = 0
         self.examples = 0
         self.anchor: dict[str, torch.Tensor] = {}
