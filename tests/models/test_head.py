@@ -198,6 +198,8 @@ def test_attention_logits_are_tanh_keys_times_the_queries(additive: bool) -> Non
     plain = torch.nn.functional.linear(keys, head.attention_query)
     (plain * targets).sum().backward()
     torch.testing.assert_close(logits, plain)
+    with torch.no_grad():  # scoring computes tanh itself
+        torch.testing.assert_close(head._attention_logits(behaviour), plain)
     assert expected_grads.keys() == _gradients(head).keys()
     for name, grad in _gradients(head).items():  # 2 sigmoid(2z) - 1 rounds apart from tanh(z): scaled tolerance
         torch.testing.assert_close(expected_grads[name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item(), msg=name)
