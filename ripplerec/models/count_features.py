@@ -200,6 +200,11 @@ class CountFeatures:
         for _, counts in self.enabled:
             counts.add(user_id, row)
 
+    def add_many(self, interactions: Sequence[tuple[str, int]]) -> None:
+        """:meth:`add` for ``(user_id, row)`` pairs in order."""
+        for _, counts in self.enabled:
+            counts.add_many(interactions)
+
     def features(self, histories: Histories, n: int) -> NDArray[np.float32]:
         """Standardised feature rows ``(len(histories), K, n)`` for histories of catalog rows, oldest first.
 

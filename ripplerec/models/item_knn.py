@@ -63,6 +63,26 @@ class CooccurrenceCounts:
         self.counts[row] += 1.0
         recent.append(row)
 
+    def add_many(self, interactions: Sequence[tuple[str, int]]) -> None:
+        """:meth:`add` for ``(user_id, row)`` pairs in order, with one scatter into the matrix (counts are
+        whole numbers: the sums are exact in any order)."""
+        rows: list[int] = []
+        others: list[int] = []
+        for user_id, row in interactions:
+            recent = self.recent.get(user_id)
+            if recent is None:
+                recent = self.recent[user_id] = deque(maxlen=self.config.window)
+            for other in set(recent):
+                if other != row:
+                    rows.append(row)
+                    others.append(other)
+            recent.append(row)
+        if rows:
+            first, second = np.asarray(rows), np.asarray(others)
+            np.add.at(self.matrix, (first, second), 1.0)
+            np.add.at(self.matrix, (second, first), 1.0)
+        np.add.at(self.counts, np.fromiter((row for _, row in interactions), dtype=np.int64), 1.0)
+
     def scores(self, rows: Sequence[int], n: int) -> NDArray[np.float32]:
         """Item-kNN scores over the first ``n`` catalog rows from a user's items ``rows`` (oldest first), before
         the popularity prior; all zeros for an empty history."""
@@ -114,11 +134,9 @@ class RecentCountsModel(IndexedModel):
 
     def learn(self, interactions: Sequence[Interaction], now: float) -> None:
         rows = self._items.rows
-        for event in interactions:
-            row = rows.get(event.item_id)
-            if row is not None:
-                self._counts.add(event.user_id, row)
-                self._learned += 1
+        known = [(event.user_id, rows[event.item_id]) for event in interactions if event.item_id in rows]
+        self._counts.add_many(known)
+        self._learned += len(known)
 
     def score_many(self, users: Sequence[UserState], now: float | Sequence[float] | None = None) -> NDArray[np.float32]:
         n = len(self._items)

@@ -336,8 +336,8 @@ class TransformerScorer(RankingModel):
             )
             self._train_examples(examples)
             if len(self._counts):  # counts learn after the step: it saw the features a scorer saw before
-                for user_id, row in zip(users[start : start + size], positives[start : start + size], strict=True):
-                    self._counts.add(user_id, row)
+                learned = zip(users[start : start + size], positives[start : start + size], strict=True)
+                self._counts.add_many(list(learned))
         if positives:
             self._count(positives)
             self._vectors = None

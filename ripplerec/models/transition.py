@@ -80,6 +80,29 @@ class TransitionCounts:
         self.counts[row] += 1.0
         recent.append(row)
 
+    def add_many(self, interactions: Sequence[tuple[str, int]]) -> None:
+        """:meth:`add` for ``(user_id, row)`` pairs in order, with one scatter into the matrix (the same
+        sums, added in the same order)."""
+        window, weights = self.config.window, self._weights
+        sources: list[int] = []
+        targets: list[int] = []
+        added: list[float] = []
+        for user_id, row in interactions:
+            recent = self.recent.get(user_id)
+            if recent is None:
+                recent = self.recent[user_id] = deque(maxlen=window)
+            for distance, source in enumerate(reversed(recent)):  # most recent first: distance 1, 2, ...
+                if source != row:
+                    sources.append(source)
+                    targets.append(row)
+                    added.append(float(weights[distance]))
+            recent.append(row)
+        if sources:
+            values = np.asarray(added, dtype=np.float32)
+            np.add.at(self.matrix, (np.asarray(sources), np.asarray(targets)), values)
+            np.add.at(self.outgoing, np.asarray(sources), values)
+        np.add.at(self.counts, np.fromiter((row for _, row in interactions), dtype=np.int64), 1.0)
+
     def scores(self, rows: Sequence[int], n: int) -> NDArray[np.float32]:
         """Transition scores over the first ``n`` catalog rows from a user's items ``rows`` (oldest first)."""
         config = self.config

@@ -42,6 +42,30 @@ def test_transitions_are_directed_and_decay_with_distance() -> None:
     assert not counts.scores([], 4).any()
 
 
+@pytest.mark.parametrize("kind", ["cooccurrence", "transition"])
+def test_counts_learned_in_a_batch_equal_those_learned_one_by_one(kind: str) -> None:
+    from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNNConfig
+
+    rng = np.random.default_rng(4)
+    pairs = [(f"u{u}", int(r)) for u, r in zip(rng.integers(0, 7, 600), rng.integers(0, 30, 600), strict=True)]
+
+    def build() -> CooccurrenceCounts | TransitionCounts:
+        counts = CooccurrenceCounts(ItemKNNConfig(window=6)) if kind == "cooccurrence" else TransitionCounts(
+            TransitionConfig(window=6, distance_decay=0.7))
+        counts.grow(30)
+        return counts
+
+    one, batched = build(), build()
+    for user_id, row in pairs:
+        one.add(user_id, row)
+    for start in range(0, len(pairs), 128):
+        batched.add_many(pairs[start : start + 128])
+    for key, value in one.state(30).items():
+        np.testing.assert_array_equal(batched.state(30)[key], value)  # bitwise: same sums in the same order
+    assert {u: list(r) for u, r in batched.recent.items()} == {u: list(r) for u, r in one.recent.items()}
+    assert one.state(30)["counts"].sum() == 600
+
+
 def test_transition_baseline_ranks_what_follows_the_last_item() -> None:
     model = Transition()
     model.add_items([Item(f"i{n}", f"item {n}") for n in range(5)])
