@@ -142,6 +142,9 @@ def measure(n_items: int, args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+SERVED_COUNTS_MAX_BYTES = 2_000_000_000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, nargs="*", default=[1682, 50_000])
@@ -160,6 +163,11 @@ def main() -> None:
         f"{'served (hybrid) configuration' if args.served else 'plain head'}"
     )
     for n_items in args.items:
+        dense = 2 * n_items * n_items * 4  # the hybrid's co-occurrence and transition counts, float32 item x item
+        if args.served and dense > SERVED_COUNTS_MAX_BYTES:
+            print(f"{n_items:>7,} items | skipped: the served configuration's dense count matrices would take "
+                  f"{dense / 1e9:.0f} GB (it is built for catalogs of a few thousand items)")
+            continue
         row = measure(n_items, args)
         if args.json:
             print(json.dumps(row))
