@@ -35,18 +35,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.proc_stats import cpu_seconds  # noqa: E402
 from ripplerec.config import Settings, TopicNames  # noqa: E402
 
 T0 = 1_700_000_000_000
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_events(n: int, users: int, items: int, seed: int = 1) -> list[dict[str, Any]]:

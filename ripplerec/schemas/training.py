@@ -95,7 +95,20 @@ class TrainingExampleWriter:
         their bytes are found by the entry itself.
         """
         raw = self._fast(event_id, user_id, positive, history, negatives, weight) if self.fast else None
-        return raw if raw is not None else self._through_codec(event_id, user_id, positive, history, negatives, weight)
+        if raw is not None:
+            return raw
+        record: TrainingExample = {
+            "event_id": event_id,
+            "user_id": user_id,
+            "positive_item_id": positive[0],
+            "action": positive[1],
+            "value": positive[2],
+            "ts": positive[3],
+            "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in history],
+            "negatives": list(negatives),
+            "weight": weight,
+        }
+        return self.codec.encode("TrainingExample", record)
 
     def _fast(
         self,
@@ -150,28 +163,6 @@ class TrainingExampleWriter:
         parts.append(b"\x00")
         parts.append(_DOUBLE.pack(weight))
         return b"".join(parts)
-
-    def _through_codec(
-        self,
-        event_id: str,
-        user_id: str,
-        positive: tuple[str, str, float | None, int],
-        history: Sequence[tuple[str, str, float | None, int]],
-        negatives: Sequence[str],
-        weight: float,
-    ) -> bytes:
-        record: TrainingExample = {
-            "event_id": event_id,
-            "user_id": user_id,
-            "positive_item_id": positive[0],
-            "action": positive[1],
-            "value": positive[2],
-            "ts": positive[3],
-            "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in history],
-            "negatives": list(negatives),
-            "weight": weight,
-        }
-        return self.codec.encode("TrainingExample", record)
 
 
 _EMPTY_EXAMPLE: TrainingExample = {
