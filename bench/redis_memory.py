@@ -1,12 +1,13 @@
-"""Redis memory the profile store uses per ingested event, and what the dedupe markers take of it.
+"""Redis memory the profile store uses, per event and per user, and what dedupe takes of it.
 
     python bench/redis_memory.py [--events 50000] [--users 2000] [--items 1000]
 
-Starts its own redis-server, applies synthetic events through ``RedisProfileStore.apply_batch`` (the
-ingest agent's one script call per batch, batches of 1,000) and prints ``used_memory`` grown per event,
-the keys by kind, and ``MEMORY USAGE`` of the dedupe markers (``P:ev:{event_id}``: one per event,
-kept for ``RIPPLEREC_DEDUPE_TTL_S``). Profiles, histories and co-occurrence rows are bounded by
-users and items; the markers grow with the event rate times the dedupe TTL.
+Starts its own redis-server, applies synthetic events (UUID-sized event ids) through
+``RedisProfileStore.apply_batch`` (the ingest agent's one script call per batch, batches of 1,000,
+with sources) in two halves, and prints ``used_memory`` grown per event in each half, the keys by
+kind, and the bytes per user of the dedupe state kept in the profile hash (the ``ids`` field: the
+user's latest ``RIPPLEREC_DEDUPE_RECENT_EVENT_IDS`` event ids). Nothing is kept per event: once every
+user and item has been seen, memory stops growing with events.
 """
 
 from __future__ import annotations
@@ -29,34 +30,40 @@ async def measure(url: str, args: argparse.Namespace) -> None:
     from ripplerec.profiles.redis_store import RedisProfileStore
 
     client = aioredis.from_url(url, decode_responses=True)
-    store = RedisProfileStore.from_settings(Settings(redis_url=url), client)
+    settings = Settings(redis_url=url)
+    store = RedisProfileStore.from_settings(settings, client)
     rng = random.Random(0)
-    base = (await client.info("memory"))["used_memory"]
     t0 = 1_700_000_000_000
-    for start in range(0, args.events, 1_000):
-        events = [
-            {"event_id": f"0190a2b3-c4d5-7e6f-8a9b-{n:012x}", "user_id": f"u{rng.randrange(args.users)}",
-             "item_id": f"i{rng.randrange(args.items)}", "action": "view", "value": None, "ts": t0 + n * 10,
-             "context": {}}
-            for n in range(start, min(start + 1_000, args.events))
-        ]
-        await store.apply_batch(events, t0 + (start + 1_000) * 10, sources=[f"0:{e['ts']}" for e in events])
-    grown = (await client.info("memory"))["used_memory"] - base
-    kinds: dict[str, int] = {}
-    markers: list[str] = []
+    half = args.events // 2
+    grown = []
+    for first, last in ((0, half), (half, args.events)):
+        base = (await client.info("memory"))["used_memory"]
+        for start in range(first, last, 1_000):
+            events = [
+                {"event_id": f"0190a2b3-c4d5-7e6f-8a9b-{n:012x}", "user_id": f"u{rng.randrange(args.users)}",
+                 "item_id": f"i{rng.randrange(args.items)}", "action": "view", "value": None, "ts": t0 + n * 10,
+                 "context": {}}
+                for n in range(start, min(start + 1_000, last))
+            ]
+            sources = [f"0:{n}" for n in range(start, start + len(events))]
+            await store.apply_batch(events, t0 + (start + 1_000) * 10, sources=sources)
+        grown.append(((await client.info("memory"))["used_memory"] - base) / (last - first))
+    kinds: dict[str, list[int]] = {}  # kind -> [keys, bytes]
     async for key in client.scan_iter(count=1_000):
         kind = key.split(":")[1] if ":" in key else key
-        kinds[kind] = kinds.get(kind, 0) + 1
-        if kind == "ev" and len(markers) < 500:
-            markers.append(key)
-    marker = sum([await client.memory_usage(k) or 0 for k in markers]) / max(1, len(markers))
+        row = kinds.setdefault(kind, [0, 0])
+        row[0] += 1
+        row[1] += await client.memory_usage(key, samples=0) or 0
+    users = [f"u{n}" for n in range(min(args.users, 500))]
+    ids = sum([len(await client.hget(f"{store.prefix}:u:{u}", "ids") or "") for u in users]) / len(users)
     print(f"{args.events:,} events, {args.users:,} users, {args.items:,} items: used_memory grew "
-          f"{grown / args.events:.0f} bytes per event")
-    print("keys by kind: " + ", ".join(f"{kind} {count:,}" for kind, count in sorted(kinds.items())))
-    ttl = Settings().dedupe_ttl_s
-    print(f"a dedupe marker: {marker:.0f} bytes (MEMORY USAGE, mean of {len(markers)}); kept {ttl / 86_400:.0f} days "
-          f"by default, so at a sustained 100 events/s the markers alone hold {marker * 100 * ttl / 1e9:.0f} GB "
-          f"({marker * 100 * 86_400 / 1e9:.1f} GB with RIPPLEREC_DEDUPE_TTL_S=86400)")
+          f"{grown[0]:.0f} bytes per event in the first half, {grown[1]:.0f} in the second")
+    print("MEMORY USAGE by kind of key: " + ", ".join(
+        f"{kind} {n:,} keys x {size / n:,.0f} B" for kind, (n, size) in sorted(kinds.items())))
+    per_event = sum(size for kind, (n, size) in kinds.items() if n > max(args.users, args.items) * 2)
+    print(f"kinds with more keys than users and items: {per_event / args.events:.0f} bytes per event; "
+          f"the dedupe ids kept in a profile hash (at most {settings.dedupe_recent_event_ids} per user): "
+          f"{ids:.0f} bytes per user on average")
     await client.aclose()
 
 

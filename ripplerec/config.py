@@ -139,7 +139,13 @@ class Settings(BaseSettings):
     # Streaming core (issue 3): Redis layout, ingest, proactive recommendations, scorer choice.
     # Redis key prefix for profiles and item stats; None means the app id, so two apps never mix.
     redis_prefix: str | None = None
-    # A replayed event_id is dropped as a duplicate for this long after it was first seen.
+    # Dedupe keeps no key per event. A redelivered message (same partition and offset) is caught by
+    # a per-partition watermark. A resent event_id in another message (producer retry, app resend)
+    # is caught while it is among its user's latest this-many event ids, kept in the profile hash.
+    # Each id costs its length plus a byte per user (64 UUIDs: ~2.4 KB per profile). A resend after
+    # more newer events of that user is applied again; 0 keeps only the watermark and in-batch check.
+    dedupe_recent_event_ids: int = Field(default=64, ge=0)
+    # TTL of the per-event marker of bench/ingest.py's naive baseline agent; the ingest agent keeps none.
     dedupe_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
     # Time-decayed item popularity halves every this many seconds of event time.
     popularity_half_life_s: float = Field(default=7 * 24 * 3600, gt=0)

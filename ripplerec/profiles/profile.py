@@ -24,6 +24,7 @@ __all__ = [
     "decode_entry",
     "decayed_exponent",
     "logaddexp2",
+    "source_position",
     "ENTRY_SEP",
     "LIST_SEP",
 ]
@@ -153,10 +154,13 @@ class BatchParams:
     history_length: int = 50
     half_life_s: float = 7 * 24 * 3600
     cooccurrence_window: int = 3
+    #: How many of each user's latest event ids are kept to catch resent events (see ``apply_batch``).
+    recent_event_ids: int = 64
 
     @classmethod
     def from_settings(cls, settings: Any) -> BatchParams:
-        return cls(settings.history_length, settings.popularity_half_life_s, settings.cooccurrence_window)
+        return cls(settings.history_length, settings.popularity_half_life_s, settings.cooccurrence_window,
+                   settings.dedupe_recent_event_ids)
 
 
 @dataclass(frozen=True)
@@ -164,23 +168,55 @@ class StoreState:
     """Everything the ingest agent keeps, as plain data: the reference the Redis state must equal."""
 
     profiles: Mapping[str, Profile] = field(default_factory=dict)
-    seen_event_ids: frozenset[str] = frozenset()
     items: ItemStats = field(default_factory=ItemStats)
+    #: user -> the ids of their latest applied events, newest first, at most ``recent_event_ids``
+    recent_event_ids: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: partition -> position ``(offset, index in the message)`` of the last event applied from it
+    applied: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 #: Actions that say nothing good about an item: not counted as popularity or co-occurrence.
 NEGATIVE_ACTIONS = frozenset({"skip"})
 
 
-def apply_batch(
-    state: StoreState, events: Sequence[Mapping[str, Any]], now_ms: int, params: BatchParams
-) -> tuple[StoreState, list[bool]]:
-    """Apply one ingest batch: drop duplicate event ids, update profiles and item statistics.
+def source_position(source: str) -> tuple[str, int, int]:
+    """``"partition:offset[:index]"`` -> (partition, offset, index of the event in its message; 0 if left out).
 
-    Returns the new state and, per event, whether it was new. Co-occurrence pairs each new event
-    with the user's ``cooccurrence_window`` previous behaviours (skips and same-item pairs left out).
+    >>> source_position("3:120:7"), source_position("3:120")
+    (('3', 120, 7), ('3', 120, 0))
     """
-    seen = set(state.seen_event_ids)
+    partition, offset, *index = source.split(":")
+    return partition, int(offset), int(index[0]) if index else 0
+
+
+def apply_batch(
+    state: StoreState,
+    events: Sequence[Mapping[str, Any]],
+    now_ms: int,
+    params: BatchParams,
+    sources: Sequence[str] | None = None,
+) -> tuple[StoreState, list[bool]]:
+    """Apply one ingest batch: drop duplicates, update profiles and item statistics.
+
+    Returns the new state and, per event, whether it was new. Two kinds of duplicates are dropped:
+
+    - a **redelivered message** (a worker crashed or lost its partition before committing): with
+      ``sources`` (each event's ``"partition:offset:index"``, the index of the event in its message,
+      ``"partition:offset"`` for index 0, ``""`` for unknown), an event at or below the position
+      ``(offset, index)`` of the last event applied from its partition before this batch. Messages
+      of a partition must be applied in offset order, which one consumer per partition guarantees.
+    - a **resent event** (producer retry, app resend) in another message: an ``event_id`` among the
+      ``params.recent_event_ids`` latest event ids of its user, or earlier in this batch for that
+      user. A resend that comes after more newer events of that user than that is *not* caught.
+
+    Events without a source are deduplicated by the second rule only. Co-occurrence pairs each new
+    event with the user's ``cooccurrence_window`` previous behaviours (skips and same-item pairs left
+    out).
+    """
+    applied = dict(state.applied)
+    recent_ids = dict(state.recent_event_ids)
+    known_ids: dict[str, set[str]] = {}
+    batch_ids: dict[str, list[str]] = {}  # user -> ids applied in this batch, oldest first
     fresh_by_user: dict[str, list[Mapping[str, Any]]] = {}
     flags: list[bool] = []
     popularity = dict(state.items.popularity)
@@ -190,14 +226,27 @@ def apply_batch(
     window = params.cooccurrence_window
     # decayed popularity is summed per item over the batch, then added to the stored value
     batch_decayed: dict[str, float] = {}
-    for event in events:
-        event_id = event["event_id"]
-        if event_id in seen:
+    for n, event in enumerate(events):
+        source = sources[n] if sources is not None else ""
+        if source:
+            partition, offset, index = source_position(source)
+            mark = state.applied.get(partition)
+            if mark is not None and (offset, index) <= mark:
+                flags.append(False)
+                continue
+            if (offset, index) > applied.get(partition, (-1, -1)):
+                applied[partition] = (offset, index)
+        event_id, user_id = event["event_id"], event["user_id"]
+        ids = known_ids.get(user_id)
+        if ids is None:
+            ids = known_ids[user_id] = set(state.recent_event_ids.get(user_id, ()))
+        if event_id in ids:
             flags.append(False)
             continue
-        seen.add(event_id)
+        ids.add(event_id)
+        batch_ids.setdefault(user_id, []).append(event_id)
         flags.append(True)
-        user_id, item_id, action = event["user_id"], event["item_id"], event["action"]
+        item_id, action = event["item_id"], event["action"]
         fresh_by_user.setdefault(user_id, []).append(event)
         if user_id not in recent:
             prior = state.profiles.get(user_id)
@@ -220,5 +269,9 @@ def apply_batch(
     for user_id, fresh in fresh_by_user.items():
         prior = profiles.get(user_id, Profile(user_id))
         profiles[user_id] = apply_events(prior, fresh, now_ms, params.history_length)
+    if params.recent_event_ids > 0:
+        for user_id, fresh_ids in batch_ids.items():
+            newest_first = tuple(reversed(fresh_ids)) + tuple(state.recent_event_ids.get(user_id, ()))
+            recent_ids[user_id] = newest_first[: params.recent_event_ids]
     items = ItemStats(popularity, decayed, co)
-    return StoreState(profiles, frozenset(seen), items), flags
+    return StoreState(profiles, items, recent_ids, applied), flags

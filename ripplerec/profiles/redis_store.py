@@ -5,12 +5,14 @@ Key layout under a prefix ``P`` (the app id unless configured):
 =====================  ======  ==========================================================
 ``P:u:{user}``         hash    ``c:{action}`` counts, ``n``, ``last_seen``, ``updated`` (ms), ``h``:
                               recent history, newest first, capped (``encode_entry`` forms joined
-                              by ``LIST_SEP``), ``rec_n``: ``n`` at the last proactive
-                              recommendation, ``ttl_at``: when the TTL was last refreshed
+                              by ``LIST_SEP``), ``ids``: the user's latest event ids, newest
+                              first, at most ``recent_event_ids`` (resends of them are dropped),
+                              ``rec_n``: ``n`` at the last proactive recommendation,
+                              ``ttl_at``: when the TTL was last refreshed
 ``P:seen:{user}``      set     every item the user consumed (excluded from recommendations)
-``P:ev:{event_id}``    string  dedupe marker, expires after ``dedupe_ttl_s``; its value is the
-                              ``partition:offset`` of the message that applied the event
-                              (``1`` when the caller gave none)
+``P:aw:{partition}``   string  ``offset:index`` of the last event applied from that partition (its
+                              message's offset, its place in the message): whatever comes at or
+                              below it again is a redelivered message
 ``P:tw:{partition}``   string  offset up to which the training examples of that partition's
                               messages are known to be delivered (advanced by the next batch)
 ``P:rl:{user}``        string  proactive rate limit marker (expires after the interval)
@@ -21,6 +23,10 @@ Key layout under a prefix ``P`` (the app id unless configured):
 ``P:item:{item}``      hash    catalog metadata: title, text, attributes, relations (JSON)
 ``P:items``            set     catalog item ids
 =====================  ======  ==========================================================
+
+Nothing is kept per event: memory is bounded by users, items and partitions. The watermarks are per
+partition number, so after the events topic is recreated (offsets start again at 0) delete
+``P:aw:*`` and ``P:tw:*``, or its first messages are taken for redeliveries.
 
 Profile keys slide their TTL with writes (refreshed when older than a sixteenth of it). The history
 lives in the profile hash rather than in a list, so a batch touches each user with one HGETALL, one
@@ -55,7 +61,7 @@ APPLY_BATCH_LUA = r"""
 local p = ARGV[1]
 local hist_len = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-local dedupe_ttl = tonumber(ARGV[4])
+local keep_ids = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 local pre_len = tonumber(ARGV[6])
 local pro_min = tonumber(ARGV[7])
@@ -63,7 +69,7 @@ local pro_ms = tonumber(ARGV[8])
 local now = ARGV[9]
 -- ARGV[10]: the events, '\30'-separated, each 'event_id\31user\31item\31action\31value\31ts\31x\31source'
 -- (one argument instead of eight per event: packing arguments is the client's main cost); source is
--- the 'partition:offset' of the message the event came in, or '' when unknown
+-- 'partition:offset:index' (index: the event's place in its message; ':0' may be left out), or ''
 local packed = ARGV[10]
 -- ARGV[11]: 'partition\31offset' pairs, '\30'-separated: the training examples of every message up
 -- to that offset were delivered (the previous batch's), so its training watermark moves up
@@ -77,10 +83,14 @@ for part, off in string.gmatch(ARGV[11] or '', '([^\30\31]+)\31([^\30]+)') do
   end
   tw[part] = cur
 end
--- A duplicate whose marker names this very message, above its partition's training watermark, was
--- applied by a run that may have died before publishing its training example: flag it '2' so the
--- caller re-emits the example from the user's history (at-least-once on the training topic).
-local replay_users, replay_order = {}, {}
+-- Dedupe keeps no key per event. A partition's messages are applied in offset order, so an event at
+-- or below the position (offset, index) of the last event applied from its partition (P:aw) is a
+-- redelivery. One above its partition's training watermark was applied by a run that may have died
+-- before publishing its training example: flag it '2' so the caller re-emits the example from the
+-- user's history (at-least-once on the training topic). Any other event whose id is among its
+-- user's latest keep_ids ids (the profile field 'ids') or earlier in this batch is a resend.
+local aw, aw_new, aw_order = {}, {}, {}
+local replay_users, replay_order, replay_ids = {}, {}, {}
 local flags = {}
 local users = {}
 local order = {}
@@ -114,82 +124,119 @@ local batch_pop, batch_popd, pop_order = {}, {}, {}
 for rec in string.gmatch(packed, '[^\30]+') do
   local eid, uid, item, action, value, ts, x, src = string.match(
     rec, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
-  local marker = p .. ':ev:' .. eid
-  if redis.call('SET', marker, src ~= '' and src or '1', 'NX', 'EX', dedupe_ttl) then
-    flags[#flags + 1] = '1'
-    local u = users[uid]
-    if not u then
-      -- the whole profile hash in one call: counts, last seen, history (newest first, one field)
-      local flat = redis.call('HGETALL', p .. ':u:' .. uid)
-      local old = {}
-      for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
-      local hist = old['h'] or ''
-      local recent = {}
-      if window > 0 then
-        local newest_first = {}
-        for e in string.gmatch(head(hist, window), '[^\30]+') do
-          local it, ac = string.match(e, '^([^\31]*)\31([^\31]*)')
-          newest_first[#newest_first + 1] = {it, ac}
-        end
-        for j = #newest_first, 1, -1 do recent[#recent + 1] = newest_first[j] end
+  local redelivered, part, off = false, nil, nil
+  if src ~= '' then
+    local o, i
+    part, o, i = string.match(src, '^([^:]*):(%d+):?(%d*)$')
+    off = tonumber(o)
+    local idx = tonumber(i) or 0
+    local mark = aw[part]
+    if mark == nil then
+      local raw = redis.call('GET', p .. ':aw:' .. part)
+      mark = false
+      if raw then
+        local mo, mi = string.match(raw, '^(%d+):(%d+)$')
+        mark = {tonumber(mo), tonumber(mi)}
       end
-      u = {old = old, hist = hist, recent = recent, entries = {}, counts = {}, n = 0, maxts = nil,
-           items = {}, last_eid = eid}
-      users[uid] = u
-      order[#order + 1] = uid
+      aw[part] = mark
     end
-    if action ~= 'skip' then
-      local xv = tonumber(x)
-      local cur = batch_pop[item]
-      if cur then
-        batch_pop[item] = cur + 1
-        local hi, lo = batch_popd[item], xv
-        if xv > hi then hi, lo = xv, hi end
-        batch_popd[item] = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
-      else
-        batch_pop[item] = 1
-        batch_popd[item] = xv
-        pop_order[#pop_order + 1] = item
-      end
-      if window > 0 then
-        local r = u.recent
-        local stop = math.max(1, #r - window + 1)
-        for j = #r, stop, -1 do
-          local prev, pa = r[j][1], r[j][2]
-          if pa ~= 'skip' and prev ~= item then
-            redis.call('ZINCRBY', p .. ':co:' .. prev, 1, item)
-            redis.call('ZINCRBY', p .. ':co:' .. item, 1, prev)
-          end
-        end
+    if mark and (off < mark[1] or (off == mark[1] and idx <= mark[2])) then
+      redelivered = true
+    else
+      local hi = aw_new[part]
+      if not hi then
+        aw_new[part] = {off, idx}
+        aw_order[#aw_order + 1] = part
+      elseif off > hi[1] or (off == hi[1] and idx > hi[2]) then
+        hi[1], hi[2] = off, idx
       end
     end
-    if window > 0 then u.recent[#u.recent + 1] = {item, action} end
-    u.entries[#u.entries + 1] = item .. '\31' .. action .. '\31' .. value .. '\31' .. ts
-    u.counts[action] = (u.counts[action] or 0) + 1
-    u.n = u.n + 1
-    u.items[#u.items + 1] = item
-    local tsn = tonumber(ts)
-    if u.maxts == nil or tsn > u.maxts then u.maxts = tsn; u.maxts_s = ts end
-    u.last_eid = eid
-  else
+  end
+  if redelivered then
     local flag = '0'
-    if src ~= '' and redis.call('GET', marker) == src then
-      local part, off = string.match(src, '^(.*):(%d+)$')
-      local mark = tw[part]
-      if mark == nil then
-        mark = tonumber(redis.call('GET', p .. ':tw:' .. part) or '-1')
-        tw[part] = mark
-      end
-      if tonumber(off) > mark then
-        flag = '2'
-        if not replay_users[uid] then
-          replay_users[uid] = true
-          replay_order[#replay_order + 1] = uid
-        end
+    local mark = tw[part]
+    if mark == nil then
+      mark = tonumber(redis.call('GET', p .. ':tw:' .. part) or '-1')
+      tw[part] = mark
+    end
+    if off > mark and not replay_ids[eid] then
+      flag = '2'
+      replay_ids[eid] = true
+      if not replay_users[uid] then
+        replay_users[uid] = true
+        replay_order[#replay_order + 1] = uid
       end
     end
     flags[#flags + 1] = flag
+  else
+    local u = users[uid]
+    if not u then
+      -- the whole profile hash in one call: counts, last seen, history (newest first, one field), ids
+      local flat = redis.call('HGETALL', p .. ':u:' .. uid)
+      local old = {}
+      for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
+      u = {old = old, hist = old['h'] or '', ids = '\30' .. (old['ids'] or '') .. '\30', new_ids = {},
+           new_order = {}, recent = nil, entries = {}, counts = {}, n = 0, maxts = nil, items = {}}
+      users[uid] = u
+    end
+    if u.new_ids[eid] or string.find(u.ids, '\30' .. eid .. '\30', 1, true) then
+      flags[#flags + 1] = '0'
+    else
+      flags[#flags + 1] = '1'
+      u.new_ids[eid] = true
+      u.new_order[#u.new_order + 1] = eid
+      if u.n == 0 then
+        order[#order + 1] = uid
+        local recent = {}
+        if window > 0 then
+          local newest_first = {}
+          for e in string.gmatch(head(u.hist, window), '[^\30]+') do
+            local it, ac = string.match(e, '^([^\31]*)\31([^\31]*)')
+            newest_first[#newest_first + 1] = {it, ac}
+          end
+          for j = #newest_first, 1, -1 do recent[#recent + 1] = newest_first[j] end
+        end
+        u.recent = recent
+      end
+      if action ~= 'skip' then
+        local xv = tonumber(x)
+        local cur = batch_pop[item]
+        if cur then
+          batch_pop[item] = cur + 1
+          local hi, lo = batch_popd[item], xv
+          if xv > hi then hi, lo = xv, hi end
+          batch_popd[item] = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
+        else
+          batch_pop[item] = 1
+          batch_popd[item] = xv
+          pop_order[#pop_order + 1] = item
+        end
+        if window > 0 then
+          local r = u.recent
+          local stop = math.max(1, #r - window + 1)
+          for j = #r, stop, -1 do
+            local prev, pa = r[j][1], r[j][2]
+            if pa ~= 'skip' and prev ~= item then
+              redis.call('ZINCRBY', p .. ':co:' .. prev, 1, item)
+              redis.call('ZINCRBY', p .. ':co:' .. item, 1, prev)
+            end
+          end
+        end
+      end
+      if window > 0 then u.recent[#u.recent + 1] = {item, action} end
+      u.entries[#u.entries + 1] = item .. '\31' .. action .. '\31' .. value .. '\31' .. ts
+      u.counts[action] = (u.counts[action] or 0) + 1
+      u.n = u.n + 1
+      u.items[#u.items + 1] = item
+      local tsn = tonumber(ts)
+      if u.maxts == nil or tsn > u.maxts then u.maxts = tsn; u.maxts_s = ts end
+      u.last_eid = eid
+    end
   end
+end
+for _, part in ipairs(aw_order) do
+  local hi = aw_new[part]
+  redis.call('SET', p .. ':aw:' .. part, string.format('%d:%d', hi[1], hi[2]))
 end
 for _, item in ipairs(pop_order) do
   redis.call('ZINCRBY', pop_key, batch_pop[item], item)
@@ -205,7 +252,8 @@ for _, item in ipairs(pop_order) do
 end
 local pre_out = {}
 local proactive = {}
--- Per user: the HGETALL above, one HSET, one SADD (and the EXPIREs when the TTL is refreshed).
+-- Per user with new events: the HGETALL above, one HSET, one SADD (and the EXPIREs when the TTL is
+-- refreshed). Users whose events were all duplicates are left as they were.
 for _, uid in ipairs(order) do
   local u = users[uid]
   local old = u.old
@@ -220,6 +268,18 @@ for _, uid in ipairs(order) do
   local hist = table.concat(newest, '\30')
   if u.hist ~= '' then hist = hist .. '\30' .. u.hist end
   local set = {'n', total, 'last_seen', last, 'updated', now, 'h', head(hist, hist_len)}
+  if keep_ids > 0 then
+    local ids = {}
+    for j = #u.new_order, math.max(1, #u.new_order - keep_ids + 1), -1 do ids[#ids + 1] = u.new_order[j] end
+    local joined = table.concat(ids, '\30')
+    local rest = keep_ids - #ids
+    if rest > 0 and old['ids'] then
+      local older = head(old['ids'], rest)
+      if older ~= '' then joined = joined .. '\30' .. older end
+    end
+    set[#set + 1] = 'ids'
+    set[#set + 1] = joined
+  end
   for action, c in pairs(u.counts) do
     set[#set + 1] = 'c:' .. action
     set[#set + 1] = (tonumber(old['c:' .. action]) or 0) + c
@@ -332,7 +392,6 @@ class RedisProfileStore:
         params: BatchParams | None = None,
         *,
         profile_ttl_s: int = 90 * 24 * 3600,
-        dedupe_ttl_s: int = 30 * 24 * 3600,
         proactive_min_events: int = 0,
         proactive_interval_s: float = 60.0,
     ) -> None:
@@ -340,7 +399,6 @@ class RedisProfileStore:
         self.prefix = prefix
         self.params = params or BatchParams()
         self.profile_ttl_s = profile_ttl_s
-        self.dedupe_ttl_s = dedupe_ttl_s
         self.proactive_min_events = proactive_min_events
         self.proactive_interval_ms = int(proactive_interval_s * 1000)
         self._apply = client.register_script(APPLY_BATCH_LUA)
@@ -358,7 +416,6 @@ class RedisProfileStore:
             settings.redis_key_prefix,
             BatchParams.from_settings(settings),
             profile_ttl_s=settings.profile_ttl_s,
-            dedupe_ttl_s=settings.dedupe_ttl_s,
             proactive_min_events=settings.proactive_min_events,
             proactive_interval_s=settings.proactive_interval_s,
         )
@@ -386,7 +443,7 @@ class RedisProfileStore:
             self.prefix,
             params.history_length,
             self.profile_ttl_s,
-            self.dedupe_ttl_s,
+            params.recent_event_ids,
             params.cooccurrence_window,
             prior_history,
             self.proactive_min_events,

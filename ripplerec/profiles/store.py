@@ -66,8 +66,12 @@ class ProfileStore(Protocol):
     ) -> BatchOutcome:
         """Apply decoded, validated events atomically and idempotently (one round trip).
 
-        ``sources`` gives each event's ``"partition:offset"``; ``delivered`` maps partitions to the
-        offset up to which the training examples of their messages were delivered. With both, a
+        ``sources`` gives each event's ``"partition:offset:index"`` (its message, and its place in
+        that message: ``"partition:offset"`` for index 0); a partition's messages must come in
+        offset order. Events at or below the last position applied from their partition are
+        redeliveries; other duplicates are caught by event id among the user's latest ids (see
+        :func:`ripplerec.profiles.profile.apply_batch`). ``delivered`` maps partitions to the offset
+        up to which the training examples of their messages were delivered. With both, a
         redelivered message above that offset comes back flagged in ``BatchOutcome.replayed``.
         """
         ...

@@ -1,8 +1,9 @@
 """``ripplerec demo`` and ``ripplerec replay``: MovieLens-100K through the whole stream.
 
 :func:`replay` publishes the catalog and the ratings (in timestamp order, paced to a rate) with
-:class:`~ripplerec.producers.EventProducer`; event ids are derived from the rating's position, so
-replaying twice changes nothing (the ingest agent dedupes them). :func:`run_demo` starts the
+:class:`~ripplerec.producers.EventProducer`; event ids are derived from the rating's position, but
+replaying twice counts most ratings again: the ingest agent drops a resent id only while it is among its
+user's latest ``dedupe_recent_event_ids`` ids. :func:`run_demo` starts the
 embedded broker and Redis, a worker subprocess (role ``all``), replays in a thread, asks for a few
 users' recommendations while it runs, and shows live progress until the stream has drained.
 """

@@ -130,7 +130,7 @@ def decode_events(
                 continue
             events.append(event)
             partitions.append(message.partition)
-            sources.append(source)
+            sources.append(f"{source}:{index}" if index else source)  # place in an envelope
     return events, partitions, sources, rejects
 
 

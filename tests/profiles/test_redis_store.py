@@ -31,7 +31,7 @@ def _events(rng: random.Random, n: int, users: int, items: int, t0: int = 874_72
     return out
 
 
-async def _run(redis_url: str, batches: list[list[dict]], params: BatchParams, now: int):
+async def _run(redis_url: str, batches: list[list[dict]], params: BatchParams, now: int, sources=None):
     import redis.asyncio as aioredis
 
     from ripplerec.profiles.redis_store import RedisProfileStore
@@ -39,37 +39,61 @@ async def _run(redis_url: str, batches: list[list[dict]], params: BatchParams, n
     client = aioredis.from_url(redis_url, decode_responses=True)
     store = RedisProfileStore(client, f"test-{uuid.uuid4().hex[:8]}", params)
     outcomes = []
-    for batch in batches:
-        outcomes.append(await store.apply_batch(batch, now, prior_history=5))
+    for n, batch in enumerate(batches):
+        outcomes.append(await store.apply_batch(batch, now, prior_history=5,
+                                                sources=sources[n] if sources else None))
     users = {e["user_id"] for b in batches for e in b}
     profiles = {u: await store.get_profile(u) for u in users}
     for user in users:  # every profile key carries the sliding TTL
         for kind in ("u", "seen"):
             assert 0 < await client.ttl(f"{store.prefix}:{kind}:{user}") <= store.profile_ttl_s
+    ids = {u: await client.hget(f"{store.prefix}:u:{u}", "ids") for u in users}
+    applied = {}
+    async for key in client.scan_iter(match=f"{store.prefix}:aw:*"):
+        applied[key.rsplit(":", 1)[1]] = await client.get(key)
     stats = await store.item_stats()
     count = await store.count_profiles()
     await store.close()
-    return outcomes, profiles, stats, count
+    return outcomes, profiles, stats, count, ids, applied
 
 
-def test_redis_state_equals_pure_function_with_duplicates(embedded_stack) -> None:
+@pytest.mark.parametrize("with_sources", [False, True])
+def test_redis_state_equals_pure_function_with_duplicates(embedded_stack, with_sources) -> None:
     rng = random.Random(7)
-    params = BatchParams(history_length=8, half_life_s=3600.0, cooccurrence_window=3)
+    params = BatchParams(history_length=8, half_life_s=3600.0, cooccurrence_window=3, recent_event_ids=6)
     events = _events(rng, 600, users=25, items=40)
-    # replay a fifth of the events later, and some within the same batch
-    replayed = events + rng.sample(events, 120)
-    batches = [replayed[i : i + 97] for i in range(0, len(replayed), 97)]
+    # resend a fifth of the events later in new messages (some after more than 6 newer events of
+    # their user: those count again), and some within the same batch
+    resent = events + rng.sample(events, 120)
+    offsets = [0, 0]
+    stream = []
+    for e in resent:  # one message each, on two partitions
+        partition = int(e["user_id"][1:]) % 2
+        stream.append((e, f"{partition}:{offsets[partition]}"))
+        offsets[partition] += 1
+    batches = [stream[i : i + 97] for i in range(0, len(stream), 97)]
+    # a worker dies after some batches: they are redelivered (whole, or in part when it died mid-batch)
+    batches = batches[:3] + [batches[1], batches[2][:40]] + batches[3:6] + [batches[5]] + batches[6:]
+    events_in = [[e for e, _ in b] for b in batches]
+    sources = [[src for _, src in b] for b in batches] if with_sources else None
     now = 1_700_000_000_000
-    outcomes, profiles, (pop, popd, co), count = asyncio.run(_run(embedded_stack.redis_url, batches, params, now))
+    outcomes, profiles, (pop, popd, co), count, ids, applied = asyncio.run(
+        _run(embedded_stack.redis_url, events_in, params, now, sources))
 
     state = StoreState()
-    for batch, outcome in zip(batches, outcomes, strict=True):
+    for n, (batch, outcome) in enumerate(zip(events_in, outcomes, strict=True)):
         prior = {u: state.profiles[u].history[-5:] for u in {e["user_id"] for e in batch} if u in state.profiles}
-        state, flags = apply_batch(state, batch, now, params)
+        state, flags = apply_batch(state, batch, now, params, sources[n] if sources else None)
         assert list(outcome.new) == flags
         for user, history in outcome.prior_history.items():
             assert tuple(history) == tuple(prior.get(user, ()))
-    assert sum(not f for o in outcomes for f in o.new) == 120
+    new = sum(f for o in outcomes for f in o.new)
+    if with_sources:  # redeliveries never count again; resends after 6 newer events of their user do
+        assert 600 < new < 720
+        assert applied == {p: f"{offsets[int(p)] - 1}:0" for p in ("0", "1")}
+    else:  # only the ids catch duplicates: a redelivered batch holds more than 6 events of some users
+        assert new > 720 and applied == {}
+    assert {u: tuple(v.split("\x1e")) for u, v in ids.items()} == dict(state.recent_event_ids)
     assert count == len(state.profiles)
     for user, expected in state.profiles.items():
         got = profiles[user]
@@ -82,20 +106,25 @@ def test_redis_state_equals_pure_function_with_duplicates(embedded_stack) -> Non
     assert co == {k: dict(v) for k, v in state.items.cooccurrence.items() if v}
 
 
-def test_a_redelivered_message_above_the_training_watermark_comes_back_as_replayed(embedded_stack) -> None:
-    """Crash between the write and the example publish: the redelivery is flagged, with its history."""
+def _store(redis_url: str, params: BatchParams):
     import redis.asyncio as aioredis
 
-    from ripplerec.profiles import ProfileEntry
     from ripplerec.profiles.redis_store import RedisProfileStore
+
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    return RedisProfileStore(client, f"test-{uuid.uuid4().hex[:8]}", params)
+
+
+def test_a_redelivered_message_above_the_training_watermark_comes_back_as_replayed(embedded_stack) -> None:
+    """Crash between the write and the example publish: the redelivery is flagged, with its history."""
+    from ripplerec.profiles import ProfileEntry
 
     events = [{"event_id": f"r{n}", "user_id": "u1" if n % 2 else "u2", "item_id": f"i{n}", "action": "view",
                "value": None, "ts": 1_000 + n, "context": {}} for n in range(6)]
     sources = [f"3:{100 + n}" for n in range(6)]
 
     async def run():
-        client = aioredis.from_url(embedded_stack.redis_url, decode_responses=True)
-        store = RedisProfileStore(client, f"test-{uuid.uuid4().hex[:8]}", BatchParams(history_length=50))
+        store = _store(embedded_stack.redis_url, BatchParams(history_length=50))
         first = await store.apply_batch(events, 1, prior_history=5, sources=sources)
         # the worker died before publishing: nothing was marked delivered, the batch comes again
         again = await store.apply_batch(events, 2, prior_history=5, sources=sources)
@@ -114,6 +143,63 @@ def test_a_redelivered_message_above_the_training_watermark_comes_back_as_replay
     assert list(retry.new) == [False] and not retry.replayed
     assert list(after.replayed) == [False, False, False, False, True, True]
     assert profile is not None and profile.events == 3  # replays change nothing
+
+
+def test_an_envelope_cut_across_two_calls_and_redelivered_is_applied_once_and_replayed(embedded_stack) -> None:
+    """One message of 10 events; the ingest agent applies its first 6 in one script call and dies before
+    the next call. The message comes again, cut 4 + 6: what was applied is replayed, the rest applied."""
+    events = [{"event_id": f"x{n}", "user_id": "u", "item_id": f"i{n}", "action": "view", "value": None,
+               "ts": 1_000 + n, "context": {}} for n in range(10)]
+    sources = ["5:40"] + [f"5:40:{n}" for n in range(1, 10)]  # decode_events' form: index 0 left out
+
+    async def run():
+        store = _store(embedded_stack.redis_url, BatchParams(history_length=50))
+        first = await store.apply_batch(events[:6], 1, prior_history=5, sources=sources[:6], delivered={5: 39})
+        mark = await store.client.get(f"{store.prefix}:aw:5")
+        again = [await store.apply_batch(events[:4], 2, prior_history=5, sources=sources[:4]),
+                 await store.apply_batch(events[4:], 2, prior_history=5, sources=sources[4:])]
+        # everything is delivered now; one more redelivery is dropped without replays
+        late = await store.apply_batch(events, 3, prior_history=5, sources=sources, delivered={5: 40})
+        profile = await store.get_profile("u")
+        marks = (mark, await store.client.get(f"{store.prefix}:aw:5"))
+        await store.close()
+        return first, again, late, profile, marks
+
+    first, (one, two), late, profile, marks = asyncio.run(run())
+    assert list(first.new) == [True] * 6
+    assert list(one.new) == [False] * 4 and list(one.replayed) == [True] * 4
+    assert list(two.new) == [False, False, True, True, True, True]
+    assert list(two.replayed) == [True, True, False, False, False, False]
+    assert [e.item_id for e in two.stored_history["u"]] == [f"i{n}" for n in range(6)]
+    assert list(late.new) == [False] * 10 and not late.replayed
+    assert marks == ("40:5", "40:9")
+    assert profile is not None and profile.events == 10
+    assert [e.item_id for e in profile.history] == [f"i{n}" for n in range(10)]
+
+
+def test_no_key_is_kept_per_event(embedded_stack) -> None:
+    """Keys grow with users, items and partitions, not with events; the kept ids are capped."""
+    params = BatchParams(history_length=10, recent_event_ids=16)
+
+    def batch(start: int) -> list[dict]:
+        return [{"event_id": f"k{n}", "user_id": f"u{n % 50}", "item_id": f"i{n % 30}", "action": "view",
+                 "value": None, "ts": 1_000 + n, "context": {}} for n in range(start, start + 500)]
+
+    async def run():
+        store = _store(embedded_stack.redis_url, params)
+        counts = []
+        for start in range(0, 3_000, 500):
+            sources = [f"{n % 4}:{n // 4}" for n in range(start, start + 500)]
+            await store.apply_batch(batch(start), 1, sources=sources)
+            counts.append(len([k async for k in store.client.scan_iter(match=f"{store.prefix}:*")]))
+        ids = await store.client.hget(f"{store.prefix}:u:u0", "ids")
+        await store.close()
+        return counts, ids
+
+    counts, ids = asyncio.run(run())
+    # per user: profile hash + seen set; per item: a co-occurrence row; pop, popd, users; 4 watermarks
+    assert counts == [50 * 2 + 30 + 3 + 4] * 6
+    assert ids.split("\x1e") == [f"k{n}" for n in range(2_950, 2_950 - 16 * 50, -50)]
 
 
 def test_scoring_signals_for_many_users_in_one_pipeline_survive_a_script_flush(embedded_stack) -> None:
