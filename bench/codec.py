@@ -141,42 +141,56 @@ def main() -> None:
         for op in ("encode", "decode"):
             ours, base = figures[f"ours_{op}"], figures[f"avro_{op}"]
             print(f"{name:<16}{figures['bytes']:>7.0f}  {op:<7}{ours:>13,.0f}{base:>13,.0f}{ours / base:>7.1f}x")
-    training_examples(codec, args.records, args.repeat)
+    training_batches(codec, args.records, args.repeat)
 
 
-def training_examples(codec: AvroCodec, count: int, repeat: int) -> None:
-    """The ingest agent's TrainingExample writer next to ``AvroCodec.encode`` (same bytes).
+def training_batches(codec: AvroCodec, count: int, repeat: int) -> None:
+    """The ingest agent's TrainingBatch writer next to ``AvroCodec.encode`` (same bytes).
 
-    Consecutive examples of a user share a sliding 20-entry history, as the ingest agent emits them.
+    Batches of 100 events of 100 users, each user with a 20-entry history, as the ingest agent
+    emits them; events are copied from their own messages. Rates are events per second.
     """
-    from ripplerec.schemas.training import TrainingExampleWriter
+    from ripplerec.schemas.training import TrainingBatchWriter
 
-    history = [{"item_id": f"item-{k % 1682}", "action": "view", "value": None, "ts": 1_714_564_800_000 + k}
-               for k in range(count + 20)]
-    records = [
-        {"event_id": f"0190a2b3-c4d5-7e6f-8a9b-{i:012x}", "user_id": f"user-{i // 50}", "positive_item_id": "item-7",
-         "action": "view", "value": None, "ts": 1_714_564_800_000 + i, "history": history[i : i + 20],
-         "negatives": ["item-1", "item-2", "item-3", "item-4"], "weight": 1.0}
-        for i in range(count)
+    events = [{"event_id": f"0190a2b3-c4d5-7e6f-8a9b-{i:012x}", "user_id": f"user-{i % 100}", "item_id": "item-7",
+               "action": "view", "value": None, "ts": 1_714_564_800_000 + i, "context": {}} for i in range(count)]
+    messages = [codec.encode("BehaviorEvent", e) for e in events]
+    history = [(f"item-{k % 1682}", "view", None, 1_714_564_800_000 + k) for k in range(count + 20)]
+    batches = [
+        (events[i : i + 100], messages[i : i + 100], [(f"user-{u}", history[i + u : i + u + 20]) for u in range(100)],
+         [f"item-{(i + k) % 1682}" for k in range(800)])
+        for i in range(0, count - 99, 100)
     ]
 
-    def best(make: Callable[[], Callable[[Any], bytes]]) -> float:
+    def best(encode: Callable[[Any], bytes], fresh: Callable[[], Any]) -> float:
         rates = []
         for _ in range(repeat):
-            fn = make()
+            state = fresh()
             start = time.perf_counter()
-            for record in records:
-                fn(record)
-            rates.append(count / (time.perf_counter() - start))
+            for batch in batches:
+                encode((state, batch))
+            rates.append(len(batches) * 100 / (time.perf_counter() - start))
         return max(rates)
 
-    writer = TrainingExampleWriter(codec)
-    assert all(writer.encode(r) == codec.encode("TrainingExample", r) for r in records[:200])
-    fast = best(lambda: TrainingExampleWriter(codec).encode)  # a cold cache every run
-    plain = best(lambda: lambda r: codec.encode("TrainingExample", r))
-    size = len(codec.encode("TrainingExample", records[0]))
-    print(f"{'TrainingExample':<16}{size:>7}  {'encode':<7}{fast:>13,.0f}{plain:>13,.0f}{fast / plain:>7.1f}x"
-          "   (ingest writer vs AvroCodec.encode, 20-entry histories)")
+    def fast(args: Any) -> bytes:
+        writer, (chosen, lone, histories, candidates) = args
+        bodies = [writer.event_body(e, m) for e, m in zip(chosen, lone, strict=True)]
+        return bytes(writer.encode(chosen, bodies, histories, candidates, 4, 20))
+
+    def plain(args: Any) -> bytes:
+        _, (chosen, _lone, histories, candidates) = args
+        return codec.encode("TrainingBatch", {
+            "events": chosen, "candidates": candidates, "negatives": 4, "history_length": 20,
+            "histories": [{"user_id": u, "history": [{"item_id": i, "action": a, "value": v, "ts": t}
+                                                     for i, a, v, t in h]} for u, h in histories]})
+
+    writer = TrainingBatchWriter(codec)
+    assert all(fast((writer, b)) == plain((writer, b)) for b in batches[:20])
+    ours = best(fast, lambda: TrainingBatchWriter(codec))  # a cold cache every run
+    base = best(plain, lambda: None)
+    size = len(plain((writer, batches[0]))) / 100
+    print(f"{'TrainingBatch':<16}{size:>7.0f}  {'encode':<7}{ours:>13,.0f}{base:>13,.0f}{ours / base:>7.1f}x"
+          "   (ingest writer vs AvroCodec.encode, events/s, bytes per event)")
 
 
 if __name__ == "__main__":

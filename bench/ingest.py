@@ -312,18 +312,23 @@ def main() -> None:
         if args.only:
             plan = [step for step in plan if step[0] in args.only.split(",")]
         redis = next((p.pid for p in stack.processes() if "redis" in Path(str(p.args[0])).name), None)
+        broker = next((p.pid for p in stack.processes() if "tansu" in Path(str(p.args[0])).name), None)
         for label, kind, topic, expect, extra in plan:
             redis_before = cpu_seconds(redis) if redis else 0.0
+            broker_before = cpu_seconds(broker) if broker else 0.0
             runs[label] = run_child(kind, settings, topic, expect, extra)
             run = runs[label]
             run["redis_s"] = cpu_seconds(redis) - redis_before if redis else 0.0
+            run["broker_s"] = cpu_seconds(broker) - broker_before if broker else 0.0
             detail = ""
             if "batches" in run:
                 detail = (f"; {run['batches']} batches of {run['events'] / run['batches']:.0f}, "
                           f"writes (Redis + publish) busy {run['write_s'] / run['seconds']:.0%} of the time")
             cpu = f"; CPU per event: reader {run['cpu_s'] / run['events'] * 1e6:.0f} us" if "cpu_s" in run else ""
             if cpu and run["redis_s"] > 0.01:
-                cpu += f", redis-server {run['redis_s'] / run['events'] * 1e6:.0f} us (whole child run)"
+                cpu += f", redis-server {run['redis_s'] / run['events'] * 1e6:.0f} us"
+            if cpu:
+                cpu += f", broker {run['broker_s'] / run['events'] * 1e6:.0f} us (both for the whole child run)"
             print(f"  ({label:5}) {kind:9} {run['rate']:>10,.0f} events/s  "
                   f"({run['events']} events in {run['seconds']:.2f}s{detail}{cpu})", flush=True)
 

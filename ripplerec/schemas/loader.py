@@ -17,6 +17,7 @@ SCHEMA_FILES: dict[str, str] = {
     "RecommendationRequest": "recommendation_request.avsc",
     "Recommendation": "recommendation.avsc",
     "TrainingExample": "training_example.avsc",
+    "TrainingBatch": "training_batch.avsc",
     "ModelUpdate": "model_update.avsc",
     "DriftAlert": "drift_alert.avsc",
     "DeadLetter": "dead_letter.avsc",

@@ -19,6 +19,8 @@ __all__ = [
     "Recommendation",
     "HistoryEntry",
     "TrainingExample",
+    "TrainingBatch",
+    "UserHistory",
     "ModelUpdate",
     "DriftAlert",
     "DeadLetter",
@@ -110,6 +112,19 @@ class TrainingExample(TypedDict):
     weight: float
 
 
+class UserHistory(TypedDict):
+    user_id: str
+    history: list[HistoryEntry]
+
+
+class TrainingBatch(TypedDict):
+    events: list[BehaviorEvent]
+    histories: list[UserHistory]
+    candidates: list[str]
+    negatives: int
+    history_length: int
+
+
 class ModelUpdate(TypedDict):
     model_name: str
     version: str
@@ -149,6 +164,7 @@ RECORD_TYPES: dict[str, type] = {
     "RecommendationRequest": RecommendationRequest,
     "Recommendation": Recommendation,
     "TrainingExample": TrainingExample,
+    "TrainingBatch": TrainingBatch,
     "ModelUpdate": ModelUpdate,
     "DriftAlert": DriftAlert,
     "DeadLetter": DeadLetter,

@@ -1,15 +1,90 @@
-"""A fast writer for the record the ingest agent emits most: ``TrainingExample``."""
+"""The records on ``ripple.training``: compact ``TrainingBatch``es, and single ``TrainingExample``s.
+
+The ingest agent publishes, per batch and partition, one ``TrainingBatch``: the new events it
+applied, each of their users' history just before them, and candidate negatives. That is all the
+examples are made of: an example's history is its user's history followed by the user's earlier
+events in the batch. Sent that way, a user's history travels once per batch instead of once per
+example (up to ``history_length`` times), and the ingest agent's work per event is a few byte
+copies rather than building and encoding a record.
+
+Readers call :func:`decode_training`, which gives the ``TrainingExample``s of either record (the
+ingest agent still sends single examples when it rebuilds those of redelivered events).
+"""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ripplerec.schemas.codec import HEADER_SIZE, AvroCodec
-from ripplerec.schemas.records import TrainingExample
+from ripplerec.schemas.records import TrainingBatch, TrainingExample
 
-__all__ = ["TrainingExampleWriter"]
+__all__ = ["TrainingBatchWriter", "expand_training_batch", "decode_training", "pick_negatives", "TRAINING_RECORDS"]
+
+#: The records a ``ripple.training`` message may hold.
+TRAINING_RECORDS = frozenset({"TrainingExample", "TrainingBatch"})
+
+#: ``(item_id, action, value, ts)``: a history entry as the ingest agent holds it (a ``ProfileEntry`` is one).
+Entry = tuple[str, str, float | None, int]
+
+
+def pick_negatives(candidates: Iterable[str], positive: str, history_items: Iterable[str], wanted: int) -> list[str]:
+    """The first ``wanted`` candidates that are not the positive, in the history or taken already."""
+    sampled: list[str] = []
+    if wanted <= 0:
+        return sampled
+    avoid = set(history_items)
+    avoid.add(positive)
+    for candidate in candidates:
+        if candidate not in avoid:
+            sampled.append(candidate)
+            if len(sampled) == wanted:
+                break
+            avoid.add(candidate)
+    return sampled
+
+
+def expand_training_batch(batch: Mapping[str, Any]) -> list[TrainingExample]:
+    """The ``TrainingExample``s a ``TrainingBatch`` stands for, in event order (pure).
+
+    One per non-skip event: the user's history before it (the batch's ``histories`` entry, then the
+    user's earlier events in the batch; the last ``history_length``), the event as the positive, and
+    the first ``negatives`` of its ``2 * negatives`` candidates that are usable (:func:`pick_negatives`).
+    """
+    length, wanted, candidates = batch["history_length"], batch["negatives"], batch["candidates"]
+    running: dict[str, list[dict[str, Any]]] = {h["user_id"]: list(h["history"]) for h in batch["histories"]}
+    out: list[TrainingExample] = []
+    position = 0
+    for event in batch["events"]:
+        history = running.setdefault(event["user_id"], [])
+        entry = {"item_id": event["item_id"], "action": event["action"], "value": event["value"], "ts": event["ts"]}
+        if event["action"] != "skip":
+            window = history[-length:] if length else []
+            own = candidates[position : position + 2 * wanted]
+            position += 2 * wanted
+            out.append({
+                "event_id": event["event_id"],
+                "user_id": event["user_id"],
+                "positive_item_id": event["item_id"],
+                "action": event["action"],
+                "value": event["value"],
+                "ts": event["ts"],
+                "history": [{"item_id": h["item_id"], "action": h["action"], "value": h["value"], "ts": h["ts"]}
+                            for h in window],
+                "negatives": pick_negatives(own, event["item_id"], (h["item_id"] for h in window), wanted),
+                "weight": 1.0,
+            })
+        history.append(entry)
+    return out
+
+
+def decode_training(codec: AvroCodec, data: bytes) -> list[TrainingExample]:
+    """The examples in one ``ripple.training`` message, whichever record it holds."""
+    name, record = codec.decode_any(data, TRAINING_RECORDS)
+    if name == "TrainingBatch":
+        return expand_training_batch(record)
+    return [record]  # type: ignore[list-item]
 
 
 def _zigzag(n: int) -> bytes:
@@ -29,143 +104,142 @@ def _avro_str(text: str) -> bytes:
 
 
 _DOUBLE = struct.Struct("<d")
-
-#: The TrainingExample layout the fast writer knows; any other schema goes through the codec.
-_TRAINING_FIELDS = [
-    ("event_id", "string"), ("user_id", "string"), ("positive_item_id", "string"), ("action", "string"),
-    ("value", ["null", "double"]), ("ts", "long"), ("history", "array"), ("negatives", "array"),
-    ("weight", "double"),
-]
-_HISTORY_FIELDS = [("item_id", "string"), ("action", "string"), ("value", ["null", "double"]), ("ts", "long")]
+#: The varints of the counts an array holds (anything larger is computed).
+_SMALL = [_zigzag(n) for n in range(1024)]
 
 
-class TrainingExampleWriter:
-    """Avro bytes of ``TrainingExample``s, byte for byte what ``AvroCodec.encode`` writes, several times faster.
+def _count(n: int) -> bytes:
+    return _SMALL[n] if n < 1024 else _zigzag(n)
 
-    fastavro spends about 4 µs per history entry, and a user's consecutive examples repeat almost
-    the same history, so each entry is encoded once and its bytes reused (a bounded cache); the
-    rest of the record is a few primitives. The codec stays the reference: the tests compare both
-    on random examples, a schema that differs from the layout above turns the fast path off, and a
-    record it does not expect (a value that is not a float or None) goes through the codec.
+
+def _array(count: int, items: Iterable[bytes]) -> bytes:
+    """An Avro array's bytes: its count, its items, then a 0 count to end it (just the 0 when empty)."""
+    return _count(count) + b"".join(items) + b"\x00" if count else b"\x00"
+
+
+#: The TrainingBatch layout the fast writer knows; any other schema goes through the codec.
+_BATCH_FIELDS = [("events", "array"), ("histories", "array"), ("candidates", "array"), ("negatives", "int"),
+                 ("history_length", "int")]
+_USER_FIELDS = [("user_id", "string"), ("history", "array")]
+_ENTRY_FIELDS = [("item_id", "string"), ("action", "string"), ("value", ["null", "double"]), ("ts", "long")]
+
+
+class TrainingBatchWriter:
+    """Avro bytes of ``TrainingBatch``es, byte for byte what ``AvroCodec.encode`` writes, without the record.
+
+    The events are copied as they came: an event that arrived alone in a message written with
+    this codec's ``BehaviorEvent`` schema is that message minus its header (anything else is
+    encoded). History entries and item ids repeat from batch to batch, so their bytes are cached
+    (bounded). The codec stays the reference: the tests compare both on random batches, a schema
+    that differs from the layout above turns the fast path off, and an entry with a value that is
+    neither a float nor None sends its batch through the codec.
     """
 
     def __init__(self, codec: AvroCodec, cache_size: int = 200_000) -> None:
         self.codec = codec
-        self.header = codec.encode("TrainingExample", _EMPTY_EXAMPLE)[:HEADER_SIZE]
+        self.header = codec.encode("TrainingBatch", _EMPTY_BATCH)[:HEADER_SIZE]
+        self.event_header = codec.encode("BehaviorEvent", _EMPTY_EVENT)[:HEADER_SIZE]
         self.cache_size = cache_size
         self._entries: dict[tuple[Any, ...], bytes] = {}
         self._strings: dict[str, bytes] = {}
-        self.fast = self._layout_matches(codec.schema("TrainingExample"))
+        self.fast = self._layout_matches(codec.schema("TrainingBatch"))
 
     @staticmethod
     def _layout_matches(schema: Mapping[str, Any]) -> bool:
         def kind(t: Any) -> Any:
             return t["type"] if isinstance(t, dict) else t
 
-        fields = [(f["name"], kind(f["type"])) for f in schema.get("fields", [])]
-        if fields != _TRAINING_FIELDS:
+        def fields(record: Any) -> list[tuple[str, Any]]:
+            return [(f["name"], kind(f["type"])) for f in record.get("fields", [])] if isinstance(record, dict) else []
+
+        if fields(schema) != _BATCH_FIELDS:
             return False
         by_name = {f["name"]: f["type"] for f in schema["fields"]}
-        items = by_name["history"].get("items", {})
-        entry = [(f["name"], kind(f["type"])) for f in items.get("fields", [])] if isinstance(items, dict) else []
-        return entry == _HISTORY_FIELDS and by_name["negatives"].get("items") == "string"
+        user = by_name["histories"].get("items")
+        if fields(user) != _USER_FIELDS or by_name["candidates"].get("items") != "string":
+            return False
+        return fields({f["name"]: f["type"] for f in user["fields"]}["history"].get("items")) == _ENTRY_FIELDS
 
-    def encode(self, x: TrainingExample) -> bytes:
-        if self.fast:
-            history = [(h["item_id"], h["action"], h["value"], h["ts"]) for h in x["history"]]
-            positive = (x["positive_item_id"], x["action"], x["value"], x["ts"])
-            raw = self._fast(x["event_id"], x["user_id"], positive, history, x["negatives"], x["weight"])
-            if raw is not None:
-                return raw
-        return self.codec.encode("TrainingExample", x)
+    def event_body(self, event: Mapping[str, Any], message: bytes | None) -> bytes:
+        """An event's bytes inside the batch: ``message`` (the event's own message) minus its header when
+        it was written with this codec's schema, else the event encoded."""
+        if message is not None and message[:HEADER_SIZE] == self.event_header:
+            return message[HEADER_SIZE:]
+        return self.codec.encode("BehaviorEvent", event)[HEADER_SIZE:]
 
-    def encode_parts(
+    def encode(
         self,
-        event_id: str,
-        user_id: str,
-        positive: tuple[str, str, float | None, int],
-        history: Sequence[tuple[str, str, float | None, int]],
-        negatives: Sequence[str],
-        weight: float = 1.0,
+        events: Sequence[Mapping[str, Any]],
+        bodies: Sequence[bytes],
+        histories: Sequence[tuple[str, Sequence[Entry]]],
+        candidates: Sequence[str],
+        negatives: int,
+        history_length: int,
     ) -> bytes:
-        """The bytes of the example with these parts, without building its record.
-
-        ``positive`` and each ``history`` entry are ``(item_id, action, value, ts)`` tuples (a
-        ``ProfileEntry`` is one), so the ingest agent passes the entries it already holds, and
-        their bytes are found by the entry itself.
-        """
-        raw = self._fast(event_id, user_id, positive, history, negatives, weight) if self.fast else None
+        """The bytes of the batch of these ``events`` (``bodies``: their :meth:`event_body`), ``histories``
+        ((user id, entries oldest first) pairs) and ``candidates``."""
+        raw = self._fast(bodies, histories, candidates, negatives, history_length) if self.fast else None
         if raw is not None:
             return raw
-        record: TrainingExample = {
-            "event_id": event_id,
-            "user_id": user_id,
-            "positive_item_id": positive[0],
-            "action": positive[1],
-            "value": positive[2],
-            "ts": positive[3],
-            "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in history],
-            "negatives": list(negatives),
-            "weight": weight,
+        record: TrainingBatch = {
+            "events": list(events),  # type: ignore[arg-type]
+            "histories": [
+                {"user_id": user_id,
+                 "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in entries]}
+                for user_id, entries in histories
+            ],
+            "candidates": list(candidates),
+            "negatives": negatives,
+            "history_length": history_length,
         }
-        return self.codec.encode("TrainingExample", record)
+        return self.codec.encode("TrainingBatch", record)
 
     def _fast(
         self,
-        event_id: str,
-        user_id: str,
-        positive: tuple[str, str, float | None, int],
-        history: Sequence[tuple[str, str, float | None, int]],
-        negatives: Sequence[str],
-        weight: float,
+        bodies: Sequence[bytes],
+        histories: Sequence[tuple[str, Sequence[Entry]]],
+        candidates: Sequence[str],
+        negatives: int,
+        history_length: int,
     ) -> bytes | None:
-        """The bytes, or None for a value the layout above does not expect (the codec decides then)."""
-        value = positive[2]
-        if not (value is None or type(value) is float) or type(weight) is not float:
-            return None
         entries, strings = self._entries, self._strings
         if len(entries) > self.cache_size:
             entries.clear()
         if len(strings) > self.cache_size:
             strings.clear()
-        ids = []
-        for text in (user_id, positive[0], positive[1], *negatives):  # ids and actions repeat: cached
-            raw = strings.get(text)
-            if raw is None:
-                raw = strings[text] = _avro_str(text)
-            ids.append(raw)
-        parts = [
+        string = self._string
+        users = []
+        for user_id, history in histories:
+            raws = [entries.get(e) or self._entry(e) for e in history]  # type: ignore[arg-type]
+            if None in raws:
+                return None
+            users.append((strings.get(user_id) or string(user_id)) + _array(len(raws), raws))  # type: ignore[arg-type]
+        sampled = [strings.get(text) or string(text) for text in candidates]
+        return b"".join((
             self.header,
-            _avro_str(event_id),
-            ids[0],
-            ids[1],
-            ids[2],
-            b"\x00" if value is None else b"\x02" + _DOUBLE.pack(value),
-            _zigzag(positive[3]),
-        ]
-        if history:
-            parts.append(_zigzag(len(history)))
-            for entry in history:
-                raw = entries.get(entry)
-                if raw is None:
-                    item_id, action, v, ts = entry
-                    if not (v is None or type(v) is float):
-                        return None
-                    raw = entries[entry] = (
-                        _avro_str(item_id) + _avro_str(action)
-                        + (b"\x00" if v is None else b"\x02" + _DOUBLE.pack(v)) + _zigzag(ts)
-                    )
-                parts.append(raw)
-        parts.append(b"\x00")
-        if negatives:
-            parts.append(_zigzag(len(negatives)))
-            parts.extend(ids[3:])
-        parts.append(b"\x00")
-        parts.append(_DOUBLE.pack(weight))
-        return b"".join(parts)
+            _array(len(bodies), bodies),
+            _array(len(users), users),
+            _array(len(sampled), sampled),
+            _zigzag(negatives),
+            _zigzag(history_length),
+        ))
+
+    def _string(self, text: str) -> bytes:
+        raw = self._strings[text] = _avro_str(text)
+        return raw
+
+    def _entry(self, entry: Entry) -> bytes | None:
+        item_id, action, value, ts = entry
+        if not (value is None or type(value) is float):
+            return None
+        raw = self._entries[entry] = (
+            _avro_str(item_id) + _avro_str(action)
+            + (b"\x00" if value is None else b"\x02" + _DOUBLE.pack(value)) + _zigzag(ts)
+        )
+        return raw
 
 
-_EMPTY_EXAMPLE: TrainingExample = {
-    "event_id": "", "user_id": "", "positive_item_id": "", "action": "", "value": None, "ts": 0,
-    "history": [], "negatives": [], "weight": 1.0,
+_EMPTY_BATCH: TrainingBatch = {"events": [], "histories": [], "candidates": [], "negatives": 0, "history_length": 0}
+_EMPTY_EVENT: dict[str, Any] = {
+    "event_id": "", "user_id": "", "item_id": "", "action": "view", "value": None, "ts": 0, "context": {},
 }

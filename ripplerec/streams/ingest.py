@@ -21,8 +21,8 @@ from ripplerec.config import Settings
 from ripplerec.monitoring import StreamMetrics
 from ripplerec.profiles import BatchOutcome, ProfileEntry, ProfileStore
 from ripplerec.schemas import AvroCodec, DecodeError
-from ripplerec.schemas.records import DeadLetter, TrainingExample
-from ripplerec.schemas.training import TrainingExampleWriter
+from ripplerec.schemas.records import DeadLetter, TrainingBatch, TrainingExample
+from ripplerec.schemas.training import TrainingBatchWriter, expand_training_batch, pick_negatives
 from ripplerec.streams.validation import InvalidRecord, validate_event, validate_item
 
 __all__ = [
@@ -35,9 +35,9 @@ __all__ = [
     "decode_events",
     "training_examples",
     "replayed_examples",
-    "example_parts",
-    "encode_example",
-    "ExampleParts",
+    "plan_training",
+    "training_batch",
+    "TrainingPlan",
     "TRIGGER_CONTEXT_KEY",
 ]
 
@@ -96,11 +96,14 @@ _EVENT_RECORDS = frozenset({"BehaviorEvent", "EventBatch"})
 
 def decode_events(
     messages: Sequence[RawMessage], codec: AvroCodec, settings: Settings, now_ms: float
-) -> tuple[list[dict[str, Any]], list[int], list[str], list[tuple[RawMessage, str, str]]]:
-    """Decode and validate a batch: (valid events in order, their source partitions, their sources, rejects).
+) -> tuple[list[dict[str, Any]], list[int], list[str], list[bytes | None], list[tuple[RawMessage, str, str]]]:
+    """Decode and validate a batch: (valid events in order, their source partitions, their sources,
+    their own messages, rejects).
 
-    A source is the ``"partition:offset"`` of the message an event came in (events of one envelope
-    share it). Rejects are (message, error type, error) triples.
+    A source is the ``"partition:offset"`` of the message an event came in, with ``":index"`` added
+    for the event's place in an envelope after the first. An event's own message is the bytes of the
+    message when the event came alone in it (None for envelope events): the training batches copy
+    them. Rejects are (message, error type, error) triples.
 
     A message may hold one ``BehaviorEvent`` or an ``EventBatch`` envelope of many; an invalid event
     inside an envelope is rejected alone, the rest of the envelope goes on.
@@ -109,6 +112,7 @@ def decode_events(
     events: list[dict[str, Any]] = []
     partitions: list[int] = []
     sources: list[str] = []
+    lone: list[bytes | None] = []
     rejects: list[tuple[RawMessage, str, str]] = []
     for message in messages:
         try:
@@ -120,6 +124,7 @@ def decode_events(
             rejects.append((message, type(exc).__name__, str(exc)))
             continue
         batch = record["events"] if name == "EventBatch" else (record,)
+        own = message.value if name == "BehaviorEvent" else None
         source = f"{message.partition}:{message.offset}"
         for index, event in enumerate(batch):
             try:
@@ -131,43 +136,88 @@ def decode_events(
             events.append(event)
             partitions.append(message.partition)
             sources.append(f"{source}:{index}" if index else source)  # place in an envelope
-    return events, partitions, sources, rejects
+            lone.append(own)
+    return events, partitions, sources, lone, rejects
 
 
-class ExampleParts(NamedTuple):
-    """What one TrainingExample is made of, before it becomes a record or bytes."""
+class TrainingPlan(NamedTuple):
+    """What one ``TrainingBatch`` message will hold, before it becomes a record or bytes."""
 
-    event: Mapping[str, Any]
-    entry: ProfileEntry  # the positive
-    window: Sequence[ProfileEntry]  # the history before it, oldest first
-    negatives: list[str]
+    partition: int
+    indices: list[int]  # its events (indices into the ingest batch), in order
+    histories: list[tuple[str, list[tuple[Any, ...]]]]  # each user's history before their first event in it
+    candidates: list[str]  # negatives' candidates: 2 * negatives per example
+    examples: int  # how many examples it stands for: its non-skip events
 
 
-def example_parts(
+def plan_training(
     events: Sequence[Mapping[str, Any]],
     new: Sequence[bool],
-    prior_history: Mapping[str, Sequence[ProfileEntry]],
+    partitions: Sequence[int],
+    prior_history: Mapping[str, Sequence[tuple[Any, ...]]],
     item_pool: Sequence[str],
     negatives: int,
     history_length: int,
     rng: random.Random,
-) -> list[ExampleParts]:
-    """The parts of :func:`training_examples`' examples (the ingest agent turns them straight into bytes)."""
-    running: dict[str, list[ProfileEntry]] = {}
-    out: list[ExampleParts] = []
-    for event, is_new in zip(events, new, strict=True):
-        if not is_new:
-            continue
-        user_id = event["user_id"]
-        history = running.get(user_id)
-        if history is None:
-            history = running[user_id] = list(prior_history.get(user_id, ()))
-        entry = ProfileEntry(event["item_id"], event["action"], event["value"], event["ts"])
-        if event["action"] != "skip":
-            window = history[-history_length:] if history_length else []
-            out.append(ExampleParts(event, entry, window, _negatives(entry, window, item_pool, negatives, rng)))
-        history.append(entry)
-    return out
+    max_events: int = 500,
+) -> list[TrainingPlan]:
+    """Split a batch's new events into ``TrainingBatch``es (pure apart from ``rng``).
+
+    A user's events go to the partition of their first new event in the batch (the events topic is
+    keyed by user, so that is where all of them came from), at most ``max_events`` per message. Each
+    message carries, for each of its users, the history just before the user's first event in it:
+    the stored history (``prior_history``, oldest first) then the user's earlier events of the batch.
+    Candidates are drawn from ``item_pool`` with one ``rng.choices`` call per message.
+    """
+    by_partition: dict[int, list[int]] = {}
+    home: dict[str, int] = {}
+    for index, is_new in enumerate(new):
+        if is_new:
+            user_id = events[index]["user_id"]
+            partition = home.get(user_id)
+            if partition is None:
+                partition = home[user_id] = partitions[index]
+            by_partition.setdefault(partition, []).append(index)
+    running: dict[str, list[tuple[Any, ...]]] = {}
+    plans: list[TrainingPlan] = []
+    for partition, indices in by_partition.items():
+        for start in range(0, len(indices), max_events):
+            chunk = indices[start : start + max_events]
+            histories: list[tuple[str, list[tuple[Any, ...]]]] = []
+            listed: set[str] = set()
+            positives = 0
+            for index in chunk:
+                event = events[index]
+                user_id, action = event["user_id"], event["action"]
+                history = running.get(user_id)
+                if history is None:
+                    history = running[user_id] = list(prior_history.get(user_id, ()))
+                if user_id not in listed:
+                    listed.add(user_id)
+                    histories.append((user_id, history[-history_length:] if history_length else []))
+                history.append((event["item_id"], action, event["value"], event["ts"]))
+                if action != "skip":
+                    positives += 1
+            wanted = 2 * negatives * positives
+            candidates = rng.choices(item_pool, k=wanted) if wanted and item_pool else []
+            plans.append(TrainingPlan(partition, chunk, histories, candidates, positives))
+    return plans
+
+
+def training_batch(
+    plan: TrainingPlan, events: Sequence[Mapping[str, Any]], negatives: int, history_length: int
+) -> TrainingBatch:
+    """The ``TrainingBatch`` record of ``plan`` (the ingest agent writes its bytes directly)."""
+    return {
+        "events": [events[i] for i in plan.indices],  # type: ignore[misc]
+        "histories": [
+            {"user_id": user_id, "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in h]}
+            for user_id, h in plan.histories
+        ],
+        "candidates": list(plan.candidates),
+        "negatives": negatives,
+        "history_length": history_length,
+    }
 
 
 def training_examples(
@@ -181,17 +231,12 @@ def training_examples(
 ) -> list[TrainingExample]:
     """One TrainingExample per new, non-skip event: the user's history just before it + negatives.
 
-    Pure apart from ``rng``. Negatives are drawn from ``item_pool`` leaving out the positive and the
-    items in the history (so there may be fewer when the pool is small).
+    Pure apart from ``rng``: what the batch's ``TrainingBatch``es expand to. Negatives are drawn from
+    ``item_pool`` leaving out the positive and the items in the history (so there may be fewer when
+    the pool is small).
     """
-    parts = example_parts(events, new, prior_history, item_pool, negatives, history_length, rng)
-    return [_record(part) for part in parts]
-
-
-def encode_example(writer: TrainingExampleWriter, part: ExampleParts) -> bytes:
-    """The Avro bytes of :func:`training_examples`' record for ``part``, without building the record."""
-    event = part.event
-    return writer.encode_parts(event["event_id"], event["user_id"], part.entry, part.window, part.negatives)
+    plans = plan_training(events, new, [0] * len(events), prior_history, item_pool, negatives, history_length, rng)
+    return [x for plan in plans for x in expand_training_batch(training_batch(plan, events, negatives, history_length))]
 
 
 def replayed_examples(
@@ -226,40 +271,19 @@ def replayed_examples(
         cursors[user_id] = position + 1
         if event["action"] != "skip":
             window = list(stored[max(0, position - history_length) : position]) if history_length else []
-            sampled = _negatives(entry, window, item_pool, negatives, rng)
-            out.append(_record(ExampleParts(event, entry, window, sampled)))
+            candidates = rng.choices(item_pool, k=2 * negatives) if negatives and item_pool else []
+            out.append({
+                "event_id": event["event_id"],
+                "user_id": user_id,
+                "positive_item_id": entry.item_id,
+                "action": entry.action,
+                "value": entry.value,
+                "ts": entry.ts,
+                "history": [{"item_id": e.item_id, "action": e.action, "value": e.value, "ts": e.ts} for e in window],
+                "negatives": pick_negatives(candidates, entry.item_id, (e.item_id for e in window), negatives),
+                "weight": 1.0,
+            })
     return out, missing
-
-
-def _negatives(
-    entry: ProfileEntry, window: Sequence[ProfileEntry], item_pool: Sequence[str], negatives: int, rng: random.Random
-) -> list[str]:
-    sampled: list[str] = []
-    if negatives and item_pool:
-        avoid = {e.item_id for e in window}
-        avoid.add(entry.item_id)
-        for candidate in rng.choices(item_pool, k=negatives * 2):
-            if candidate not in avoid:
-                sampled.append(candidate)
-                avoid.add(candidate)
-                if len(sampled) >= negatives:
-                    break
-    return sampled
-
-
-def _record(part: ExampleParts) -> TrainingExample:
-    entry = part.entry
-    return {
-        "event_id": part.event["event_id"],
-        "user_id": part.event["user_id"],
-        "positive_item_id": entry.item_id,
-        "action": entry.action,
-        "value": entry.value,
-        "ts": entry.ts,
-        "history": [{"item_id": e.item_id, "action": e.action, "value": e.value, "ts": e.ts} for e in part.window],
-        "negatives": part.negatives,
-        "weight": 1.0,
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +292,8 @@ class PreparedBatch:
 
     events: list[dict[str, Any]]
     partitions: list[int]
-    sources: list[str]  # "partition:offset" of each event's message
+    sources: list[str]  # "partition:offset[:index]" of each event's message
+    lone: list[bytes | None]  # each event's own message when it came alone in one
     rejects: list[tuple[RawMessage, str, str]]
     now_ms: int
     started: float
@@ -319,7 +344,7 @@ class IngestProcessor:
         # partition -> offset up to which training examples were delivered, not yet told to the store
         # (it rides along with the next batch's write instead of costing a round trip of its own)
         self._delivered: dict[int, int] = {}
-        self._examples = TrainingExampleWriter(codec)
+        self._training = TrainingBatchWriter(codec)
 
     async def _apply(
         self, events: Sequence[Mapping[str, Any]], now_ms: int, sources: Sequence[str]
@@ -378,12 +403,12 @@ class IngestProcessor:
     def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
         """Decode and validate (CPU only; the agent overlaps this with the previous batch's writes)."""
         now_ms = int(self.clock() * 1000)
-        events, partitions, sources, rejects = decode_events(messages, self.codec, self.settings, now_ms)
+        events, partitions, sources, lone, rejects = decode_events(messages, self.codec, self.settings, now_ms)
         last: dict[int, int] = {}
         for message in messages:
             if message.offset > last.get(message.partition, -1):
                 last[message.partition] = message.offset
-        return PreparedBatch(events, partitions, sources, rejects, now_ms, time.perf_counter(), last)
+        return PreparedBatch(events, partitions, sources, lone, rejects, now_ms, time.perf_counter(), last)
 
     async def commit(self, batch: PreparedBatch) -> BatchOutcome:
         """Write the batch and publish what follows from it; returns once all of it is delivered."""
@@ -402,27 +427,31 @@ class IngestProcessor:
             pool = self.item_pool
             for event in events:
                 pool.add(event["item_id"])
-            parts = example_parts(
-                events, outcome.new, outcome.prior_history, pool.ids,
-                settings.training_negatives, settings.training_history_length, self.rng,
-            )
-            # Same partition as the source event: topics share the partition count and the events
+            negatives, length = settings.training_negatives, settings.training_history_length
+            # Same partition as the source events: topics share the partition count and the events
             # topic is keyed by user, so this is where the user's key would land anyway.
-            partition_of = {e["event_id"]: p for e, p in zip(events, batch.partitions, strict=True)}
             limit = settings.topics.partitions
-            writer = self._examples
-            records = [
-                (partition_of[p.event["event_id"]] % limit, p.event["user_id"].encode(), encode_example(writer, p))
-                for p in parts
-            ]
+            plans = plan_training(events, outcome.new, batch.partitions, outcome.prior_history, pool.ids,
+                                  negatives, length, self.rng)
+            writer, lone = self._training, batch.lone
+            records: list[tuple[int, bytes | None, bytes]] = []
+            examples = 0
+            for plan in plans:
+                chosen = [events[i] for i in plan.indices]
+                bodies = [writer.event_body(e, lone[i]) for e, i in zip(chosen, plan.indices, strict=True)]
+                value = writer.encode(chosen, bodies, plan.histories, plan.candidates, negatives, length)
+                records.append((plan.partition % limit, None, value))
+                examples += plan.examples
             if outcome.replayed:
                 again, missing = replayed_examples(
-                    events, outcome.replayed, outcome.stored_history, pool.ids,
-                    settings.training_negatives, settings.training_history_length, self.rng,
+                    events, outcome.replayed, outcome.stored_history, pool.ids, negatives, length, self.rng,
                 )
+                partition_of = {e["event_id"]: p for e, p in zip(events, batch.partitions, strict=True)}
                 records.extend(
-                    (partition_of[x["event_id"]] % limit, x["user_id"].encode(), writer.encode(x)) for x in again
+                    (partition_of[x["event_id"]] % limit, x["user_id"].encode(), encode("TrainingExample", x))
+                    for x in again
                 )
+                examples += len(again)
                 self.metrics.training_examples_replayed.inc(len(again))
                 if missing:
                     self.metrics.training_examples_unrecoverable.inc(missing)
@@ -434,7 +463,7 @@ class IngestProcessor:
             else:
                 for partition, key, value in records:
                     pending.append(await send(topic, key, value, partition))
-            self.metrics.training_examples.inc(len(records))
+            self.metrics.training_examples.inc(examples)
         for user_id, event_id in outcome.proactive:
             request = {
                 "request_id": f"proactive-{event_id}",

@@ -79,6 +79,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "negatives": ["i7", "i9"],
         "weight": 1.0,
     },
+    "TrainingBatch": {
+        "events": [{"event_id": "e1", "user_id": "u1", "item_id": "i1", "action": "click", "value": None, "ts": 4,
+                    "context": {}}],
+        "histories": [{"user_id": "u1", "history": [{"item_id": "i0", "action": "view", "value": None, "ts": 3}]}],
+        "candidates": ["i7", "i9"],
+        "negatives": 1,
+        "history_length": 20,
+    },
     "ModelUpdate": {
         "model_name": "minilm",
         "version": "v2",

@@ -11,6 +11,7 @@ from typing import Any
 from ripplerec.config import Settings
 from ripplerec.embedded import create_topics, free_port
 from ripplerec.schemas import AvroCodec
+from ripplerec.schemas.training import decode_training
 from ripplerec.testing import unique_topics
 
 T0 = 874_724_710_000  # MovieLens-era timestamps: must be accepted
@@ -75,7 +76,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, every: float =
 
 def read_topic(settings: Settings, topic: str, codec: AvroCodec, name: str, expect: int = 1 << 30,
                timeout: float = 30.0, until: Callable[[list], bool] | None = None):
-    """Every record on ``topic`` (from the start) once ``expect`` arrived or ``until(records)`` holds."""
+    """Every record on ``topic`` (from the start) once ``expect`` arrived or ``until(records)`` holds.
+
+    ``name`` ``"training"`` reads ``ripple.training`` as its consumers do: the TrainingExamples of
+    each message, whether it holds a TrainingBatch or a single example.
+    """
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
@@ -85,7 +90,10 @@ def read_topic(settings: Settings, topic: str, codec: AvroCodec, name: str, expe
     try:
         while len(out) < expect and time.monotonic() < deadline:
             for msg in consumer:
-                out.append((msg, codec.decode(name, msg.value)))
+                if name == "training":
+                    out.extend((msg, x) for x in decode_training(codec, msg.value))
+                else:
+                    out.append((msg, codec.decode(name, msg.value)))
                 if until is not None and until(out):
                     return out
     finally:

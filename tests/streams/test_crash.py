@@ -63,7 +63,7 @@ def test_sigkill_and_restart_loses_nothing_and_counts_nothing_twice(embedded_sta
     # Examples are published after the write: those the kill cut off are rebuilt from the stored
     # history when their events come again (at-least-once: a few may appear twice).
     wanted = {e["event_id"] for e in events}
-    examples = read_topic(settings, settings.topics.training, stream_codec, "TrainingExample", timeout=60,
+    examples = read_topic(settings, settings.topics.training, stream_codec, "training", timeout=60,
                           until=lambda got: wanted <= {x["event_id"] for _, x in got})
     assert wanted - {x["event_id"] for _, x in examples} == set()
     by_id = {x["event_id"]: x for _, x in examples}

@@ -7,13 +7,13 @@ import random
 from ripplerec.config import Settings
 from ripplerec.profiles import ProfileEntry
 from ripplerec.schemas import AvroCodec
-from ripplerec.schemas.training import TrainingExampleWriter
+from ripplerec.schemas.training import TrainingBatchWriter, decode_training
 from ripplerec.streams.ingest import (
     RawMessage,
     decode_events,
-    encode_example,
-    example_parts,
+    plan_training,
     replayed_examples,
+    training_batch,
     training_examples,
 )
 
@@ -39,10 +39,11 @@ def test_decode_events_accepts_events_and_envelopes_and_rejects_the_rest() -> No
         RawMessage("t", 3, 3, b"u", codec.encode("BehaviorEvent", _event(event_id="e4", ts=NOW + 10**9))),
         RawMessage("t", 0, 4, b"u", codec.encode("BehaviorEvent", _event(event_id="e5", item_id="x" * 300))),
     ]
-    events, partitions, sources, rejects = decode_events(messages, codec, settings, NOW)
+    events, partitions, sources, lone, rejects = decode_events(messages, codec, settings, NOW)
     assert [e["event_id"] for e in events] == ["e1", "e2"]
     assert partitions == [0, 2]
     assert sources == ["0:0", "2:2"]
+    assert lone == [good, None]  # an envelope's events have no message of their own
     assert [(m.offset, kind) for m, kind, _ in rejects] == [
         (1, "DecodeError"), (2, "InvalidValue"), (3, "InvalidTimestamp"), (4, "FieldTooLarge")]
     assert "events[1]" in rejects[1][2]
@@ -63,10 +64,11 @@ def test_training_examples_carry_history_before_each_event_and_fresh_negatives()
     AvroCodec().encode("TrainingExample", examples[0])
 
 
-def test_examples_encoded_from_their_parts_are_the_records_bytes() -> None:
+def test_training_batches_are_the_codecs_bytes_and_expand_to_the_training_examples() -> None:
     rng = random.Random(3)
     pool = [f"i{n}" for n in range(40)]
     actions = ["view", "click", "rate", "skip", "purchase"]
+    codec = AvroCodec()
     events = []
     for n in range(300):
         action = rng.choice(actions)
@@ -74,15 +76,43 @@ def test_examples_encoded_from_their_parts_are_the_records_bytes() -> None:
         events.append(_event(event_id=f"e{n}", user_id=f"u{rng.randrange(12)}", item_id=rng.choice(pool),
                              action=action, value=value, ts=1000 + n))
     new = [rng.random() > 0.1 for _ in events]
+    partitions = [int(e["user_id"][1:]) % 3 for e in events]
+    partitions[5] = 7  # a user whose events came from two partitions: all go with their first one
     prior = {f"u{u}": [ProfileEntry(rng.choice(pool), "rate", 4.5, u) for _ in range(rng.randrange(8))]
              for u in range(12)}
-    records = training_examples(events, new, prior, pool, 4, 5, random.Random(9))
-    parts = example_parts(events, new, prior, pool, 4, 5, random.Random(9))
-    codec = AvroCodec()
-    writer = TrainingExampleWriter(codec)
-    assert len(parts) == len(records) > 200
-    assert [encode_example(writer, p) for p in parts] == [codec.encode("TrainingExample", r) for r in records]
-    assert [encode_example(writer, p) for p in parts] == [writer.encode(r) for r in records]  # from its cache
+    prior["u0"].append(ProfileEntry("odd", "rate", 4, 7))  # an int value: the fast writer leaves it to the codec
+    lone = [codec.encode("BehaviorEvent", e) if n % 2 else None for n, e in enumerate(events)]
+    expected = training_examples(events, new, prior, pool, 4, 5, random.Random(9))
+    assert len(expected) > 200
+    writer = TrainingBatchWriter(codec)
+
+    def by_id(examples: list, negatives: bool = True) -> list:
+        return sorted(({**x, "negatives": x["negatives"] if negatives else []} for x in examples),
+                      key=lambda x: x["event_id"])
+
+    for spread, max_events in ((False, 500), (True, 500), (True, 7)):
+        # one message, one per partition, or many per partition: each carries its users' histories
+        plans = plan_training(events, new, partitions if spread else [0] * len(events), prior, pool, 4, 5,
+                              random.Random(9), max_events)
+        assert all(len(plan.indices) <= max_events for plan in plans)
+        users = {}
+        examples = []
+        for plan in plans:
+            for i in plan.indices:
+                assert users.setdefault(events[i]["user_id"], plan.partition) == plan.partition
+            raw = writer.encode([events[i] for i in plan.indices],
+                                [writer.event_body(events[i], lone[i]) for i in plan.indices],
+                                plan.histories, plan.candidates, 4, 5)
+            assert raw == codec.encode("TrainingBatch", training_batch(plan, events, 4, 5))
+            examples.extend(decode_training(codec, raw))
+        if not spread:
+            assert examples == expected
+        # candidates are drawn per message, in another order: other negatives, the same examples otherwise
+        assert by_id(examples, negatives=False) == by_id(expected, negatives=False)
+        for x in examples:
+            assert len(x["negatives"]) <= 4 and x["positive_item_id"] not in x["negatives"]
+            assert not {h["item_id"] for h in x["history"]} & set(x["negatives"])
+        assert sum(len(x["negatives"]) for x in examples) > 3.5 * len(examples)
 
 
 class _PureStore:

@@ -12,6 +12,7 @@ from ripplerec.config import Settings
 from ripplerec.monitoring import StreamMetrics
 from ripplerec.profiles import BatchParams, StoreState, apply_batch
 from ripplerec.schemas import AvroCodec
+from ripplerec.schemas.training import decode_training
 from ripplerec.streams.ingest import IngestProcessor, RawMessage
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,7 @@ def test_an_envelope_cut_across_script_calls_survives_a_crash_between_them(embed
         # the restarted worker reads the four messages again and cuts them differently
         restarted = processor(store, 5)
         again = await restarted.process(messages)
-        examples = [codec.decode("TrainingExample", raw)["event_id"] for raw in sent]
+        examples = [x["event_id"] for raw in sent for x in decode_training(codec, raw)]
         # and once more, after the examples' delivery was recorded (it rides with the next call)
         sent.clear()
         third = await restarted.process(messages)

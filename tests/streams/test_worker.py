@@ -84,7 +84,7 @@ def test_profiles_equal_the_pure_function_duplicates_once_and_bad_messages_dead_
         assert record["offset"] >= 0 and 0 <= record["partition"] < settings.topics.partitions
     assert b"\x00garbage" in [record["raw"] for _, record in letters]
 
-    examples = read_topic(settings, settings.topics.training, stream_codec, "TrainingExample", 1)
+    examples = read_topic(settings, settings.topics.training, stream_codec, "training", 1)
     assert examples and all(r["action"] != "skip" for _, r in examples)
 
 
