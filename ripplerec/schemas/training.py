@@ -160,25 +160,32 @@ class TrainingBatchWriter:
             return False
         return fields({f["name"]: f["type"] for f in user["fields"]}["history"].get("items")) == _ENTRY_FIELDS
 
-    def event_body(self, event: Mapping[str, Any], message: bytes | None) -> bytes:
-        """An event's bytes inside the batch: ``message`` (the event's own message) minus its header when
-        it was written with this codec's schema, else the event encoded."""
-        if message is not None and message[:HEADER_SIZE] == self.event_header:
-            return message[HEADER_SIZE:]
-        return self.codec.encode("BehaviorEvent", event)[HEADER_SIZE:]
+    def events_array(self, events: Sequence[Mapping[str, Any]], messages: Sequence[bytes | None]) -> bytes:
+        """The bytes of the batch's ``events`` array. An event's own message (``messages``, None when it had
+        none) is copied minus its header when written with this codec's schema; the others are encoded,
+        all in one codec call when none of them can be copied (the events of ``EventBatch`` envelopes)."""
+        header = self.event_header
+        if not any(m is not None and m[:HEADER_SIZE] == header for m in messages):
+            return self.codec.encode("EventBatch", {"events": list(events)})[HEADER_SIZE:]
+        bodies = [
+            m[HEADER_SIZE:] if m is not None and m[:HEADER_SIZE] == header
+            else self.codec.encode("BehaviorEvent", e)[HEADER_SIZE:]
+            for e, m in zip(events, messages, strict=True)
+        ]
+        return _array(len(bodies), bodies)
 
     def encode(
         self,
         events: Sequence[Mapping[str, Any]],
-        bodies: Sequence[bytes],
+        messages: Sequence[bytes | None],
         histories: Sequence[tuple[str, Sequence[Entry]]],
         candidates: Sequence[str],
         negatives: int,
         history_length: int,
     ) -> bytes:
-        """The bytes of the batch of these ``events`` (``bodies``: their :meth:`event_body`), ``histories``
-        ((user id, entries oldest first) pairs) and ``candidates``."""
-        raw = self._fast(bodies, histories, candidates, negatives, history_length) if self.fast else None
+        """The bytes of the batch of these ``events`` (``messages``: each one's own message or None, see
+        :meth:`events_array`), ``histories`` ((user id, entries oldest first) pairs) and ``candidates``."""
+        raw = self._fast(events, messages, histories, candidates, negatives, history_length) if self.fast else None
         if raw is not None:
             return raw
         record: TrainingBatch = {
@@ -196,7 +203,8 @@ class TrainingBatchWriter:
 
     def _fast(
         self,
-        bodies: Sequence[bytes],
+        events: Sequence[Mapping[str, Any]],
+        messages: Sequence[bytes | None],
         histories: Sequence[tuple[str, Sequence[Entry]]],
         candidates: Sequence[str],
         negatives: int,
@@ -217,7 +225,7 @@ class TrainingBatchWriter:
         sampled = [strings.get(text) or string(text) for text in candidates]
         return b"".join((
             self.header,
-            _array(len(bodies), bodies),
+            self.events_array(events, messages),
             _array(len(users), users),
             _array(len(sampled), sampled),
             _zigzag(negatives),

@@ -438,8 +438,8 @@ class IngestProcessor:
             examples = 0
             for plan in plans:
                 chosen = [events[i] for i in plan.indices]
-                bodies = [writer.event_body(e, lone[i]) for e, i in zip(chosen, plan.indices, strict=True)]
-                value = writer.encode(chosen, bodies, plan.histories, plan.candidates, negatives, length)
+                messages = [lone[i] for i in plan.indices]
+                value = writer.encode(chosen, messages, plan.histories, plan.candidates, negatives, length)
                 records.append((plan.partition % limit, None, value))
                 examples += plan.examples
             if outcome.replayed:

@@ -101,7 +101,7 @@ def test_training_batches_are_the_codecs_bytes_and_expand_to_the_training_exampl
             for i in plan.indices:
                 assert users.setdefault(events[i]["user_id"], plan.partition) == plan.partition
             raw = writer.encode([events[i] for i in plan.indices],
-                                [writer.event_body(events[i], lone[i]) for i in plan.indices],
+                                [lone[i] for i in plan.indices],
                                 plan.histories, plan.candidates, 4, 5)
             assert raw == codec.encode("TrainingBatch", training_batch(plan, events, 4, 5))
             examples.extend(decode_training(codec, raw))
