@@ -5,8 +5,8 @@
 Starts its own redis-server, applies synthetic events (UUID-sized event ids) through
 ``RedisProfileStore.apply_batch`` (the ingest agent's one script call per batch, batches of 1,000,
 with sources) in two halves, and prints ``used_memory`` grown per event in each half, the keys by
-kind, and the bytes per user of the dedupe state kept in the profile hash (the ``ids`` field: the
-user's latest ``RIPPLEREC_DEDUPE_RECENT_EVENT_IDS`` event ids). Nothing is kept per event: once every
+kind, and the bytes per user of the dedupe state kept in the profile hash (the ``ids`` field: digests
+of the user's latest ``RIPPLEREC_DEDUPE_RECENT_EVENT_IDS`` event ids). Nothing is kept per event: once every
 user and item has been seen, memory stops growing with events.
 """
 
@@ -62,7 +62,7 @@ async def measure(url: str, args: argparse.Namespace) -> None:
         f"{kind} {n:,} keys x {size / n:,.0f} B" for kind, (n, size) in sorted(kinds.items())))
     per_event = sum(size for kind, (n, size) in kinds.items() if n > max(args.users, args.items) * 2)
     print(f"kinds with more keys than users and items: {per_event / args.events:.0f} bytes per event; "
-          f"the dedupe ids kept in a profile hash (at most {settings.dedupe_recent_event_ids} per user): "
+          f"the event id digests kept in a profile hash (at most {settings.dedupe_recent_event_ids} per user): "
           f"{ids:.0f} bytes per user on average")
     await client.aclose()
 

@@ -141,9 +141,9 @@ class Settings(BaseSettings):
     redis_prefix: str | None = None
     # Dedupe keeps no key per event. A redelivered message (same partition and offset) is caught by
     # a per-partition watermark. A resent event_id in another message (producer retry, app resend)
-    # is caught while it is among its user's latest this-many event ids, kept in the profile hash.
-    # Each id costs its length plus a byte per user (64 UUIDs: ~2.4 KB per profile). A resend after
-    # more newer events of that user is applied again; 0 keeps only the watermark and in-batch check.
+    # is caught while it is among its user's latest this-many event ids, kept in the profile hash as
+    # 12-byte digests (768 bytes per profile at 64). A resend after more newer events of that user is
+    # applied again; 0 keeps only the watermark and the check within a batch.
     dedupe_recent_event_ids: int = Field(default=64, ge=0)
     # TTL of the per-event marker of bench/ingest.py's naive baseline agent; the ingest agent keeps none.
     dedupe_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)

@@ -5,7 +5,8 @@ Key layout under a prefix ``P`` (the app id unless configured):
 =====================  ======  ==========================================================
 ``P:u:{user}``         hash    ``c:{action}`` counts, ``n``, ``last_seen``, ``updated`` (ms), ``h``:
                               recent history, newest first, capped (``encode_entry`` forms joined
-                              by ``LIST_SEP``), ``ids``: the user's latest event ids, newest
+                              by ``LIST_SEP``), ``ids``: the digests (``event_id_digest``, 12
+                              characters, concatenated) of the user's latest event ids, newest
                               first, at most ``recent_event_ids`` (resends of them are dropped),
                               ``rec_n``: ``n`` at the last proactive recommendation,
                               ``ttl_at``: when the TTL was last refreshed
@@ -37,6 +38,7 @@ would need the batch split per hash slot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -45,6 +47,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from ripplerec.profiles.profile import (
+    DIGEST_LENGTH,
     ENTRY_SEP,
     LIST_SEP,
     BatchParams,
@@ -58,6 +61,9 @@ __all__ = ["RedisProfileStore", "APPLY_BATCH_LUA", "SCORING_SIGNALS_LUA"]
 
 # Mirrors ripplerec.profiles.profile.apply_batch; the integration tests hold them together.
 APPLY_BATCH_LUA = r"""
+-- Library functions as locals: a global lookup per call is a measurable share of the script's time.
+local call, find, sub, match, gmatch = redis.call, string.find, string.sub, string.match, string.gmatch
+local concat, tonumber, log, max, min = table.concat, tonumber, math.log, math.max, math.min
 local p = ARGV[1]
 local hist_len = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -67,18 +73,19 @@ local pre_len = tonumber(ARGV[6])
 local pro_min = tonumber(ARGV[7])
 local pro_ms = tonumber(ARGV[8])
 local now = ARGV[9]
--- ARGV[10]: the events, '\30'-separated, each 'event_id\31user\31item\31action\31value\31ts\31x\31source'
--- (one argument instead of eight per event: packing arguments is the client's main cost); source is
--- 'partition:offset:index' (index: the event's place in its message; ':0' may be left out), or ''
+-- ARGV[10]: the events, '\30'-separated, each 'digest\31user\31item\31action\31value\31ts\31x\31source'
+-- (one argument instead of eight per event: packing arguments is the client's main cost). digest: the
+-- event id's (12 hex characters, see event_id_digest); source: 'partition:offset:index' (index: the
+-- event's place in its message; ':0' may be left out), or '' when unknown
 local packed = ARGV[10]
 -- ARGV[11]: 'partition\31offset' pairs, '\30'-separated: the training examples of every message up
 -- to that offset were delivered (the previous batch's), so its training watermark moves up
 local tw = {}
-for part, off in string.gmatch(ARGV[11] or '', '([^\30\31]+)\31([^\30]+)') do
+for part, off in gmatch(ARGV[11] or '', '([^\30\31]+)\31([^\30]+)') do
   local key = p .. ':tw:' .. part
-  local cur = tonumber(redis.call('GET', key) or '-1')
+  local cur = tonumber(call('GET', key) or '-1')
   if tonumber(off) > cur then
-    redis.call('SET', key, off)
+    call('SET', key, off)
     cur = tonumber(off)
   end
   tw[part] = cur
@@ -87,55 +94,76 @@ end
 -- or below the position (offset, index) of the last event applied from its partition (P:aw) is a
 -- redelivery. One above its partition's training watermark was applied by a run that may have died
 -- before publishing its training example: flag it '2' so the caller re-emits the example from the
--- user's history (at-least-once on the training topic). Any other event whose id is among its
--- user's latest keep_ids ids (the profile field 'ids') or earlier in this batch is a resend.
+-- user's history (at-least-once on the training topic). Any other event whose digest is among its
+-- user's latest keep_ids (the profile field 'ids') or earlier in this batch is a resend.
+local DIGEST = 12
 local aw, aw_new, aw_order = {}, {}, {}
-local replay_users, replay_order, replay_ids = {}, {}, {}
-local flags = {}
+local replay_users, replay_order, replay_seen = {}, {}, {}
+local flags, n_flags = {}, 0
 local users = {}
 local order = {}
-local LN2 = math.log(2)
+local LN2 = log(2)
 local now_n = tonumber(now)
 -- the TTL slides when it was last refreshed more than ttl/16 ago, not with every batch
 local refresh_ms = ttl * 1000 / 16
--- the first n entries of a '\30'-joined list
-local function head(str, n)
-  if n <= 0 or str == '' then return '' end
-  local pos = 0
-  for _ = 1, n do
-    pos = string.find(str, '\30', pos + 1, true)
-    if not pos then return str end
+-- Lists are '\30'-joined strings, newest first. Scanning one costs a string.find per entry, so the
+-- script scans a stored list only as far as a cut or the reply needs, and once.
+local seps = {}
+-- the positions of the first n separators of a list in seps (fewer when it is shorter); how many
+local function scan(str, n)
+  local pos, c = 0, 0
+  while c < n do
+    pos = find(str, '\30', pos + 1, true)
+    if not pos then break end
+    c = c + 1
+    seps[c] = pos
   end
-  return string.sub(str, 1, pos - 1)
+  return c
 end
-local function chunked(cmd, key, t)
-  local size = #t
+-- the first n entries of a list
+local function head(str, n)
+  if n <= 0 then return '' end
+  if scan(str, n) < n then return str end
+  return sub(str, 1, seps[n] - 1)
+end
+-- whether a concatenation of digests holds d (at a digest boundary)
+local function has_digest(ids, d)
+  local pos = find(ids, d, 1, true)
+  while pos do
+    if pos % DIGEST == 1 then return true end
+    pos = find(ids, d, pos + 1, true)
+  end
+  return false
+end
+local function chunked(cmd, key, t, size)
   local i = 1
   while i <= size do
-    local j = math.min(i + 999, size)
-    redis.call(cmd, key, unpack(t, i, j))
+    local j = min(i + 999, size)
+    call(cmd, key, unpack(t, i, j))
     i = j + 1
   end
 end
+local co_keys = {}
 local pop_key = p .. ':pop'
 local popd_key = p .. ':popd'
--- popularity is summed per item over the batch first: one write per distinct item
-local batch_pop, batch_popd, pop_order = {}, {}, {}
-for rec in string.gmatch(packed, '[^\30]+') do
-  local eid, uid, item, action, value, ts, x, src = string.match(
-    rec, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
+-- popularity is summed per item over the batch first, then written for all items at once
+local batch_pop, batch_popd, pop_order, n_pop = {}, {}, {}, 0
+local F = '([^\30\31]*)'
+local position = 0
+for digest, uid, item, action, value, ts, x, src in gmatch(packed, F .. string.rep('\31' .. F, 7)) do
+  position = position + 1
   local redelivered, part, off = false, nil, nil
   if src ~= '' then
     local o, i
-    part, o, i = string.match(src, '^([^:]*):(%d+):?(%d*)$')
+    part, o, i = match(src, '^([^:]*):(%d+):?(%d*)$')
     off = tonumber(o)
     local idx = tonumber(i) or 0
     local mark = aw[part]
     if mark == nil then
-      local raw = redis.call('GET', p .. ':aw:' .. part)
+      local raw = call('GET', p .. ':aw:' .. part)
       mark = false
       if raw then
-        local mo, mi = string.match(raw, '^(%d+):(%d+)$')
+        local mo, mi = match(raw, '^(%d+):(%d+)$')
         mark = {tonumber(mo), tonumber(mi)}
       end
       aw[part] = mark
@@ -152,49 +180,69 @@ for rec in string.gmatch(packed, '[^\30]+') do
       end
     end
   end
+  n_flags = n_flags + 1
   if redelivered then
     local flag = '0'
     local mark = tw[part]
     if mark == nil then
-      mark = tonumber(redis.call('GET', p .. ':tw:' .. part) or '-1')
+      mark = tonumber(call('GET', p .. ':tw:' .. part) or '-1')
       tw[part] = mark
     end
-    if off > mark and not replay_ids[eid] then
+    if off > mark and not replay_seen[digest] then
       flag = '2'
-      replay_ids[eid] = true
+      replay_seen[digest] = true
       if not replay_users[uid] then
         replay_users[uid] = true
         replay_order[#replay_order + 1] = uid
       end
     end
-    flags[#flags + 1] = flag
+    flags[n_flags] = flag
   else
     local u = users[uid]
     if not u then
       -- the whole profile hash in one call: counts, last seen, history (newest first, one field), ids
-      local flat = redis.call('HGETALL', p .. ':u:' .. uid)
-      local old = {}
-      for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
-      u = {old = old, hist = old['h'] or '', ids = '\30' .. (old['ids'] or '') .. '\30', new_ids = {},
-           new_order = {}, recent = nil, entries = {}, counts = {}, n = 0, maxts = nil, items = {}}
+      local hk = p .. ':u:' .. uid
+      local flat = call('HGETALL', hk)
+      u = {hk = hk, flat = flat, hist = '', ids = '', n_old = 0, last_seen = false, ttl_at = false, rec_n = 0,
+           digests = {}, entries = {}, counts = {}, items = {}, recent = false, n_recent = 0, n = 0,
+           maxts = false, maxts_s = false, last = 0}
+      for i = 1, #flat, 2 do
+        local field = flat[i]
+        if field == 'h' then u.hist = flat[i + 1]
+        elseif field == 'ids' then u.ids = flat[i + 1]
+        elseif field == 'n' then u.n_old = tonumber(flat[i + 1])
+        elseif field == 'last_seen' then u.last_seen = flat[i + 1]
+        elseif field == 'ttl_at' then u.ttl_at = tonumber(flat[i + 1])
+        elseif field == 'rec_n' then u.rec_n = tonumber(flat[i + 1])
+        end
+      end
       users[uid] = u
     end
-    if u.new_ids[eid] or string.find(u.ids, '\30' .. eid .. '\30', 1, true) then
-      flags[#flags + 1] = '0'
+    local digests = u.digests  -- this batch's, in order, and as a set
+    if digests[digest] or has_digest(u.ids, digest) then
+      flags[n_flags] = '0'
     else
-      flags[#flags + 1] = '1'
-      u.new_ids[eid] = true
-      u.new_order[#u.new_order + 1] = eid
-      if u.n == 0 then
+      flags[n_flags] = '1'
+      local n = u.n + 1
+      u.n = n
+      digests[digest] = true
+      digests[n] = digest
+      -- the user's behaviours, item and action at 2j - 1 and 2j, oldest first: the last `window`
+      -- stored ones, then this batch's
+      local recent, n_recent = u.recent, u.n_recent
+      if n == 1 then
         order[#order + 1] = uid
-        local recent = {}
-        if window > 0 then
-          local newest_first = {}
-          for e in string.gmatch(head(u.hist, window), '[^\30]+') do
-            local it, ac = string.match(e, '^([^\31]*)\31([^\31]*)')
-            newest_first[#newest_first + 1] = {it, ac}
+        recent = {}
+        if window > 0 and u.hist ~= '' then
+          local hist = u.hist
+          local c = scan(hist, window)
+          n_recent = c < window and c + 1 or window
+          local start = 1
+          for j = 1, n_recent do  -- stored newest first
+            local at = n_recent + 1 - j
+            recent[2 * at - 1], recent[2 * at] = match(hist, '^([^\31]*)\31([^\31]*)', start)
+            if j <= c then start = seps[j] + 1 end
           end
-          for j = #newest_first, 1, -1 do recent[#recent + 1] = newest_first[j] end
         end
         u.recent = recent
       end
@@ -205,116 +253,158 @@ for rec in string.gmatch(packed, '[^\30]+') do
           batch_pop[item] = cur + 1
           local hi, lo = batch_popd[item], xv
           if xv > hi then hi, lo = xv, hi end
-          batch_popd[item] = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
+          batch_popd[item] = hi + log(1 + 2 ^ (lo - hi)) / LN2
         else
           batch_pop[item] = 1
           batch_popd[item] = xv
-          pop_order[#pop_order + 1] = item
+          n_pop = n_pop + 1
+          pop_order[n_pop] = item
         end
         if window > 0 then
-          local r = u.recent
-          local stop = math.max(1, #r - window + 1)
-          for j = #r, stop, -1 do
-            local prev, pa = r[j][1], r[j][2]
-            if pa ~= 'skip' and prev ~= item then
-              redis.call('ZINCRBY', p .. ':co:' .. prev, 1, item)
-              redis.call('ZINCRBY', p .. ':co:' .. item, 1, prev)
+          local ik = co_keys[item]
+          if not ik then ik = p .. ':co:' .. item; co_keys[item] = ik end
+          for j = n_recent, max(1, n_recent - window + 1), -1 do
+            local prev = recent[2 * j - 1]
+            if recent[2 * j] ~= 'skip' and prev ~= item then
+              local pk = co_keys[prev]
+              if not pk then pk = p .. ':co:' .. prev; co_keys[prev] = pk end
+              call('ZINCRBY', pk, '1', item)
+              call('ZINCRBY', ik, '1', prev)
             end
           end
         end
       end
-      if window > 0 then u.recent[#u.recent + 1] = {item, action} end
-      u.entries[#u.entries + 1] = item .. '\31' .. action .. '\31' .. value .. '\31' .. ts
+      if window > 0 then
+        n_recent = n_recent + 1
+        recent[2 * n_recent - 1], recent[2 * n_recent] = item, action
+        u.n_recent = n_recent
+      end
+      u.entries[n] = item .. '\31' .. action .. '\31' .. value .. '\31' .. ts
       u.counts[action] = (u.counts[action] or 0) + 1
-      u.n = u.n + 1
-      u.items[#u.items + 1] = item
+      u.items[n] = item
       local tsn = tonumber(ts)
-      if u.maxts == nil or tsn > u.maxts then u.maxts = tsn; u.maxts_s = ts end
-      u.last_eid = eid
+      if not u.maxts or tsn > u.maxts then u.maxts = tsn; u.maxts_s = ts end
+      u.last = position
     end
   end
 end
 for _, part in ipairs(aw_order) do
   local hi = aw_new[part]
-  redis.call('SET', p .. ':aw:' .. part, string.format('%d:%d', hi[1], hi[2]))
+  call('SET', p .. ':aw:' .. part, string.format('%d:%d', hi[1], hi[2]))
 end
-for _, item in ipairs(pop_order) do
-  redis.call('ZINCRBY', pop_key, batch_pop[item], item)
-  local cur = redis.call('ZSCORE', popd_key, item)
-  local new = batch_popd[item]
-  if cur then
-    local a = tonumber(cur)
-    local hi, lo = a, new
-    if new > a then hi, lo = new, a end
-    new = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
+-- popularity: two reads and two writes for all the batch's items (in chunks), not three calls each
+for i = 1, n_pop, 500 do
+  local j = min(i + 499, n_pop)
+  local counts = call('ZMSCORE', pop_key, unpack(pop_order, i, j))
+  local decayed = call('ZMSCORE', popd_key, unpack(pop_order, i, j))
+  local pop_args, popd_args = {}, {}
+  for t = i, j do
+    local item = pop_order[t]
+    local at = 2 * (t - i)
+    local cur = counts[t - i + 1]
+    pop_args[at + 1] = (cur and tonumber(cur) or 0) + batch_pop[item]
+    pop_args[at + 2] = item
+    local new = batch_popd[item]
+    cur = decayed[t - i + 1]
+    if cur then
+      local a = tonumber(cur)
+      local hi, lo = a, new
+      if new > a then hi, lo = new, a end
+      new = hi + log(1 + 2 ^ (lo - hi)) / LN2
+    end
+    popd_args[at + 1] = string.format('%.17g', new)
+    popd_args[at + 2] = item
   end
-  redis.call('ZADD', popd_key, string.format('%.17g', new), item)
+  call('ZADD', pop_key, unpack(pop_args))
+  call('ZADD', popd_key, unpack(popd_args))
 end
 local pre_out = {}
 local proactive = {}
+-- scratch tables, used with explicit lengths (no allocation per user)
+local newest, latest, set = {}, {}, {}
+local count_fields = {}
 -- Per user with new events: the HGETALL above, one HSET, one SADD (and the EXPIREs when the TTL is
 -- refreshed). Users whose events were all duplicates are left as they were.
-for _, uid in ipairs(order) do
+for o, uid in ipairs(order) do
   local u = users[uid]
-  local old = u.old
-  local hk = p .. ':u:' .. uid
-  local sk = p .. ':seen:' .. uid
-  local total = (tonumber(old['n']) or 0) + u.n
-  if total == u.n then redis.call('INCR', p .. ':users') end
+  local hk = u.hk
+  local k = u.n
+  local total = u.n_old + k
+  if total == k then call('INCR', p .. ':users') end
   local last = u.maxts_s
-  if old['last_seen'] and tonumber(old['last_seen']) > u.maxts then last = old['last_seen'] end
-  local newest = {}
-  for j = #u.entries, 1, -1 do newest[#newest + 1] = u.entries[j] end
-  local hist = table.concat(newest, '\30')
-  if u.hist ~= '' then hist = hist .. '\30' .. u.hist end
-  local set = {'n', total, 'last_seen', last, 'updated', now, 'h', head(hist, hist_len)}
-  if keep_ids > 0 then
-    local ids = {}
-    for j = #u.new_order, math.max(1, #u.new_order - keep_ids + 1), -1 do ids[#ids + 1] = u.new_order[j] end
-    local joined = table.concat(ids, '\30')
-    local rest = keep_ids - #ids
-    if rest > 0 and old['ids'] then
-      local older = head(old['ids'], rest)
-      if older ~= '' then joined = joined .. '\30' .. older end
-    end
-    set[#set + 1] = 'ids'
-    set[#set + 1] = joined
-  end
-  for action, c in pairs(u.counts) do
-    set[#set + 1] = 'c:' .. action
-    set[#set + 1] = (tonumber(old['c:' .. action]) or 0) + c
-  end
-  if pro_min > 0 and total - (tonumber(old['rec_n']) or 0) >= pro_min then
-    if redis.call('SET', p .. ':rl:' .. uid, '1', 'NX', 'PX', pro_ms) then
-      set[#set + 1] = 'rec_n'
-      set[#set + 1] = total
-      proactive[#proactive + 1] = uid
-      proactive[#proactive + 1] = u.last_eid
-    end
-  end
-  local refresh = old['ttl_at'] == nil or now_n - tonumber(old['ttl_at']) >= refresh_ms
-  if refresh then
-    set[#set + 1] = 'ttl_at'
-    set[#set + 1] = now
-  end
-  redis.call('HSET', hk, unpack(set))
-  chunked('SADD', sk, u.items)
-  if refresh then
-    redis.call('EXPIRE', hk, ttl)
-    redis.call('EXPIRE', sk, ttl)
-  end
+  if u.last_seen and tonumber(u.last_seen) > u.maxts then last = u.last_seen end
+  local entries = u.entries
+  for j = 1, k do newest[j] = entries[k + 1 - j] end
+  local joined = concat(newest, '\30', 1, k)
+  -- The stored history holds at most n_old entries (one per event, then capped), so it needs no cut
+  -- while n_old + k <= hist_len, and the reply takes all of it while n_old <= pre_len.
+  local old_hist = u.hist
+  local cut = 0
+  if old_hist ~= '' and k < hist_len and u.n_old + k > hist_len then cut = hist_len - k end
+  local pre = 0
+  if pre_len > 0 and u.n_old > pre_len then pre = pre_len end
+  local c = scan(old_hist, max(cut, pre))
   if pre_len > 0 then
-    pre_out[#pre_out + 1] = uid .. '\29' .. head(u.hist, pre_len)
+    local prior = old_hist
+    if pre > 0 and c >= pre then prior = sub(old_hist, 1, seps[pre] - 1) end
+    pre_out[o] = uid .. '\29' .. prior
+  end
+  local hist
+  if old_hist == '' or k >= hist_len then
+    hist = k > hist_len and head(joined, hist_len) or joined
+  elseif cut > 0 and c >= cut then
+    hist = joined .. '\30' .. sub(old_hist, 1, seps[cut] - 1)
+  else
+    hist = joined .. '\30' .. old_hist
+  end
+  set[1], set[2], set[3], set[4], set[5], set[6], set[7], set[8] =
+    'n', total, 'last_seen', last, 'updated', now, 'h', hist
+  local n_set = 8
+  if keep_ids > 0 then
+    -- fixed-width digests: keeping the latest keep_ids is one string.sub, no scan
+    local digests = u.digests
+    local n_latest = min(k, keep_ids)
+    for j = 1, n_latest do latest[j] = digests[k + 1 - j] end
+    local ids = concat(latest, '', 1, n_latest)
+    if n_latest < keep_ids then ids = ids .. sub(u.ids, 1, (keep_ids - n_latest) * DIGEST) end
+    set[9], set[10], n_set = 'ids', ids, 10
+  end
+  local flat = u.flat
+  for action, count in pairs(u.counts) do
+    local field = count_fields[action]
+    if not field then field = 'c:' .. action; count_fields[action] = field end
+    for i = 1, #flat, 2 do
+      if flat[i] == field then count = count + tonumber(flat[i + 1]); break end
+    end
+    set[n_set + 1], set[n_set + 2], n_set = field, count, n_set + 2
+  end
+  if pro_min > 0 and total - u.rec_n >= pro_min then
+    if call('SET', p .. ':rl:' .. uid, '1', 'NX', 'PX', pro_ms) then
+      set[n_set + 1], set[n_set + 2], n_set = 'rec_n', total, n_set + 2
+      proactive[#proactive + 1] = uid
+      proactive[#proactive + 1] = u.last
+    end
+  end
+  local refresh = not u.ttl_at or now_n - u.ttl_at >= refresh_ms
+  if refresh then
+    set[n_set + 1], set[n_set + 2], n_set = 'ttl_at', now, n_set + 2
+  end
+  call('HSET', hk, unpack(set, 1, n_set))
+  local sk = p .. ':seen:' .. uid
+  chunked('SADD', sk, u.items, k)
+  if refresh then
+    call('EXPIRE', hk, ttl)
+    call('EXPIRE', sk, ttl)
   end
 end
 -- the whole stored history of users with replayed events (their events are somewhere inside it)
 local replay_out = {}
 for _, uid in ipairs(replay_order) do
   local u = users[uid]
-  local hist = u and u.hist or (redis.call('HGET', p .. ':u:' .. uid, 'h') or '')
+  local hist = u and u.hist or (call('HGET', p .. ':u:' .. uid, 'h') or '')
   replay_out[#replay_out + 1] = uid .. '\29' .. hist
 end
-return {table.concat(flags), table.concat(pre_out, '\28'), proactive, table.concat(replay_out, '\28')}
+return {concat(flags), concat(pre_out, '\28'), proactive, concat(replay_out, '\28')}
 """
 
 SCORING_SIGNALS_LUA = r"""
@@ -432,8 +522,11 @@ class RedisProfileStore:
         params = self.params
         half_life_s = params.half_life_s  # same arithmetic as decayed_exponent, inlined
         sep = ENTRY_SEP
+        sha1 = hashlib.sha1  # event_id_digest, inlined: the script sees digests, never event ids
+        width = DIGEST_LENGTH
         packed = LIST_SEP.join([
-            f"{e['event_id']}{sep}{e['user_id']}{sep}{e['item_id']}{sep}{e['action']}{sep}"
+            f"{sha1(e['event_id'].encode(), usedforsecurity=False).hexdigest()[:width]}{sep}"
+            f"{e['user_id']}{sep}{e['item_id']}{sep}{e['action']}{sep}"
             f"{'' if e['value'] is None else repr(float(e['value']))}{sep}"
             f"{e['ts']}{sep}{e['ts'] / 1000.0 / half_life_s!r}{sep}{source}"
             for e, source in zip(events, sources if sources is not None else [""] * len(events), strict=True)
@@ -471,8 +564,8 @@ class RedisProfileStore:
         )
         prior = self._histories(pre)
         stored = self._histories(replay)
-        it = iter(proactive)
-        pairs = [(str(u), str(e)) for u, e in zip(it, it, strict=False)]
+        it = iter(proactive)  # (user, 1-based position in the batch of their last new event) pairs
+        pairs = [(str(u), str(events[int(n) - 1]["event_id"])) for u, n in zip(it, it, strict=False)]
         return BatchOutcome(
             new=[c == "1" for c in flags],
             prior_history=prior,
@@ -642,5 +735,5 @@ class RedisProfileStore:
         await self.client.aclose()
 
 
-# ENTRY_SEP is part of the key layout the scripts parse ('\31' in Lua).
-assert ENTRY_SEP == "\x1f" and LIST_SEP == "\x1e"  # noqa: S101
+# ENTRY_SEP is part of the key layout the scripts parse ('\31' in Lua), and so is the digest width.
+assert ENTRY_SEP == "\x1f" and LIST_SEP == "\x1e" and DIGEST_LENGTH == 12  # noqa: S101

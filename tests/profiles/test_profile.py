@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ripplerec.profiles import BatchParams, Profile, StoreState, apply_batch, apply_events, decode_entry, encode_entry
-from ripplerec.profiles.profile import logaddexp2, source_position
+from ripplerec.profiles.profile import event_id_digest, logaddexp2, source_position
 
 ACTIONS = ["view", "click", "cart", "purchase", "rate", "skip"]
 
@@ -81,6 +81,15 @@ def _view(n: int, user: str = "u", event_id: str | None = None) -> dict:
             "value": None, "ts": 1_000 + n, "context": {}}
 
 
+def _digests(*event_ids: str) -> tuple[str, ...]:
+    return tuple(event_id_digest(e) for e in event_ids)
+
+
+def test_event_ids_are_kept_as_fixed_width_digests() -> None:
+    assert len({event_id_digest(f"0190a2b3-c4d5-7e6f-8a9b-{n:012x}") for n in range(10_000)}) == 10_000
+    assert {len(event_id_digest(e)) for e in ("", "x", "é" * 200)} == {12}
+
+
 def test_sources_name_the_partition_offset_and_place_in_the_message() -> None:
     assert source_position("3:120:7") == ("3", 120, 7)
     assert source_position("3:120") == ("3", 120, 0)
@@ -124,7 +133,7 @@ def test_a_resent_event_id_in_a_new_message_is_a_duplicate_while_among_the_users
     params = BatchParams(history_length=50, recent_event_ids=4)
     events = [_view(n) for n in range(6)]
     state, _ = apply_batch(StoreState(), events, 1, params, [f"0:{n}" for n in range(6)])
-    assert state.recent_event_ids == {"u": ("e5", "e4", "e3", "e2")}
+    assert state.recent_event_ids == {"u": _digests("e5", "e4", "e3", "e2")}
     # e3 resent by the app in a new message: dropped; also within one batch, and without sources
     state, flags = apply_batch(state, [events[3], _view(6), _view(6)], 1, params, ["0:6", "0:7", "0:8"])
     assert flags == [False, True, False]
@@ -133,7 +142,7 @@ def test_a_resent_event_id_in_a_new_message_is_a_duplicate_while_among_the_users
     # documented limit: e1 is resent after more than 4 newer events of its user, so it counts again
     state, flags = apply_batch(state, [events[1]], 1, params, ["0:9"])
     assert flags == [True] and state.profiles["u"].events == 8
-    assert state.recent_event_ids["u"] == ("e1", "e6", "e5", "e4")
+    assert state.recent_event_ids["u"] == _digests("e1", "e6", "e5", "e4")
     # other users' ids are theirs: the same id for another user is not a duplicate
     state, flags = apply_batch(state, [_view(6, user="v")], 1, params)
     assert flags == [True]

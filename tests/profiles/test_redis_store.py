@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from ripplerec.profiles import BatchParams, Profile, StoreState, apply_batch
+from ripplerec.profiles.profile import event_id_digest
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +94,8 @@ def test_redis_state_equals_pure_function_with_duplicates(embedded_stack, with_s
         assert applied == {p: f"{offsets[int(p)] - 1}:0" for p in ("0", "1")}
     else:  # only the ids catch duplicates: a redelivered batch holds more than 6 events of some users
         assert new > 720 and applied == {}
-    assert {u: tuple(v.split("\x1e")) for u, v in ids.items()} == dict(state.recent_event_ids)
+    assert {u: tuple(v[i : i + 12] for i in range(0, len(v), 12)) for u, v in ids.items()} == dict(
+        state.recent_event_ids)
     assert count == len(state.profiles)
     for user, expected in state.profiles.items():
         got = profiles[user]
@@ -103,6 +105,40 @@ def test_redis_state_equals_pure_function_with_duplicates(embedded_stack, with_s
     assert popd.keys() == state.items.decayed.keys()
     for item, value in state.items.decayed.items():
         assert popd[item] == pytest.approx(value, rel=1e-12)
+    assert co == {k: dict(v) for k, v in state.items.cooccurrence.items() if v}
+
+
+def test_redis_state_equals_pure_function_at_the_caps(embedded_stack) -> None:
+    """Users with fewer, as many and more events in one batch than the history, the reply's prior
+    history and the kept ids hold (the script cuts each list only as far as needed)."""
+    params = BatchParams(history_length=4, half_life_s=3600.0, cooccurrence_window=2, recent_event_ids=3)
+    rng = random.Random(5)
+    batches, n = [], 0
+    for sizes in ([1, 0, 2], [3, 4, 5], [0, 9, 1], [5, 1, 4], [2, 2, 11], [1, 3, 0]):
+        batch = []
+        for user, size in enumerate(sizes):
+            for _ in range(size):
+                batch.append({"event_id": f"c{n}", "user_id": f"u{user}", "item_id": f"i{rng.randrange(6)}",
+                              "action": rng.choice(["view", "skip", "rate"]), "value": None, "ts": 5_000 + n,
+                              "context": {}})
+                n += 1
+        rng.shuffle(batch)
+        batches.append(batch)
+    batches.insert(4, batches[2][:5])  # resends: caught while among the user's latest 3 ids
+    now = 1_700_000_000_000
+    outcomes, profiles, (pop, _, co), _, ids, _ = asyncio.run(_run(embedded_stack.redis_url, batches, params, now))
+    state = StoreState()
+    for batch, outcome in zip(batches, outcomes, strict=True):
+        prior = {u: state.profiles[u].history[-5:] for u in {e["user_id"] for e in batch} if u in state.profiles}
+        state, flags = apply_batch(state, batch, now, params)
+        assert list(outcome.new) == flags
+        assert {u: tuple(h) for u, h in outcome.prior_history.items()} == {
+            u: tuple(prior.get(u, ())) for u in outcome.prior_history}
+    assert {u: tuple(v[i : i + 12] for i in range(0, len(v), 12)) for u, v in ids.items()} == dict(
+        state.recent_event_ids)
+    for user, expected in state.profiles.items():
+        assert profiles[user].to_comparable() == expected.to_comparable()
+    assert pop == dict(state.items.popularity)
     assert co == {k: dict(v) for k, v in state.items.cooccurrence.items() if v}
 
 
@@ -199,7 +235,7 @@ def test_no_key_is_kept_per_event(embedded_stack) -> None:
     counts, ids = asyncio.run(run())
     # per user: profile hash + seen set; per item: a co-occurrence row; pop, popd, users; 4 watermarks
     assert counts == [50 * 2 + 30 + 3 + 4] * 6
-    assert ids.split("\x1e") == [f"k{n}" for n in range(2_950, 2_950 - 16 * 50, -50)]
+    assert ids == "".join(event_id_digest(f"k{n}") for n in range(2_950, 2_950 - 16 * 50, -50))
 
 
 def test_scoring_signals_for_many_users_in_one_pipeline_survive_a_script_flush(embedded_stack) -> None:
