@@ -8,7 +8,9 @@ Starts its own redis-server (no persistence) on a free port, and for each run: `
 partitions (by user), ``prior_history=20``, and the previous batch's last offsets as ``delivered``.
 Prints, from ``INFO commandstats``, the microseconds of ``EVALSHA`` per event (the whole script, the
 commands it calls included) and of each command called inside it, their calls per event, what is
-left for the script itself (Lua and reply conversion), and the wall time per event (client included).
+left for the script itself (Lua and reply conversion), the wall time per event (client included), and
+the CPU per event of redis-server (all of it, from /proc) and of this client (building the script's
+arguments, decoding its replies).
 The best run (least EVALSHA time) is printed last: this machine is shared and noisy.
 """
 
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import make_events  # noqa: E402
+from bench.proc_stats import cpu_seconds  # noqa: E402
 from ripplerec.embedded import find_redis_server, free_port  # noqa: E402
 
 PARTITIONS = 4
@@ -56,7 +59,7 @@ def sources_of(events: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
     return sources, partitions
 
 
-async def one_run(url: str, events: list[dict[str, Any]], batch: int) -> dict[str, Any]:
+async def one_run(url: str, events: list[dict[str, Any]], batch: int, server_pid: int = 0) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from ripplerec.config import Settings
@@ -69,17 +72,20 @@ async def one_run(url: str, events: list[dict[str, Any]], batch: int) -> dict[st
     await client.config_resetstat()
     sources, partitions = sources_of(events)
     delivered: dict[int, int] = {}
-    started = time.perf_counter()
+    server_cpu = cpu_seconds(server_pid)
+    started, client_cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(events), batch):
         part = slice(start, start + batch)
         await store.apply_batch(events[part], NOW_MS, prior_history=20, sources=sources[part], delivered=delivered)
         delivered = {}
         for source, partition in zip(sources[part], partitions[part], strict=True):
             delivered[partition] = int(source.split(":")[1])
-    wall = time.perf_counter() - started
+    wall, client_cpu = time.perf_counter() - started, time.process_time() - client_cpu
+    server_cpu = cpu_seconds(server_pid) - server_cpu
     stats = await client.info("commandstats")
     await client.aclose()
-    return {"wall_s": wall, "stats": {k[len("cmdstat_"):]: v for k, v in stats.items()}}
+    return {"wall_s": wall, "client_cpu_s": client_cpu, "server_cpu_s": server_cpu,
+            "stats": {k[len("cmdstat_"):]: v for k, v in stats.items()}}
 
 
 def report(run: dict[str, Any], n: int) -> str:
@@ -91,7 +97,9 @@ def report(run: dict[str, Any], n: int) -> str:
     inner_us = sum(v["usec"] for v in inner.values())
     lines = [f"  EVALSHA {script['usec'] / n:6.1f} us/event ({script['calls']} calls); inside: commands "
              f"{inner_us / n:.1f}, script itself {(script['usec'] - inner_us) / n:.1f}; "
-             f"wall {run['wall_s'] * 1e6 / n:.1f} us/event"]
+             f"wall {run['wall_s'] * 1e6 / n:.1f} us/event",
+             f"  CPU per event: redis-server {run['server_cpu_s'] * 1e6 / n:.1f} us, client "
+             f"{run['client_cpu_s'] * 1e6 / n:.1f} us"]
     for name, v in sorted(inner.items(), key=lambda kv: -kv[1]["usec"]):
         lines.append(f"    {name:10s} {v['usec'] / n:6.2f} us/event  {v['calls'] / n:5.2f} calls/event  "
                      f"{v['usec_per_call']:.2f} us/call")
@@ -123,7 +131,7 @@ def main() -> None:
                     time.sleep(0.05)
             runs = []
             for i in range(args.runs):
-                run = asyncio.run(one_run(url, events, args.batch))
+                run = asyncio.run(one_run(url, events, args.batch, proc.pid))
                 runs.append(run)
                 print(f"run {i + 1}:")
                 print(report(run, args.events))

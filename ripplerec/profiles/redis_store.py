@@ -73,13 +73,15 @@ local pre_len = tonumber(ARGV[6])
 local pro_min = tonumber(ARGV[7])
 local pro_ms = tonumber(ARGV[8])
 local now = ARGV[9]
--- ARGV[10]: the events, '\30'-separated, each 'digest\31user\31item\31action\31value\31ts\31x\31source'
+-- ARGV[10]: the events, '\30'-separated, each 'digest\31user\31item\31action\31value\31ts\31source'
 -- (one argument instead of eight per event: packing arguments is the client's main cost). digest: the
 -- event id's (12 hex characters, see event_id_digest); source: 'partition:offset:index' (index: the
 -- event's place in its message; ':0' may be left out), or '' when unknown
 local packed = ARGV[10]
 -- ARGV[11]: 'partition\31offset' pairs, '\30'-separated: the training examples of every message up
 -- to that offset were delivered (the previous batch's), so its training watermark moves up
+-- ARGV[12]: the popularity half-life in seconds: an event adds 2 ^ (ts / 1000 / half_life) (in log2)
+local half_life = tonumber(ARGV[12])
 local tw = {}
 for part, off in gmatch(ARGV[11] or '', '([^\30\31]+)\31([^\30]+)') do
   local key = p .. ':tw:' .. part
@@ -148,9 +150,11 @@ local pop_key = p .. ':pop'
 local popd_key = p .. ':popd'
 -- popularity is summed per item over the batch first, then written for all items at once
 local batch_pop, batch_popd, pop_order, n_pop = {}, {}, {}, 0
+-- a record's history entry 'item\31action\31value\31ts' is captured whole, and its parts inside it
 local F = '([^\30\31]*)'
+local RECORD = F .. '\31' .. F .. '\31(' .. F .. '\31' .. F .. '\31[^\30\31]*\31' .. F .. ')\31' .. F
 local position = 0
-for digest, uid, item, action, value, ts, x, src in gmatch(packed, F .. string.rep('\31' .. F, 7)) do
+for digest, uid, entry, item, action, ts, src in gmatch(packed, RECORD) do
   position = position + 1
   local redelivered, part, off = false, nil, nil
   if src ~= '' then
@@ -247,7 +251,7 @@ for digest, uid, item, action, value, ts, x, src in gmatch(packed, F .. string.r
         u.recent = recent
       end
       if action ~= 'skip' then
-        local xv = tonumber(x)
+        local xv = tonumber(ts) / 1000 / half_life  -- decayed_exponent: the same IEEE operations
         local cur = batch_pop[item]
         if cur then
           batch_pop[item] = cur + 1
@@ -279,7 +283,7 @@ for digest, uid, item, action, value, ts, x, src in gmatch(packed, F .. string.r
         recent[2 * n_recent - 1], recent[2 * n_recent] = item, action
         u.n_recent = n_recent
       end
-      u.entries[n] = item .. '\31' .. action .. '\31' .. value .. '\31' .. ts
+      u.entries[n] = entry
       u.counts[action] = (u.counts[action] or 0) + 1
       u.items[n] = item
       local tsn = tonumber(ts)
@@ -347,7 +351,7 @@ for o, uid in ipairs(order) do
   if pre_len > 0 then
     local prior = old_hist
     if pre > 0 and c >= pre then prior = sub(old_hist, 1, seps[pre] - 1) end
-    pre_out[o] = uid .. '\29' .. prior
+    pre_out[4 * o - 3], pre_out[4 * o - 2], pre_out[4 * o - 1], pre_out[4 * o] = uid, '\29', prior, '\28'
   end
   local hist
   if old_hist == '' or k >= hist_len then
@@ -404,7 +408,8 @@ for _, uid in ipairs(replay_order) do
   local hist = u and u.hist or (call('HGET', p .. ':u:' .. uid, 'h') or '')
   replay_out[#replay_out + 1] = uid .. '\29' .. hist
 end
-return {concat(flags), concat(pre_out, '\28'), proactive, concat(replay_out, '\28')}
+pre_out[#pre_out] = nil  -- the last '\28'
+return {concat(flags), concat(pre_out), proactive, concat(replay_out, '\28')}
 """
 
 SCORING_SIGNALS_LUA = r"""
@@ -520,7 +525,6 @@ class RedisProfileStore:
     ) -> list[Any]:
         """The script's arguments for a batch (pure; exposed for benchmarks and tests)."""
         params = self.params
-        half_life_s = params.half_life_s  # same arithmetic as decayed_exponent, inlined
         sep = ENTRY_SEP
         sha1 = hashlib.sha1  # event_id_digest, inlined: the script sees digests, never event ids
         width = DIGEST_LENGTH
@@ -528,7 +532,7 @@ class RedisProfileStore:
             f"{sha1(e['event_id'].encode(), usedforsecurity=False).hexdigest()[:width]}{sep}"
             f"{e['user_id']}{sep}{e['item_id']}{sep}{e['action']}{sep}"
             f"{'' if e['value'] is None else repr(float(e['value']))}{sep}"
-            f"{e['ts']}{sep}{e['ts'] / 1000.0 / half_life_s!r}{sep}{source}"
+            f"{e['ts']}{sep}{source}"
             for e, source in zip(events, sources if sources is not None else [""] * len(events), strict=True)
         ])
         marks = LIST_SEP.join(f"{partition}{sep}{offset}" for partition, offset in (delivered or {}).items())
@@ -544,6 +548,7 @@ class RedisProfileStore:
             now_ms,
             packed,
             marks,
+            repr(float(params.half_life_s)),
         ]
 
     async def apply_batch(
