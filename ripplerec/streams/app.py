@@ -10,7 +10,8 @@ and registers the agents of the requested roles:
 Every topic carries Confluent-framed Avro: Faust moves raw bytes and the agents decode with
 :class:`~ripplerec.schemas.AvroCodec`, so a message that does not decode still has its original
 bytes for the dead letter. Agents ack a batch only after its Redis write and its publishes
-succeeded; a crash before that redelivers the batch, which the event_id dedupe makes harmless.
+succeeded; a crash before that redelivers the batch, which the store's per-partition applied
+watermark makes harmless (see :mod:`ripplerec.profiles.redis_store`).
 """
 
 from __future__ import annotations

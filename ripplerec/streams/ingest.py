@@ -384,7 +384,7 @@ class IngestProcessor:
         while True:
             try:
                 if not training:
-                    return await self.store.apply_batch(events, now_ms, prior_history=prior)
+                    return await self.store.apply_batch(events, now_ms, sources=sources)
                 outcome = await self.store.apply_batch(
                     events, now_ms, prior_history=prior, sources=sources, delivered=self._delivered
                 )

@@ -97,3 +97,34 @@ def test_an_envelope_cut_across_script_calls_survives_a_crash_between_them(embed
         have, want_c = profiles[user].to_comparable(), want.to_comparable()
         have.pop("updated_ms"), want_c.pop("updated_ms")
         assert have == want_c
+
+
+def test_without_training_examples_a_redelivered_batch_is_still_applied_once(embedded_stack) -> None:
+    """The applied watermark, not the short list of each user's latest ids, catches a redelivery."""
+    import redis.asyncio as aioredis
+
+    from ripplerec.profiles.redis_store import RedisProfileStore
+
+    codec = AvroCodec()
+    events = [_event(n, "a") for n in range(6)]  # more events of one user than the id list keeps
+    messages = [RawMessage("t", 0, n, b"a", codec.encode("BehaviorEvent", e)) for n, e in enumerate(events)]
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+
+    async def send(topic, key, value, partition=None):
+        raise AssertionError("nothing is published with training examples off and proactive recommendations off")
+
+    async def run():
+        client = aioredis.from_url(embedded_stack.redis_url, decode_responses=True)
+        store = RedisProfileStore(client, prefix, BatchParams(history_length=50, recent_event_ids=2))
+        settings = Settings(redis_url=embedded_stack.redis_url, redis_prefix=prefix, emit_training=False,
+                            proactive_min_events=0)
+        processor = IngestProcessor(settings, codec, store, send, StreamMetrics(), seed=1)
+        first = await processor.process(messages)
+        again = await processor.process(messages)  # the same messages: a restarted worker reads them again
+        profile = await store.get_profile("a")
+        await store.close()
+        return first, again, profile
+
+    first, again, profile = asyncio.run(run())
+    assert list(first.new) == [True] * 6 and list(again.new) == [False] * 6
+    assert profile is not None and profile.events == 6
