@@ -587,16 +587,17 @@ class RedisProfileStore:
         decoded = self._decoded
         if len(decoded) > DECODED_ENTRIES_CACHED:
             decoded.clear()
+        get = decoded.get
         for part in packed.split("\x1c"):
             user_id, _, joined = part.partition("\x1d")
-            entries = []
-            for raw in reversed(_split(joined)):
-                entry = decoded.get(raw)
-                if entry is None:
-                    entry = decoded[raw] = decode_entry(raw)
-                entries.append(entry)
-            histories[user_id] = entries
+            raws = _split(joined)
+            raws.reverse()
+            histories[user_id] = [get(raw) or self._decode(raw) for raw in raws]
         return histories
+
+    def _decode(self, raw: str) -> ProfileEntry:
+        entry = self._decoded[raw] = decode_entry(raw)
+        return entry
 
     async def get_profile(self, user_id: str) -> Profile | None:
         p = self.prefix

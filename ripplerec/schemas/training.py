@@ -142,6 +142,7 @@ class TrainingBatchWriter:
         self.cache_size = cache_size
         self._entries: dict[tuple[Any, ...], bytes] = {}
         self._strings: dict[str, bytes] = {}
+        self._values: dict[float, bytes] = {}
         self.fast = self._layout_matches(codec.schema("TrainingBatch"))
 
     @staticmethod
@@ -238,12 +239,28 @@ class TrainingBatchWriter:
 
     def _entry(self, entry: Entry) -> bytes | None:
         item_id, action, value, ts = entry
-        if not (value is None or type(value) is float):
+        if value is None:
+            value_raw = b"\x00"
+        elif type(value) is float:
+            value_raw = self._values.get(value) or self._value(value)
+        else:
             return None
-        raw = self._entries[entry] = (
-            _avro_str(item_id) + _avro_str(action)
-            + (b"\x00" if value is None else b"\x02" + _DOUBLE.pack(value)) + _zigzag(ts)
-        )
+        strings = self._strings
+        raw = b"".join((
+            strings.get(item_id) or self._string(item_id), strings.get(action) or self._string(action),
+            value_raw, _zigzag(ts),
+        ))
+        if value != 0.0:  # -0.0 would find 0.0's bytes
+            self._entries[entry] = raw
+        return raw
+
+    def _value(self, value: float) -> bytes:
+        raw = b"\x02" + _DOUBLE.pack(value)
+        if value:  # not 0.0: -0.0 equals it as a key but not in bytes
+            values = self._values
+            if len(values) > 1024:  # ratings and a few prices repeat; anything else is not worth keeping
+                values.clear()
+            values[value] = raw
         return raw
 
 

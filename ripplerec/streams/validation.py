@@ -50,8 +50,16 @@ def validate_event(event: Mapping[str, Any], limits: Limits, now_ms: float) -> N
 
     ``limits.min_timestamp`` is in epoch seconds; ``ts`` in epoch milliseconds.
     """
-    for name in ("event_id", "user_id", "item_id"):
-        _check_id(event, name, limits)
+    ids = event.get("event_id"), event.get("user_id"), event.get("item_id")
+    longest = limits.max_id_length
+    # the common case in one go: three non-blank strings, none too long, no control characters
+    if not (
+        type(ids[0]) is str and type(ids[1]) is str and type(ids[2]) is str
+        and 0 < len(ids[0]) <= longest and 0 < len(ids[1]) <= longest and 0 < len(ids[2]) <= longest
+        and not _CONTROL.search("".join(ids)) and ids[0].strip() and ids[1].strip() and ids[2].strip()
+    ):
+        for name in ("event_id", "user_id", "item_id"):
+            _check_id(event, name, limits)
     if event.get("action") not in _ACTIONS:
         raise InvalidRecord("UnknownAction", f"action {event.get('action')!r} is not one of {', '.join(ACTIONS)}")
     ts = event.get("ts")

@@ -17,7 +17,7 @@ def _event(rng: random.Random, n: int) -> dict:
 
 
 def _entry(rng: random.Random) -> tuple:
-    return (rng.choice(WORDS), rng.choice(["view", "rate"]), rng.choice([None, 4.0, -0.5, 1e300]),
+    return (rng.choice(WORDS), rng.choice(["view", "rate"]), rng.choice([None, 4.0, -0.5, 1e300, 0.0, -0.0]),
             rng.choice([0, 1, -1, 2**62, 874_724_710_123]))
 
 
@@ -49,6 +49,10 @@ def test_the_fast_training_batch_writer_writes_what_the_codec_writes() -> None:
         record = _record(events, histories, candidates, negatives, length)
         assert raw == codec.encode("TrainingBatch", record)
         assert codec.decode("TrainingBatch", raw) == record
+    for zero in (0.0, -0.0, 0.0):  # equal as cache keys, not as bytes
+        history = [("i", "rate", zero, 7)]
+        assert writer.encode([], [], [("u", history)], [], 1, 1) == codec.encode(
+            "TrainingBatch", _record([], [("u", history)], [], 1, 1))
     odd = [("i", "rate", 3, 7)]  # an int where a double goes: the codec's rules apply
     raw = writer.encode([], [], [("u", odd)], [], 1, 1)
     assert raw == codec.encode("TrainingBatch", _record([], [("u", odd)], [], 1, 1))
