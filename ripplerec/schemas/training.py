@@ -20,7 +20,10 @@ from typing import Any
 from ripplerec.schemas.codec import HEADER_SIZE, AvroCodec
 from ripplerec.schemas.records import TrainingBatch, TrainingExample
 
-__all__ = ["TrainingBatchWriter", "expand_training_batch", "decode_training", "pick_negatives", "TRAINING_RECORDS"]
+__all__ = [
+    "TrainingBatchWriter", "batch_record", "expand_training_batch", "decode_training", "pick_negatives",
+    "TRAINING_RECORDS",
+]
 
 #: The records a ``ripple.training`` message may hold.
 TRAINING_RECORDS = frozenset({"TrainingExample", "TrainingBatch"})
@@ -77,6 +80,26 @@ def expand_training_batch(batch: Mapping[str, Any]) -> list[TrainingExample]:
             })
         history.append(entry)
     return out
+
+
+def batch_record(
+    events: Sequence[Mapping[str, Any]],
+    histories: Sequence[tuple[str, Sequence[Entry]]],
+    candidates: Sequence[str],
+    negatives: int,
+    history_length: int,
+) -> TrainingBatch:
+    """The ``TrainingBatch`` record of these parts (``histories``: (user id, entries oldest first) pairs)."""
+    return {
+        "events": list(events),  # type: ignore[arg-type]
+        "histories": [
+            {"user_id": user_id, "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in h]}
+            for user_id, h in histories
+        ],
+        "candidates": list(candidates),
+        "negatives": negatives,
+        "history_length": history_length,
+    }
 
 
 def decode_training(codec: AvroCodec, data: bytes) -> list[TrainingExample]:
@@ -186,31 +209,17 @@ class TrainingBatchWriter:
     ) -> bytes:
         """The bytes of the batch of these ``events`` (``messages``: each one's own message or None, see
         :meth:`events_array`), ``histories`` ((user id, entries oldest first) pairs) and ``candidates``."""
-        raw = self._fast(events, messages, histories, candidates, negatives, history_length) if self.fast else None
-        if raw is not None:
-            return raw
-        record: TrainingBatch = {
-            "events": list(events),  # type: ignore[arg-type]
-            "histories": [
-                {"user_id": user_id,
-                 "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in entries]}
-                for user_id, entries in histories
-            ],
-            "candidates": list(candidates),
-            "negatives": negatives,
-            "history_length": history_length,
-        }
+        head = self._fast(events, messages, histories, candidates) if self.fast else None
+        if head is not None:
+            return head + _zigzag(negatives) + _zigzag(history_length)
+        record = batch_record(events, histories, candidates, negatives, history_length)
         return self.codec.encode("TrainingBatch", record)
 
     def _fast(
-        self,
-        events: Sequence[Mapping[str, Any]],
-        messages: Sequence[bytes | None],
-        histories: Sequence[tuple[str, Sequence[Entry]]],
-        candidates: Sequence[str],
-        negatives: int,
-        history_length: int,
+        self, events: Sequence[Mapping[str, Any]], messages: Sequence[bytes | None],
+        histories: Sequence[tuple[str, Sequence[Entry]]], candidates: Sequence[str],
     ) -> bytes | None:
+        """The bytes up to the two ints at the end; None when an entry's value needs the codec."""
         entries, strings = self._entries, self._strings
         if len(entries) > self.cache_size:
             entries.clear()
@@ -229,8 +238,6 @@ class TrainingBatchWriter:
             self.events_array(events, messages),
             _array(len(users), users),
             _array(len(sampled), sampled),
-            _zigzag(negatives),
-            _zigzag(history_length),
         ))
 
     def _string(self, text: str) -> bytes:

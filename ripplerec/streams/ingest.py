@@ -22,7 +22,7 @@ from ripplerec.monitoring import StreamMetrics
 from ripplerec.profiles import BatchOutcome, ProfileEntry, ProfileStore
 from ripplerec.schemas import AvroCodec, DecodeError
 from ripplerec.schemas.records import DeadLetter, TrainingBatch, TrainingExample
-from ripplerec.schemas.training import TrainingBatchWriter, expand_training_batch, pick_negatives
+from ripplerec.schemas.training import TrainingBatchWriter, batch_record, expand_training_batch, pick_negatives
 from ripplerec.streams.validation import InvalidRecord, validate_event, validate_item
 
 __all__ = [
@@ -208,16 +208,7 @@ def training_batch(
     plan: TrainingPlan, events: Sequence[Mapping[str, Any]], negatives: int, history_length: int
 ) -> TrainingBatch:
     """The ``TrainingBatch`` record of ``plan`` (the ingest agent writes its bytes directly)."""
-    return {
-        "events": [events[i] for i in plan.indices],  # type: ignore[misc]
-        "histories": [
-            {"user_id": user_id, "history": [{"item_id": i, "action": a, "value": v, "ts": t} for i, a, v, t in h]}
-            for user_id, h in plan.histories
-        ],
-        "candidates": list(plan.candidates),
-        "negatives": negatives,
-        "history_length": history_length,
-    }
+    return batch_record([events[i] for i in plan.indices], plan.histories, plan.candidates, negatives, history_length)
 
 
 def training_examples(
