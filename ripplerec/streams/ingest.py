@@ -37,6 +37,7 @@ __all__ = [
     "replayed_examples",
     "plan_training",
     "training_batch",
+    "event_size",
     "TrainingPlan",
     "TRIGGER_CONTEXT_KEY",
 ]
@@ -160,14 +161,22 @@ def plan_training(
     history_length: int,
     rng: random.Random,
     max_events: int = 500,
+    sizes: Sequence[int] | None = None,
+    max_bytes: int = 256 * 1024,
+    longest_item: int = 256,
 ) -> list[TrainingPlan]:
     """Split a batch's new events into ``TrainingBatch``es (pure apart from ``rng``).
 
     A user's events go to the partition of their first new event in the batch (the events topic is
-    keyed by user, so that is where all of them came from), at most ``max_events`` per message. Each
-    message carries, for each of its users, the history just before the user's first event in it:
-    the stored history (``prior_history``, oldest first) then the user's earlier events of the batch.
-    Candidates are drawn from ``item_pool`` with one ``rng.choices`` call per message.
+    keyed by user, so that is where all of them came from). Each message carries, for each of its
+    users, the history just before the user's first event in it: the stored history
+    (``prior_history``, oldest first) then the user's earlier events of the batch. Candidates are
+    drawn from ``item_pool`` with one ``rng.choices`` call per message.
+
+    A message holds at most ``max_events`` events and, when ``sizes`` (each event's encoded size,
+    an upper bound) is given, at most about ``max_bytes``: its events, histories and candidates are
+    counted with ``longest_item`` characters per item id, in characters (bytes for ASCII ids, at
+    worst a quarter of them otherwise); a single event may go over alone.
     """
     by_partition: dict[int, list[int]] = {}
     home: dict[str, int] = {}
@@ -178,30 +187,62 @@ def plan_training(
             if partition is None:
                 partition = home[user_id] = partitions[index]
             by_partition.setdefault(partition, []).append(index)
+    per_example = 2 * negatives * (longest_item + 2)
+    per_entry = longest_item + 32  # item id, action, value, ts and their lengths
     running: dict[str, list[tuple[Any, ...]]] = {}
     plans: list[TrainingPlan] = []
     for partition, indices in by_partition.items():
-        for start in range(0, len(indices), max_events):
-            chunk = indices[start : start + max_events]
-            histories: list[tuple[str, list[tuple[Any, ...]]]] = []
-            listed: set[str] = set()
-            positives = 0
-            for index in chunk:
-                event = events[index]
-                user_id, action = event["user_id"], event["action"]
-                history = running.get(user_id)
-                if history is None:
-                    history = running[user_id] = list(prior_history.get(user_id, ()))
-                if user_id not in listed:
-                    listed.add(user_id)
-                    histories.append((user_id, history[-history_length:] if history_length else []))
-                history.append((event["item_id"], action, event["value"], event["ts"]))
-                if action != "skip":
-                    positives += 1
-            wanted = 2 * negatives * positives
-            candidates = rng.choices(item_pool, k=wanted) if wanted and item_pool else []
-            plans.append(TrainingPlan(partition, chunk, histories, candidates, positives))
+        chunk: list[int] = []
+        histories: list[tuple[str, list[tuple[Any, ...]]]] = []
+        listed: set[str] = set()
+        positives = size = 0
+        for index in indices:
+            event = events[index]
+            user_id, action = event["user_id"], event["action"]
+            history = running.get(user_id)
+            if history is None:
+                history = running[user_id] = list(prior_history.get(user_id, ()))
+            window = None if user_id in listed else (history[-history_length:] if history_length else [])
+            if chunk:
+                full = len(chunk) >= max_events
+                if not full and sizes is not None:
+                    cost = sizes[index] + (per_example if action != "skip" else 0)
+                    if window is not None:
+                        cost += len(user_id) + 8 + per_entry * len(window)
+                    full = size + cost > max_bytes
+                if full:
+                    plans.append(_plan(partition, chunk, histories, positives, negatives, item_pool, rng))
+                    chunk, histories, listed, positives, size = [], [], set(), 0, 0
+                    window = history[-history_length:] if history_length else []
+            if window is not None:
+                listed.add(user_id)
+                histories.append((user_id, window))
+                size += len(user_id) + 8 + per_entry * len(window)
+            chunk.append(index)
+            history.append((event["item_id"], action, event["value"], event["ts"]))
+            if action != "skip":
+                positives += 1
+                size += per_example
+            if sizes is not None:
+                size += sizes[index]
+        plans.append(_plan(partition, chunk, histories, positives, negatives, item_pool, rng))
     return plans
+
+
+def _plan(
+    partition: int, chunk: list[int], histories: list[tuple[str, list[tuple[Any, ...]]]], positives: int,
+    negatives: int, item_pool: Sequence[str], rng: random.Random,
+) -> TrainingPlan:
+    wanted = 2 * negatives * positives
+    candidates = rng.choices(item_pool, k=wanted) if wanted and item_pool else []
+    return TrainingPlan(partition, chunk, histories, candidates, positives)
+
+
+def event_size(event: Mapping[str, Any]) -> int:
+    """An upper bound, in characters, of a BehaviorEvent's Avro encoding (for events without their message)."""
+    context = event.get("context") or {}
+    return (len(event["event_id"]) + len(event["user_id"]) + len(event["item_id"]) + 40
+            + sum(len(k) + len(v) + 8 for k, v in context.items()))
 
 
 def training_batch(
@@ -298,11 +339,13 @@ class ItemPool:
         self.ids: list[str] = []
         self._known: set[str] = set()
         self.limit = limit
+        self.longest = 0  # characters of the longest id added
 
     def add(self, item_id: str) -> None:
         if item_id not in self._known and len(self.ids) < self.limit:
             self._known.add(item_id)
             self.ids.append(item_id)
+            self.longest = max(self.longest, len(item_id))
 
 
 class IngestProcessor:
@@ -422,9 +465,10 @@ class IngestProcessor:
             # Same partition as the source events: topics share the partition count and the events
             # topic is keyed by user, so this is where the user's key would land anyway.
             limit = settings.topics.partitions
-            plans = plan_training(events, outcome.new, batch.partitions, outcome.prior_history, pool.ids,
-                                  negatives, length, self.rng)
             writer, lone = self._training, batch.lone
+            sizes = [len(m) if m is not None else event_size(e) for e, m in zip(events, lone, strict=True)]
+            plans = plan_training(events, outcome.new, batch.partitions, outcome.prior_history, pool.ids,
+                                  negatives, length, self.rng, sizes=sizes, longest_item=pool.longest)
             records: list[tuple[int, bytes | None, bytes]] = []
             examples = 0
             for plan in plans:

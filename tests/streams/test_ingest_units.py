@@ -11,6 +11,7 @@ from ripplerec.schemas.training import TrainingBatchWriter, decode_training
 from ripplerec.streams.ingest import (
     RawMessage,
     decode_events,
+    event_size,
     plan_training,
     replayed_examples,
     training_batch,
@@ -182,3 +183,28 @@ def test_replayed_examples_are_rebuilt_from_the_stored_history() -> None:
     assert [h["item_id"] for h in examples[0]["history"]] == ["old"]
     assert [h["item_id"] for h in examples[1]["history"]] == ["i0", "i1"]  # the 2 before it
     assert missing == 1
+
+
+def test_training_batches_stay_under_their_byte_budget() -> None:
+    rng = random.Random(5)
+    pool = [f"item-{n}" for n in range(300)]
+    codec = AvroCodec()
+    events = [_event(event_id=f"e{n}", user_id=f"u{rng.randrange(30)}", item_id=rng.choice(pool), ts=1000 + n,
+                     context={f"k{j}": "v" * rng.randrange(0, 900) for j in range(rng.randrange(0, 6))})
+              for n in range(400)]
+    new = [True] * len(events)
+    prior = {f"u{u}": [ProfileEntry(rng.choice(pool), "view", None, u) for _ in range(20)] for u in range(30)}
+    lone = [codec.encode("BehaviorEvent", e) if n % 2 else None for n, e in enumerate(events)]
+    sizes = [len(m) if m is not None else event_size(e) for e, m in zip(events, lone, strict=True)]
+    assert all(size >= len(codec.encode("BehaviorEvent", e)) - 5 for e, size in zip(events, sizes, strict=True))
+    budget = 16 * 1024
+    plans = plan_training(events, new, [0] * len(events), prior, pool, 4, 20, random.Random(1), sizes=sizes,
+                          max_bytes=budget, longest_item=max(map(len, pool)))
+    writer = TrainingBatchWriter(codec)
+    raws = [writer.encode([events[i] for i in p.indices], [lone[i] for i in p.indices], p.histories, p.candidates,
+                          4, 20) for p in plans]
+    assert len(raws) > 10 and max(len(raw) for raw in raws) <= budget
+    examples = [x for raw in raws for x in decode_training(codec, raw)]
+    expected = training_examples(events, new, prior, pool, 4, 20, random.Random(1))
+    strip = lambda xs: sorted(({**x, "negatives": []} for x in xs), key=lambda x: x["event_id"])  # noqa: E731
+    assert strip(examples) == strip(expected)
