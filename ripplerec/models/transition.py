@@ -83,7 +83,8 @@ class TransitionCounts:
     def add_many(self, interactions: Sequence[tuple[str, int]]) -> None:
         """:meth:`add` for ``(user_id, row)`` pairs in order, with one scatter into the matrix (the same
         sums, added in the same order)."""
-        window, weights = self.config.window, self._weights
+        window = self.config.window
+        weights = self._weights.tolist()  # Python floats: indexing the array would make a numpy scalar each time
         sources: list[int] = []
         targets: list[int] = []
         added: list[float] = []
@@ -95,13 +96,14 @@ class TransitionCounts:
                 if source != row:
                     sources.append(source)
                     targets.append(row)
-                    added.append(float(weights[distance]))
+                    added.append(weights[distance])
             recent.append(row)
         if sources:
             values = np.asarray(added, dtype=np.float32)
             np.add.at(self.matrix, (np.asarray(sources), np.asarray(targets)), values)
             np.add.at(self.outgoing, np.asarray(sources), values)
-        np.add.at(self.counts, np.fromiter((row for _, row in interactions), dtype=np.int64), 1.0)
+        # a float32 one: a Python 1.0 makes np.add.at cast each element to float64 and back (same sums, slower)
+        np.add.at(self.counts, np.fromiter((row for _, row in interactions), dtype=np.int64), np.float32(1.0))
 
     def scores(self, rows: Sequence[int], n: int) -> NDArray[np.float32]:
         """Transition scores over the first ``n`` catalog rows from a user's items ``rows`` (oldest first)."""
