@@ -81,8 +81,11 @@ class AlignedHistories:
 Histories = Sequence[HistoryRows] | AlignedHistories
 
 
-def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
+def standardised(values: NDArray[np.float32], out: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
     """Zero mean, unit variance along the last axis (each row of a batch on its own); zeros for a constant row.
+
+    ``out``: where to write them (float32, the shape of ``values``; a slice of a larger array is fine), instead
+    of a new array.
 
     >>> standardised(np.array([1.0, 2.0, 3.0], dtype=np.float32)).astype(float).round(3).tolist()
     [-1.225, 0.0, 1.225]
@@ -90,7 +93,7 @@ def standardised(values: NDArray[np.float32]) -> NDArray[np.float32]:
     [[-1.225, 0.0, 1.225], [0.0, 0.0, 0.0]]
     """
     mean = values.mean(axis=-1, keepdims=True)
-    centred = values - mean
+    centred = np.subtract(values, mean, out=out)
     # np.std's own steps, reusing the mean and the centred values (einsum: the squares without a temporary)
     squares = np.einsum("...i,...i->...", centred, centred)[..., np.newaxis]
     spread = np.sqrt(squares / values.shape[-1])
@@ -147,7 +150,8 @@ def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Histories, n: in
     rows, weights = recent_rows(histories, config.history, config.recency_decay)
     weights /= np.power(np.maximum(counts.counts[rows], 1.0), config.alpha)
     scale = np.power(np.maximum(counts.counts[:n], 1.0), 1.0 - config.alpha)
-    return (weighted_row_sums(counts.matrix, rows, weights, n) / scale).astype(np.float32, copy=False)
+    sums = weighted_row_sums(counts.matrix, rows, weights, n)
+    return np.divide(sums, scale, out=sums) if scale.dtype == sums.dtype else (sums / scale).astype(np.float32)
 
 
 def _transition_scores(counts: TransitionCounts, histories: Histories, n: int) -> NDArray[np.float32]:
@@ -205,21 +209,32 @@ class CountFeatures:
         for _, counts in self.enabled:
             counts.add_many(interactions)
 
-    def features(self, histories: Histories, n: int) -> NDArray[np.float32]:
+    def features(
+        self, histories: Histories, n: int, out: NDArray[np.float32] | None = None
+    ) -> NDArray[np.float32]:
         """Standardised feature rows ``(len(histories), K, n)`` for histories of catalog rows, oldest first.
 
         A history that gives a feature nothing (no counts yet, or an empty history) leaves its row at zero.
+        ``out``: where to write them (a float32 ``(len(histories), K, n)`` array or slice), instead of a new array.
         """
-        out = np.zeros((len(histories), len(self), n), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(histories), len(self), n), dtype=np.float32)
         for k, (name, counts) in enumerate(self.enabled):
             raw = self.scores(name, counts, histories, n)
             informative = raw.any(axis=1)
+            if not informative.all():  # the usual case writes every row below
+                out[~informative, k] = 0.0
             if not informative.any():
                 continue
-            values = raw[informative]
+            # all rows informative (the usual case): standardised straight into out, without the row copies
+            every = bool(informative.all())
+            values = np.ascontiguousarray(raw) if every else raw[informative]
             if name in _LOG_SCALED:
                 values = np.log(values + np.float32(_LOG_FLOOR))
-            out[informative, k] = standardised(values)
+            if every:
+                standardised(values, out=out[:, k])
+            else:
+                out[informative, k] = standardised(values)
         return out
 
     @staticmethod

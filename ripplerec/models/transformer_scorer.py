@@ -213,30 +213,42 @@ class TransformerScorer(RankingModel):
         histories = AlignedHistories(rows.numpy(), mask.numpy())
         n = len(self._item_ids)
         features = np.empty((len(histories), self.config.head.count_features, n), dtype=np.float32)
-        features[:, : len(self._counts)] = self._counts.features(histories, n)
+        self._counts.features(histories, n, out=features[:, : len(self._counts)])
         if self.config.head.text_feature:  # the text feature comes last
-            features[:, -1] = self._text_feature(histories, n)
+            self._text_feature(histories, n, out=features[:, -1])
         return torch.from_numpy(features)
 
-    def _text_feature(self, histories: Histories, n: int) -> NDArray[np.float32]:
-        """Standardised cosine of every item's text with each user's recency-weighted recent texts ``(B, n)``.
+    def _text_feature(
+        self, histories: Histories, n: int, out: NDArray[np.float32] | None = None
+    ) -> NDArray[np.float32]:
+        """Standardised cosine of every item's text with each user's recency-weighted recent texts ``(B, n)``,
+        written into ``out`` when given.
 
         Up to ``TEXT_COSINES_MAX_ITEMS`` items, the weighted sum of the recent items' rows of the kept
         cosine matrix (a few rows per user); beyond, the weighted recent texts times every item's text.
         """
         rows, weights = recent_rows(histories, TEXT_FEATURE_HISTORY, TEXT_FEATURE_DECAY)
         used = weights.any(axis=1)
-        out = np.zeros((len(histories), n), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(histories), n), dtype=np.float32)
+        every = bool(used.all())
+        if not every:
+            out[~used] = 0.0
         if not used.any():
             return out
+        if not every:
+            rows, weights = rows[used], weights[used]
         if n <= TEXT_COSINES_MAX_ITEMS:
-            raw = weighted_row_sums(self._cosines(n), rows[used], weights[used], n)
+            raw = weighted_row_sums(self._cosines(n), rows, weights, n)
         else:  # products in torch, which keeps to its thread setting (numpy's BLAS would start its own threads)
             unit = torch.from_numpy(self._unit_texts(n))
-            recent, recent_weights = torch.from_numpy(rows[used]), torch.from_numpy(weights[used])
+            recent, recent_weights = torch.from_numpy(rows), torch.from_numpy(weights)
             profiles = nn.functional.embedding_bag(recent, unit, per_sample_weights=recent_weights, mode="sum")
             raw = (profiles @ unit.T).numpy()
-        out[used] = standardised(raw)
+        if every:  # the usual case: straight into out, without the row copies
+            standardised(raw, out=out)
+        else:
+            out[used] = standardised(raw)
         return out
 
     def _unit_texts(self, n: int) -> NDArray[np.float32]:
