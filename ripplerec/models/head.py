@@ -126,6 +126,8 @@ class Head(nn.Module):
         d = config.dim
         self.item_text: torch.Tensor
         self.register_buffer("item_text", torch.zeros(capacity, config.text_dim if config.uses_text else 0))
+        # ((item_text, its version, n), its first n rows normalised): see unit_texts
+        self._unit_texts: tuple[tuple[torch.Tensor, int, int], torch.Tensor] | None = None
         self.adapter = nn.Linear(config.text_dim, d) if config.uses_text else None
         self.item_ids = (
             nn.Parameter(torch.randn(capacity, d, generator=self._generator) * 0.05) if config.uses_ids else None
@@ -269,8 +271,11 @@ class Head(nn.Module):
         key = self.attention_key
         if not torch.is_grad_enabled():
             return nn.functional.linear(torch.tanh(key(behaviour)), query)
-        gates = torch.sigmoid(nn.functional.linear(behaviour, 2.0 * key.weight, 2.0 * key.bias))
-        return nn.functional.linear(gates, 2.0 * query, -query.sum(dim=-1))
+        # linear's own product on the flattened slots, so the sigmoid can overwrite it (its backward keeps
+        # only its inputs, where an in-place sigmoid on linear's (B, L, d) view would copy the gradient back)
+        flat = behaviour.reshape(-1, behaviour.shape[-1])
+        gates = torch.addmm(2.0 * key.bias, flat, (2.0 * key.weight).t()).sigmoid_()
+        return nn.functional.linear(gates, 2.0 * query, -query.sum(dim=-1)).view(*behaviour.shape[:-1], -1)
 
     def _behaviours(
         self, history: HistoryBatch, learned: torch.Tensor, item_index: torch.Tensor, distance: torch.Tensor
@@ -351,11 +356,24 @@ class Head(nn.Module):
         """
         if self.affinity_scale is None:
             raise ValueError("this head has no text affinity")
-        texts = nn.functional.normalize(self.item_text[:n], dim=-1)
+        texts = self.unit_texts(n)
         profile = nn.functional.embedding_bag(history.items, texts, per_sample_weights=weights, mode="sum")
         dots = _CosineRows.apply(profile, texts, history.items, weights.detach(), cosines)
         # nn.functional.normalize's divisor, applied to the (B, n) dot products instead of the profile
         return dots * (self.affinity_scale / profile.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    def unit_texts(self, n: int) -> torch.Tensor:
+        """The first ``n`` item texts, normalised ``(n, text_dim)``.
+
+        Kept between calls (every training step reads them) until ``item_text`` changes: :meth:`grow`
+        replaces it and writes into it bump its version counter.
+        """
+        source = (self.item_text, self.item_text._version, n)
+        kept = self._unit_texts
+        if kept is None or kept[0][0] is not source[0] or kept[0][1:] != source[1:]:
+            with torch.no_grad():
+                kept = self._unit_texts = (source, nn.functional.normalize(self.item_text[:n], dim=-1))
+        return kept[1]
 
     def feature_scores(self, features: torch.Tensor) -> torch.Tensor:
         """The count features' part of the scores: ``(B, K, n)`` standardised features -> ``(B, n)``."""
@@ -365,7 +383,7 @@ class Head(nn.Module):
         weights = self.feature_weights
         scores = features[:, 0] * weights[0]
         for k in range(1, features.shape[1]):
-            scores = scores + features[:, k] * weights[k]
+            scores.add_(features[:, k] * weights[k])  # in place: no backward pass keeps the partial sums
         return scores
 
     def forward(self, history: HistoryBatch) -> torch.Tensor:

@@ -69,7 +69,8 @@ class CooccurrenceCounts:
         whole numbers: the sums are exact in any order).
 
         The ones added are float32: a Python ``1.0`` makes ``np.add.at`` cast every element it touches to
-        float64 and back (the same sums, several times slower).
+        float64 and back (the same sums, several times slower); and they go through flat indices into the
+        matrix, which ``np.add.at`` handles five times faster than a pair of index arrays.
         """
         rows: list[int] = []
         others: list[int] = []
@@ -84,9 +85,11 @@ class CooccurrenceCounts:
             recent.append(row)
         one = np.float32(1.0)
         if rows:
-            first, second = np.asarray(rows), np.asarray(others)
-            np.add.at(self.matrix, (first, second), one)
-            np.add.at(self.matrix, (second, first), one)
+            first = np.fromiter(rows, dtype=np.int64, count=len(rows))
+            second = np.fromiter(others, dtype=np.int64, count=len(others))
+            width = self.matrix.shape[1]
+            both_ways = np.concatenate([first * width + second, second * width + first])
+            np.add.at(self.matrix.reshape(-1, copy=False), both_ways, one)
         np.add.at(self.counts, np.fromiter((row for _, row in interactions), dtype=np.int64), one)
 
     def scores(self, rows: Sequence[int], n: int) -> NDArray[np.float32]:

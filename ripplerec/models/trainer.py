@@ -156,12 +156,13 @@ class OnlineTrainer:
             cosines = text_cosines if head.affinity_scale is not None else None
             vectors = head.item_vectors(catalog, affinity=cosines is None)
             users, weights = head.user_vectors(history, vectors, affinity=cosines is None)
+            # the (B, n) terms are added in place (no backward pass keeps the sums), not into a new tensor each
             logits = head.scores(users, vectors)
             if cosines is not None:
-                logits = logits + head.affinity_scores(history, weights, cosines, n_items)
-            logits = logits + head.biases(catalog)
+                logits.add_(head.affinity_scores(history, weights, cosines, n_items))
+            logits.add_(head.biases(catalog))
             if features is not None:
-                logits = logits + _padded(head.feature_scores(features[:, :, :n_items]), batch)
+                logits.add_(_padded(head.feature_scores(features[:, :, :n_items]), batch))
             blocked = None  # one mask for both reasons, so the (B, n) logits are filled once
             if config.mask_history:
                 blocked = torch.zeros(batch, n_items, dtype=torch.bool)
@@ -170,9 +171,9 @@ class OnlineTrainer:
                 blocked[torch.arange(batch), positives] = False
             if active is not None:
                 inactive = ~active[:n_items].unsqueeze(0)
-                blocked = inactive if blocked is None else blocked | inactive
+                blocked = inactive if blocked is None else blocked.logical_or_(inactive)
             if blocked is not None:
-                logits = logits.masked_fill(blocked, -1e9)
+                logits.masked_fill_(blocked, -1e9)
             return nn.functional.cross_entropy(logits, positives)
         if active is not None and bool(active[:n_items].any()):
             pool = torch.nonzero(active[:n_items]).squeeze(1)

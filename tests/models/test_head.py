@@ -183,6 +183,22 @@ def test_training_with_the_cosines_matches_training_with_the_text_columns(repres
         torch.testing.assert_close(p, q, msg=name)
 
 
+def test_unit_texts_are_kept_until_the_item_texts_change() -> None:
+    head = _head(item_representation="text", text_affinity=True)
+    first = head.unit_texts(N_ITEMS)
+    assert head.unit_texts(N_ITEMS) is first  # kept between training steps
+    torch.testing.assert_close(first, torch.nn.functional.normalize(head.item_text, dim=-1), rtol=0, atol=0)
+    with torch.no_grad():
+        head.item_text[3] = 5.0  # a write in place (as add_items does)
+    assert head.unit_texts(N_ITEMS)[3].tolist() == pytest.approx([12**-0.5] * 12)
+    assert head.unit_texts(5).shape == (5, 12)
+    head.grow(N_ITEMS + 4)  # a new buffer
+    with torch.no_grad():
+        head.item_text[N_ITEMS:] = -2.0
+    grown = head.unit_texts(N_ITEMS + 4)
+    assert grown.shape == (N_ITEMS + 4, 12) and grown[-1].tolist() == pytest.approx([-(12**-0.5)] * 12)
+
+
 @pytest.mark.parametrize("additive", [True, False])
 def test_attention_logits_are_tanh_keys_times_the_queries(additive: bool) -> None:
     head = _head(additive_attention=additive)
