@@ -173,7 +173,12 @@ class OnlineTrainer:
                 inactive = ~active[:n_items].unsqueeze(0)
                 blocked = inactive if blocked is None else blocked.logical_or_(inactive)
             if blocked is not None:
-                logits.masked_fill_(blocked, -1e9)
+                # A blocked logit's softmax is exactly 0 (exp(-1e9) underflows), so the loss's gradient there is
+                # exactly 0, what masked_fill's backward pass would write: filled outside autograd, that (B, n)
+                # pass is skipped. Unless a positive is blocked: its row's softmax then does reach blocked logits.
+                positive_blocked = bool(blocked.expand(batch, n_items)[torch.arange(batch), positives].any())
+                with torch.set_grad_enabled(positive_blocked and torch.is_grad_enabled()):
+                    logits.masked_fill_(blocked, -1e9)
             return nn.functional.cross_entropy(logits, positives)
         if active is not None and bool(active[:n_items].any()):
             pool = torch.nonzero(active[:n_items]).squeeze(1)

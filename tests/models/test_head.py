@@ -128,6 +128,35 @@ def test_features_of_the_first_examples_train_like_zero_padded_features(full_sof
         torch.testing.assert_close(p, q, msg=name)
 
 
+@pytest.mark.parametrize("positive_blocked", [False, True])
+def test_blocked_logits_filled_outside_autograd_have_the_gradients_of_a_differentiable_fill(
+    positive_blocked: bool,
+) -> None:
+    history = _history()
+    positives = torch.tensor([3, 7, 7, 20, 1, 39])
+    active = torch.ones(N_ITEMS, dtype=torch.bool)
+    active[[5, 11, 7 if positive_blocked else 30]] = False
+    head = _head()
+    trainer = OnlineTrainer(head, TrainerConfig(seed=3))
+    loss = trainer._loss(history, positives, N_ITEMS, active, None)
+    loss.backward()
+    filled = _gradients(head)
+    head.zero_grad()
+    vectors = head.item_vectors()
+    users, _ = head.user_vectors(history, vectors)
+    blocked = torch.zeros(BATCH, N_ITEMS, dtype=torch.bool)
+    for b in range(BATCH):
+        blocked[b, history.items[b][history.mask[b]]] = True
+    blocked[torch.arange(BATCH), positives] = False
+    logits = (head.scores(users, vectors) + head.biases(None)).masked_fill(blocked | ~active, -1e9)
+    plain_loss = torch.nn.functional.cross_entropy(logits, positives)
+    plain_loss.backward()
+    assert torch.equal(loss.detach(), plain_loss.detach())
+    assert filled.keys() == _gradients(head).keys()
+    for name, grad in _gradients(head).items():
+        assert torch.equal(filled[name], grad), name  # bit for bit
+
+
 def _cosines(head: Head, capacity: int) -> torch.Tensor:
     """The item texts' cosine matrix, zero-padded to ``capacity`` rows and columns (as the scorer keeps it)."""
     unit = torch.nn.functional.normalize(head.item_text, dim=-1)
