@@ -229,8 +229,8 @@ class CountFeatures:
             # all rows informative (the usual case): standardised straight into out, without the row copies
             every = bool(informative.all())
             values = np.ascontiguousarray(raw) if every else raw[informative]
-            if name in _LOG_SCALED:
-                values = np.log(values + np.float32(_LOG_FLOOR))
+            if name in _LOG_SCALED:  # in place when values is raw's own copy (or raw, which is not used again)
+                values = np.log(np.add(values, np.float32(_LOG_FLOOR), out=values), out=values)
             if every:
                 standardised(values, out=out[:, k])
             else:

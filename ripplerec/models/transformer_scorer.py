@@ -212,7 +212,10 @@ class TransformerScorer(RankingModel):
         rows, mask = batch.items[:users], batch.mask[:users]
         histories = AlignedHistories(rows.numpy(), mask.numpy())
         n = len(self._item_ids)
-        features = np.empty((len(histories), self.config.head.count_features, n), dtype=np.float32)
+        # laid out feature by feature, as a (B, K, n) view: each feature's (B, n) plane is then contiguous, for
+        # the numpy work here and for the head's products with the feature weights
+        planes = np.empty((self.config.head.count_features, len(histories), n), dtype=np.float32)
+        features = planes.transpose(1, 0, 2)
         self._counts.features(histories, n, out=features[:, : len(self._counts)])
         if self.config.head.text_feature:  # the text feature comes last
             self._text_feature(histories, n, out=features[:, -1])
