@@ -288,12 +288,12 @@ class TransformerScorer(RankingModel):
         """Tensors for histories given as (row, action, value, ts) rows, oldest first."""
         length = self.config.head.history_length
         table = np.zeros((len(encoded), length, 4), dtype=np.float64)
-        mask = np.zeros((len(encoded), length), dtype=bool)
+        used = np.zeros(len(encoded), dtype=np.int64)
         for row, behaviours in enumerate(encoded):
-            used = min(len(behaviours), length)
-            if used:  # left-padded: the most recent behaviour is in the last slot
-                table[row, length - used :] = behaviours[len(behaviours) - used :]
-                mask[row, length - used :] = True
+            used[row] = count = min(len(behaviours), length)
+            if count:  # left-padded: the most recent behaviour is in the last slot
+                table[row, length - count :] = behaviours[len(behaviours) - count :]
+        mask = np.arange(length) >= (length - used)[:, None]
         values = table[:, :, 2]
         value_buckets = np.where(np.isnan(values), 0, 1 + np.clip(np.rint(np.nan_to_num(values)), 0, VALUE_BUCKETS - 2))
         ages = np.asarray(nows, dtype=np.float64)[:, None] - table[:, :, 3]
