@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,20 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ingest import make_events  # noqa: E402
 from bench.proc_stats import cpu_seconds  # noqa: E402
-from ripplerec.embedded import find_redis_server, free_port  # noqa: E402
+from ripplerec.embedded import start_redis_server  # noqa: E402
 
 PARTITIONS = 4
 NOW_MS = 1_700_000_000_000
-
-
-def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def sources_of(events: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
@@ -116,19 +105,8 @@ def main() -> None:
     args = parser.parse_args()
     events = make_events(args.events, args.users, args.items)
     with tempfile.TemporaryDirectory(prefix="ripplerec-bench-") as workdir:
-        proc, url = start_redis(workdir)
+        proc, url = start_redis_server(Path(workdir), persist=False)
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    import redis
-
-                    redis.Redis.from_url(url).ping()
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
             runs = []
             for i in range(args.runs):
                 run = asyncio.run(one_run(url, events, args.batch, proc.pid))

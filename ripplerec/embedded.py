@@ -29,6 +29,7 @@ __all__ = [
     "BinaryNotFoundError",
     "find_tansu",
     "find_redis_server",
+    "start_redis_server",
     "free_port",
     "create_topics",
 ]
@@ -102,6 +103,35 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     raise EmbeddedStackError(f"{what} did not listen on port {port} within {timeout_s}s")
 
 
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
+def start_redis_server(workdir: Path, *, persist: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``redis-server`` on a free port with its files in ``workdir``; return it and its URL once it listens.
+
+    ``persist`` turns AOF on (fsync every second), as the embedded stack runs it; benchmarks that
+    measure redis-server's CPU turn it off.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = workdir / "redis.log"
+    durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else ["--appendonly", "no"]
+    proc = _spawn(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), *durability,
+         "--save", "", "--daemonize", "no", "--protected-mode", "no"],
+        log,
+    )
+    try:
+        _wait_for_port(port, proc, "redis-server", log, 20)
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=5)
+        raise
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
 def create_topics(
     bootstrap: str, topics: Iterable[str], partitions: int, compacted: Iterable[str] = (), timeout_s: float = 30.0
 ) -> None:
@@ -161,7 +191,8 @@ class EmbeddedStack:
 
     def start(self) -> EmbeddedStack:
         tansu = find_tansu()
-        redis_bin = find_redis_server() if self.start_redis else None
+        if self.start_redis:
+            find_redis_server()  # a missing binary fails before the broker starts
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="ripplerec-")
             self.workdir = Path(self._tmp.name)
@@ -178,19 +209,9 @@ class EmbeddedStack:
             )
             _wait_for_port(kafka_port, self._procs[-1], "tansu broker", broker_log, 20)
             self.bootstrap_servers = f"127.0.0.1:{kafka_port}"
-            if redis_bin is not None:
-                redis_port = free_port()
-                redis_dir = self.workdir / "redis"
-                redis_dir.mkdir(exist_ok=True)
-                redis_log = self.workdir / "redis.log"
-                self._spawn(
-                    [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(redis_dir),
-                     "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                     "--daemonize", "no", "--protected-mode", "no"],
-                    redis_log,
-                )
-                _wait_for_port(redis_port, self._procs[-1], "redis-server", redis_log, 20)
-                self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            if self.start_redis:
+                redis, self.redis_url = start_redis_server(self.workdir / "redis")
+                self._procs.append(redis)
             topics = list(self.topics)
             if topics:
                 create_topics(self.bootstrap_servers, topics, self.partitions, self.compacted)
@@ -200,9 +221,7 @@ class EmbeddedStack:
         return self
 
     def _spawn(self, argv: list[str], log: Path) -> None:
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # noqa: PLW1509
-        self._procs.append(proc)
+        self._procs.append(_spawn(argv, log))
 
     def stop(self) -> None:
         """Stop the children (SIGTERM, then SIGKILL) and remove the temporary folder."""
