@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ripplerec.profiles.profile import (
+    AvroHistory,
     BatchParams,
     ItemStats,
     Profile,
@@ -21,6 +22,7 @@ from ripplerec.profiles.profile import (
 from ripplerec.profiles.store import BatchOutcome, ProfileStore, ScoringSignals
 
 __all__ = [
+    "AvroHistory",
     "BatchOutcome",
     "BatchParams",
     "ItemStats",

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 __all__ = [
     "ProfileEntry",
+    "AvroHistory",
+    "decode_avro_entries",
     "Profile",
     "ItemStats",
     "StoreState",
@@ -61,6 +64,79 @@ def encode_entry(item_id: str, action: str, value: float | None, ts: int) -> str
 def decode_entry(raw: str) -> ProfileEntry:
     item_id, action, value, ts = raw.split(ENTRY_SEP)
     return ProfileEntry(item_id, action, float(value) if value else None, int(ts))
+
+
+_DOUBLE = struct.Struct("<d")
+
+
+class AvroHistory(Sequence[ProfileEntry]):
+    """Recent history entries (oldest first) held as the Avro binary of their records.
+
+    ``avro`` is ``size`` ``PriorEntry`` records (``item_id`` string, ``action`` string, ``value``
+    ``["null", "double"]``, ``ts`` long; see ``schemas/training_batch.avsc``) back to back, as the
+    Redis batch script keeps them for training examples: the ingest agent copies the bytes into a
+    ``TrainingBatch`` without looking inside. Indexing or iterating decodes them (once).
+    """
+
+    __slots__ = ("size", "avro", "_entries")
+
+    def __init__(self, size: int, avro: bytes) -> None:
+        self.size = size
+        self.avro = avro
+        self._entries: tuple[ProfileEntry, ...] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.entries()[index]
+
+    def __iter__(self) -> Iterator[ProfileEntry]:
+        return iter(self.entries())
+
+    def __repr__(self) -> str:
+        return f"AvroHistory({list(self.entries())!r})"
+
+    def entries(self) -> tuple[ProfileEntry, ...]:
+        if self._entries is None:
+            self._entries = decode_avro_entries(self.size, self.avro)
+        return self._entries
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro int/long at ``pos`` (zigzag varint): (value, position after it)."""
+    shift = result = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def decode_avro_entries(count: int, data: bytes) -> tuple[ProfileEntry, ...]:
+    """``count`` Avro ``PriorEntry`` records from ``data`` (see :class:`AvroHistory`); all of it must be used."""
+    out = []
+    pos = 0
+    for _ in range(count):
+        n, pos = _varint(data, pos)
+        item_id = data[pos : pos + n].decode("utf-8")
+        n, pos = _varint(data, pos + n)
+        action = data[pos : pos + n].decode("utf-8")
+        pos += n
+        branch, pos = _varint(data, pos)
+        value = None
+        if branch == 1:
+            value = _DOUBLE.unpack_from(data, pos)[0]
+            pos += 8
+        elif branch != 0:
+            raise ValueError(f"history entry value: union branch {branch}")
+        ts, pos = _varint(data, pos)
+        out.append(ProfileEntry(item_id, action, value, ts))
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} bytes left after {count} history entries")
+    return tuple(out)
 
 
 def decayed_exponent(ts_ms: int, half_life_s: float) -> float:

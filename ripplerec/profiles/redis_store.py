@@ -9,7 +9,11 @@ Key layout under a prefix ``P`` (the app id unless configured):
                               characters, concatenated) of the user's latest event ids, newest
                               first, at most ``recent_event_ids`` (resends of them are dropped),
                               ``rec_n``: ``n`` at the last proactive recommendation,
-                              ``ttl_at``: when the TTL was last refreshed
+                              ``ttl_at``: when the TTL was last refreshed; with training
+                              examples on, ``ah``: the latest ``training_history_length``
+                              entries as Avro ``PriorEntry`` records (oldest first, binary),
+                              ``al``: their byte lengths (2 bytes each), ``ak``: ``n:length``
+                              when they were last in step (rebuilt from ``h`` otherwise)
 ``P:seen:{user}``      set     every item the user consumed (excluded from recommendations)
 ``P:aw:{partition}``   string  ``offset:index`` of the last event applied from that partition (its
                               message's offset, its place in the message): whatever comes at or
@@ -44,12 +48,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import NEVER_DECODE
 from redis.exceptions import NoScriptError
 
 from ripplerec.profiles.profile import (
     DIGEST_LENGTH,
     ENTRY_SEP,
     LIST_SEP,
+    AvroHistory,
     BatchParams,
     Profile,
     ProfileEntry,
@@ -209,7 +215,7 @@ for digest, uid, entry, item, action, ts, src in gmatch(packed, RECORD) do
       local flat = call('HGETALL', hk)
       u = {hk = hk, flat = flat, hist = '', ids = '', n_old = 0, last_seen = false, ttl_at = false, rec_n = 0,
            digests = {}, entries = {}, counts = {}, items = {}, recent = false, n_recent = 0, n = 0,
-           maxts = false, maxts_s = false, last = 0}
+           maxts = false, maxts_s = false, last = 0, ah = '', al = '', ak = false}
       for i = 1, #flat, 2 do
         local field = flat[i]
         if field == 'h' then u.hist = flat[i + 1]
@@ -218,6 +224,9 @@ for digest, uid, entry, item, action, ts, src in gmatch(packed, RECORD) do
         elseif field == 'last_seen' then u.last_seen = flat[i + 1]
         elseif field == 'ttl_at' then u.ttl_at = tonumber(flat[i + 1])
         elseif field == 'rec_n' then u.rec_n = tonumber(flat[i + 1])
+        elseif field == 'ah' then u.ah = flat[i + 1]
+        elseif field == 'al' then u.al = flat[i + 1]
+        elseif field == 'ak' then u.ak = flat[i + 1]
         end
       end
       users[uid] = u
@@ -322,6 +331,69 @@ for i = 1, n_pop, 500 do
   call('ZADD', pop_key, unpack(pop_args))
   call('ZADD', popd_key, unpack(popd_args))
 end
+-- Training examples carry each user's latest behaviours before the batch. The profile keeps them
+-- ready as Avro (the PriorEntry records of training_batch.avsc, oldest first) in 'ah', their byte
+-- lengths in 'al' (two bytes each) and 'ak' = 'n:avro_len' when they were last in step with 'h': the
+-- ingest agent then copies each user's bytes into its TrainingBatch instead of decoding and
+-- encoding every entry. Out of step (training was off, or the length changed) they are rebuilt.
+local avro_len = min(pre_len, hist_len)
+local char, byte, floor, spack = string.char, string.byte, math.floor, struct.pack
+local vbytes = {}
+local function varint(n)  -- a non-negative zigzagged value, base-128 little-endian
+  if n < 128 then return char(n) end
+  local i = 0
+  while n >= 128 do
+    i = i + 1
+    vbytes[i] = n % 128 + 128
+    n = floor(n / 128)
+  end
+  vbytes[i + 1] = n
+  return char(unpack(vbytes, 1, i + 1))
+end
+local function avro_entry(entry)
+  local item, action, value, ts = match(entry, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
+  local t = tonumber(ts)
+  local v = value == '' and '\0' or '\2' .. spack('<d', tonumber(value))
+  return varint(2 * #item) .. item .. varint(2 * #action) .. action .. v .. varint(t >= 0 and 2 * t or -2 * t - 1)
+end
+local function avro_len2(n) return char(floor(n / 256), n % 256) end
+local ah_parts, al_parts = {}, {}
+-- the first avro_len entries of a stored (newest first) history, as Avro oldest first
+local function avro_rebuild(hist)
+  local n = 0
+  for entry in gmatch(hist, '[^\30]+') do
+    if n >= avro_len then break end
+    n = n + 1
+    ah_parts[n] = entry
+  end
+  for j = 1, n do
+    local e = avro_entry(ah_parts[j])
+    ah_parts[j], al_parts[n + 1 - j] = e, avro_len2(#e)
+  end
+  for j = 1, floor(n / 2) do ah_parts[j], ah_parts[n + 1 - j] = ah_parts[n + 1 - j], ah_parts[j] end
+  return concat(ah_parts, '', 1, n), concat(al_parts, '', 1, n)
+end
+-- ah, al with the batch's k entries (oldest first) added, keeping the last avro_len
+local function avro_append(ah, al, entries, k)
+  local first = max(1, k - avro_len + 1)
+  local n = 0
+  for j = first, k do
+    local e = avro_entry(entries[j])
+    n = n + 1
+    ah_parts[n], al_parts[n] = e, avro_len2(#e)
+  end
+  local kept = #al / 2
+  local drop = kept + n - avro_len
+  if n >= avro_len then
+    ah, al = '', ''
+  elseif drop > 0 then
+    local bytes = 0
+    for j = 1, drop do bytes = bytes + byte(al, 2 * j - 1) * 256 + byte(al, 2 * j) end
+    ah, al = sub(ah, bytes + 1), sub(al, 2 * drop + 1)
+  end
+  return ah .. concat(ah_parts, '', 1, n), al .. concat(al_parts, '', 1, n)
+end
+-- per user with new events: user id, how many entries, their Avro bytes (three reply elements)
 local pre_out = {}
 local proactive = {}
 -- scratch tables, used with explicit lengths (no allocation per user)
@@ -345,14 +417,18 @@ for o, uid in ipairs(order) do
   local old_hist = u.hist
   local cut = 0
   if old_hist ~= '' and k < hist_len and u.n_old + k > hist_len then cut = hist_len - k end
-  local pre = 0
-  if pre_len > 0 and u.n_old > pre_len then pre = pre_len end
-  local c = scan(old_hist, max(cut, pre))
-  if pre_len > 0 then
-    local prior = old_hist
-    if pre > 0 and c >= pre then prior = sub(old_hist, 1, seps[pre] - 1) end
-    pre_out[4 * o - 3], pre_out[4 * o - 2], pre_out[4 * o - 1], pre_out[4 * o] = uid, '\29', prior, '\28'
+  local n_set = 8
+  if avro_len > 0 then
+    -- the reply: the user's latest avro_len entries before the batch, in Avro; then the batch's joins them
+    local ah, al = u.ah, u.al
+    if u.ak ~= u.n_old .. ':' .. avro_len then ah, al = avro_rebuild(old_hist) end
+    local n_pre = #pre_out
+    pre_out[n_pre + 1], pre_out[n_pre + 2], pre_out[n_pre + 3] = uid, #al / 2, ah
+    ah, al = avro_append(ah, al, entries, k)
+    set[9], set[10], set[11], set[12], set[13], set[14] = 'ah', ah, 'al', al, 'ak', total .. ':' .. avro_len
+    n_set = 14
   end
+  local c = scan(old_hist, cut)
   local hist
   if old_hist == '' or k >= hist_len then
     hist = k > hist_len and head(joined, hist_len) or joined
@@ -363,7 +439,6 @@ for o, uid in ipairs(order) do
   end
   set[1], set[2], set[3], set[4], set[5], set[6], set[7], set[8] =
     'n', total, 'last_seen', last, 'updated', now, 'h', hist
-  local n_set = 8
   if keep_ids > 0 then
     -- fixed-width digests: keeping the latest keep_ids is one string.sub, no scan
     local digests = u.digests
@@ -371,7 +446,7 @@ for o, uid in ipairs(order) do
     for j = 1, n_latest do latest[j] = digests[k + 1 - j] end
     local ids = concat(latest, '', 1, n_latest)
     if n_latest < keep_ids then ids = ids .. sub(u.ids, 1, (keep_ids - n_latest) * DIGEST) end
-    set[9], set[10], n_set = 'ids', ids, 10
+    set[n_set + 1], set[n_set + 2], n_set = 'ids', ids, n_set + 2
   end
   local flat = u.flat
   for action, count in pairs(u.counts) do
@@ -408,8 +483,7 @@ for _, uid in ipairs(replay_order) do
   local hist = u and u.hist or (call('HGET', p .. ':u:' .. uid, 'h') or '')
   replay_out[#replay_out + 1] = uid .. '\29' .. hist
 end
-pre_out[#pre_out] = nil  -- the last '\28'
-return {concat(flags), concat(pre_out), proactive, concat(replay_out, '\28')}
+return {concat(flags), pre_out, proactive, concat(replay_out, '\28')}
 """
 
 SCORING_SIGNALS_LUA = r"""
@@ -453,6 +527,10 @@ return {table.concat(hist, '\30'), table.concat(consumed, '\30'), pop, table.con
 
 #: Decoded history entries kept by a store (about 200 bytes each); the cache starts over when it is full.
 DECODED_ENTRIES_CACHED = 200_000
+
+
+#: Profile hash fields that hold bytes rather than text.
+_BINARY_FIELDS = frozenset({b"ah", b"al"})
 
 
 def _split(raw: str) -> list[str]:
@@ -562,22 +640,32 @@ class RedisProfileStore:
     ) -> BatchOutcome:
         if not events:
             if delivered:
-                await self._apply(args=self.batch_args([], now_ms, 0, [], delivered))
+                await self._run_apply(self.batch_args([], now_ms, 0, [], delivered))
             return BatchOutcome(new=[])
-        flags, pre, proactive, replay = await self._apply(
-            args=self.batch_args(events, now_ms, prior_history, sources, delivered)
+        flags, pre, proactive, replay = await self._run_apply(
+            self.batch_args(events, now_ms, prior_history, sources, delivered)
         )
-        prior = self._histories(pre)
-        stored = self._histories(replay)
+        it = iter(pre)  # (user, count, Avro bytes of their latest entries) triples
+        prior = {u.decode(): AvroHistory(n, avro) for u, n, avro in zip(it, it, it, strict=True)}
+        stored = self._histories(replay.decode()) if replay else {}
         it = iter(proactive)  # (user, 1-based position in the batch of their last new event) pairs
-        pairs = [(str(u), str(events[int(n) - 1]["event_id"])) for u, n in zip(it, it, strict=False)]
+        pairs = [(u.decode(), str(events[int(n) - 1]["event_id"])) for u, n in zip(it, it, strict=False)]
         return BatchOutcome(
-            new=[c == "1" for c in flags],
+            new=[c == 49 for c in flags],  # b"1"
             prior_history=prior,
             proactive=pairs,
-            replayed=[c == "2" for c in flags] if stored else (),
+            replayed=[c == 50 for c in flags] if stored else (),  # b"2"
             stored_history=stored,
         )
+
+    async def _run_apply(self, args: list[Any]) -> list[Any]:
+        """The batch script's reply, undecoded (the histories in it are Avro bytes)."""
+        script = self._apply
+        try:
+            return await self.client.execute_command("EVALSHA", script.sha, 0, *args, **{NEVER_DECODE: True})
+        except NoScriptError:
+            script.sha = await self.client.script_load(script.script)
+            return await self.client.execute_command("EVALSHA", script.sha, 0, *args, **{NEVER_DECODE: True})
 
     def _histories(self, packed: str) -> dict[str, list[ProfileEntry]]:
         """The per-user histories packed in a script reply (oldest first), decoded through the cache."""
@@ -602,12 +690,13 @@ class RedisProfileStore:
     async def get_profile(self, user_id: str) -> Profile | None:
         p = self.prefix
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(f"{p}:u:{user_id}")
+            pipe.execute_command("HGETALL", f"{p}:u:{user_id}", **{NEVER_DECODE: True})  # 'ah', 'al' are binary
             pipe.smembers(f"{p}:seen:{user_id}")
-            fields, consumed = await pipe.execute()
-        history = _split(fields.get("h", "")) if fields else []
-        if not fields:
+            raw_fields, consumed = await pipe.execute()
+        if not raw_fields:
             return None
+        fields = {k.decode(): v.decode() for k, v in raw_fields.items() if k not in _BINARY_FIELDS}
+        history = _split(fields.get("h", ""))
         counts = {k[2:]: int(v) for k, v in fields.items() if k.startswith("c:")}
         return Profile(
             user_id=user_id,

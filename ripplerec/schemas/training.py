@@ -29,6 +29,7 @@ __all__ = [
 TRAINING_RECORDS = frozenset({"TrainingExample", "TrainingBatch"})
 
 #: ``(item_id, action, value, ts)``: a history entry as the ingest agent holds it (a ``ProfileEntry`` is one).
+#: A history given as an ``AvroHistory`` (``ripplerec.profiles``) has its entries' bytes copied as they are.
 Entry = tuple[str, str, float | None, int]
 
 
@@ -228,10 +229,15 @@ class TrainingBatchWriter:
         string = self._string
         users = []
         for user_id, history in histories:
-            raws = [entries.get(e) or self._entry(e) for e in history]  # type: ignore[arg-type]
-            if None in raws:
-                return None
-            users.append((strings.get(user_id) or string(user_id)) + _array(len(raws), raws))  # type: ignore[arg-type]
+            avro = getattr(history, "avro", None)  # an AvroHistory: its entries' bytes as they are
+            if avro is not None:
+                body = _count(len(history)) + avro + b"\x00" if avro else b"\x00"
+            else:
+                raws = [entries.get(e) or self._entry(e) for e in history]  # type: ignore[arg-type]
+                if None in raws:
+                    return None
+                body = _array(len(raws), raws)  # type: ignore[arg-type]
+            users.append((strings.get(user_id) or string(user_id)) + body)
         sampled = [strings.get(text) or string(text) for text in candidates]
         return b"".join((
             self.header,

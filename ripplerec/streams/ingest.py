@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from ripplerec.config import Settings
 from ripplerec.monitoring import StreamMetrics
-from ripplerec.profiles import BatchOutcome, ProfileEntry, ProfileStore
+from ripplerec.profiles import AvroHistory, BatchOutcome, ProfileEntry, ProfileStore
 from ripplerec.schemas import AvroCodec, DecodeError
 from ripplerec.schemas.records import DeadLetter, TrainingBatch, TrainingExample
 from ripplerec.schemas.training import TrainingBatchWriter, batch_record, expand_training_batch, pick_negatives
@@ -146,7 +146,7 @@ class TrainingPlan(NamedTuple):
 
     partition: int
     indices: list[int]  # its events (indices into the ingest batch), in order
-    histories: list[tuple[str, list[tuple[Any, ...]]]]  # each user's history before their first event in it
+    histories: list[tuple[str, Sequence[tuple[Any, ...]]]]  # each user's history before their first event in it
     candidates: list[str]  # negatives' candidates: 2 * negatives per example
     examples: int  # how many examples it stands for: its non-skip events
 
@@ -189,38 +189,59 @@ def plan_training(
             by_partition.setdefault(partition, []).append(index)
     per_example = 2 * negatives * (longest_item + 2)
     per_entry = longest_item + 32  # item id, action, value, ts and their lengths
-    running: dict[str, list[tuple[Any, ...]]] = {}
+    placed: dict[str, list[int]] = {}  # each user's events of the batch placed so far (indices)
     plans: list[TrainingPlan] = []
+
+    def window_of(user_id: str) -> Sequence[tuple[Any, ...]]:
+        """The user's last ``history_length`` behaviours before the event at hand (``prior_history``'s
+        own sequence when the batch has placed none: an ``AvroHistory`` stays undecoded)."""
+        if not history_length:
+            return []
+        prior = prior_history.get(user_id, ())
+        earlier = placed.get(user_id)
+        if not earlier:
+            return prior if len(prior) <= history_length else list(prior[-history_length:])
+        added = [(e["item_id"], e["action"], e["value"], e["ts"]) for e in (events[i] for i in earlier)]
+        return [*prior, *added][-history_length:]
+
+    def cost(user_id: str, window: Sequence[tuple[Any, ...]]) -> int:
+        entries = len(window.avro) if type(window) is AvroHistory else per_entry * len(window)
+        return len(user_id) + 8 + entries
+
     for partition, indices in by_partition.items():
         chunk: list[int] = []
-        histories: list[tuple[str, list[tuple[Any, ...]]]] = []
+        histories: list[tuple[str, Sequence[tuple[Any, ...]]]] = []
         listed: set[str] = set()
         positives = size = 0
         for index in indices:
             event = events[index]
-            user_id, action = event["user_id"], event["action"]
-            history = running.get(user_id)
-            if history is None:
-                history = running[user_id] = list(prior_history.get(user_id, ()))
-            window = None if user_id in listed else (history[-history_length:] if history_length else [])
+            user_id = event["user_id"]
+            skip = event["action"] == "skip"
+            if user_id in listed:
+                window, listing = None, 0
+            else:
+                window = window_of(user_id)
+                listing = cost(user_id, window)
             if chunk:
                 full = len(chunk) >= max_events
                 if not full and sizes is not None:
-                    cost = sizes[index] + (per_example if action != "skip" else 0)
-                    if window is not None:
-                        cost += len(user_id) + 8 + per_entry * len(window)
-                    full = size + cost > max_bytes
+                    full = size + sizes[index] + (0 if skip else per_example) + listing > max_bytes
                 if full:
                     plans.append(_plan(partition, chunk, histories, positives, negatives, item_pool, rng))
                     chunk, histories, listed, positives, size = [], [], set(), 0, 0
-                    window = history[-history_length:] if history_length else []
+                    window = window_of(user_id)
+                    listing = cost(user_id, window)
             if window is not None:
                 listed.add(user_id)
                 histories.append((user_id, window))
-                size += len(user_id) + 8 + per_entry * len(window)
+                size += listing
             chunk.append(index)
-            history.append((event["item_id"], action, event["value"], event["ts"]))
-            if action != "skip":
+            earlier = placed.get(user_id)
+            if earlier is None:
+                placed[user_id] = [index]
+            else:
+                earlier.append(index)
+            if not skip:
                 positives += 1
                 size += per_example
             if sizes is not None:
@@ -230,7 +251,7 @@ def plan_training(
 
 
 def _plan(
-    partition: int, chunk: list[int], histories: list[tuple[str, list[tuple[Any, ...]]]], positives: int,
+    partition: int, chunk: list[int], histories: list[tuple[str, Sequence[tuple[Any, ...]]]], positives: int,
     negatives: int, item_pool: Sequence[str], rng: random.Random,
 ) -> TrainingPlan:
     wanted = 2 * negatives * positives

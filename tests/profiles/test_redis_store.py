@@ -261,3 +261,58 @@ def test_scoring_signals_for_many_users_in_one_pipeline_survive_a_script_flush(e
     assert many == one
     assert [item.item_id for item in many[1].history] == ["i1", "i4", "i7"]
     assert again[0] == one[2] and again[1].history == () and again[1].consumed == frozenset()
+
+
+def test_prior_histories_come_back_as_the_codecs_avro_bytes_across_toggles_and_a_script_flush(embedded_stack) -> None:
+    """The script keeps each user's latest entries as Avro for training examples ('ah'). Whatever the
+    values and ids, with training examples turned off for a while (the Avro falls out of step and is
+    rebuilt from the stored history) and after Redis forgets its scripts, the reply holds the pure
+    function's prior history, in the bytes the codec writes for it."""
+    from ripplerec.schemas import AvroCodec
+    from ripplerec.schemas.training import TrainingBatchWriter, batch_record
+
+    params = BatchParams(history_length=6, cooccurrence_window=2, recent_event_ids=4)
+    rng = random.Random(11)
+    values = [None, 0.0, -0.0, 0.1, -2.5, 1e300, 4.0, 123456.789]
+    items = ["i1", "film-é", "映画", "x" * 200, "i2"]
+    batches, n = [], 0
+    for size in (30, 12, 25, 3, 40, 18, 22):
+        batch = []
+        for _ in range(size):
+            batch.append({"event_id": f"a{n}", "user_id": f"u{rng.randrange(5)}", "item_id": rng.choice(items),
+                          "action": rng.choice(["view", "rate", "skip", "purchase"]), "value": rng.choice(values),
+                          "ts": rng.choice([0, 1, 63, 64, 8191, 8192, 874_724_710_000 + n]), "context": {}})
+            n += 1
+        batches.append(batch)
+    wanted = [5, 5, 0, 0, 5, 3, 5]  # prior_history per call: off for two batches, then a shorter one
+
+    async def run():
+        store = _store(embedded_stack.redis_url, params)
+        outcomes = []
+        for number, (batch, prior) in enumerate(zip(batches, wanted, strict=True)):
+            if number == 4:
+                await store.client.script_flush()
+            outcomes.append(await store.apply_batch(batch, 1, prior_history=prior))
+        await store.close()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    codec = AvroCodec()
+    writer = TrainingBatchWriter(codec)
+    state = StoreState()
+    checked = 0
+    for batch, prior_length, outcome in zip(batches, wanted, outcomes, strict=True):
+        users = {e["user_id"] for e in batch}
+        cap = min(prior_length, params.history_length)
+        prior = {u: state.profiles[u].history[-cap:] if cap else () for u in users if u in state.profiles}
+        state, _ = apply_batch(state, batch, 1, params)
+        if not prior_length:
+            assert not outcome.prior_history
+            continue
+        assert {u: tuple(h) for u, h in outcome.prior_history.items()} == {u: tuple(prior.get(u, ())) for u in users}
+        for user, history in outcome.prior_history.items():
+            assert type(history).__name__ == "AvroHistory"
+            fast = writer.encode([], [], [(user, history)], [], 4, 5)
+            assert fast == codec.encode("TrainingBatch", batch_record([], [(user, tuple(history))], [], 4, 5))
+            checked += 1
+    assert checked >= 15
