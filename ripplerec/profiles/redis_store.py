@@ -393,7 +393,8 @@ local function avro_append(ah, al, entries, k)
   end
   return ah .. concat(ah_parts, '', 1, n), al .. concat(al_parts, '', 1, n)
 end
--- per user with new events: user id, how many entries, their Avro bytes (three reply elements)
+-- per user with new events: 'user\29entries\29bytes\29' then the bytes, all in one reply string (a reply
+-- element costs the client far more to parse than a few bytes)
 local pre_out = {}
 local proactive = {}
 -- scratch tables, used with explicit lengths (no allocation per user)
@@ -423,7 +424,8 @@ for o, uid in ipairs(order) do
     local ah, al = u.ah, u.al
     if u.ak ~= u.n_old .. ':' .. avro_len then ah, al = avro_rebuild(old_hist) end
     local n_pre = #pre_out
-    pre_out[n_pre + 1], pre_out[n_pre + 2], pre_out[n_pre + 3] = uid, #al / 2, ah
+    pre_out[n_pre + 1] = uid .. '\29' .. (#al / 2) .. '\29' .. #ah .. '\29'
+    pre_out[n_pre + 2] = ah
     ah, al = avro_append(ah, al, entries, k)
     set[9], set[10], set[11], set[12], set[13], set[14] = 'ah', ah, 'al', al, 'ak', total .. ':' .. avro_len
     n_set = 14
@@ -483,7 +485,7 @@ for _, uid in ipairs(replay_order) do
   local hist = u and u.hist or (call('HGET', p .. ':u:' .. uid, 'h') or '')
   replay_out[#replay_out + 1] = uid .. '\29' .. hist
 end
-return {concat(flags), pre_out, proactive, concat(replay_out, '\28')}
+return {concat(flags), concat(pre_out), proactive, concat(replay_out, '\28')}
 """
 
 SCORING_SIGNALS_LUA = r"""
@@ -535,6 +537,21 @@ _BINARY_FIELDS = frozenset({b"ah", b"al"})
 
 def _split(raw: str) -> list[str]:
     return raw.split(LIST_SEP) if raw else []
+
+
+def _avro_histories(packed: bytes) -> dict[str, AvroHistory]:
+    """The batch script's prior histories: per user ``user\x1dentries\x1dbytes\x1d`` then that many bytes."""
+    out: dict[str, AvroHistory] = {}
+    find = packed.find
+    pos, end = 0, len(packed)
+    while pos < end:
+        a = find(b"\x1d", pos)
+        b = find(b"\x1d", a + 1)
+        c = find(b"\x1d", b + 1) + 1
+        stop = c + int(packed[b + 1 : c - 1])
+        out[packed[pos:a].decode()] = AvroHistory(int(packed[a + 1 : b]), packed[c:stop])
+        pos = stop
+    return out
 
 
 def _joined_pairs(raw: str) -> dict[str, float]:
@@ -645,8 +662,7 @@ class RedisProfileStore:
         flags, pre, proactive, replay = await self._run_apply(
             self.batch_args(events, now_ms, prior_history, sources, delivered)
         )
-        it = iter(pre)  # (user, count, Avro bytes of their latest entries) triples
-        prior = {u.decode(): AvroHistory(n, avro) for u, n, avro in zip(it, it, it, strict=True)}
+        prior = _avro_histories(pre)
         stored = self._histories(replay.decode()) if replay else {}
         it = iter(proactive)  # (user, 1-based position in the batch of their last new event) pairs
         pairs = [(u.decode(), str(events[int(n) - 1]["event_id"])) for u, n in zip(it, it, strict=False)]
