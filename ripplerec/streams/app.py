@@ -147,34 +147,47 @@ def _worker_codec(settings: Settings) -> AvroCodec:
 
 
 async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings) -> None:
-    """Take batches; decode each while the previous one is still being written; ack after its write.
+    """Take batches; decode each while earlier ones are written; ack each once its write and publishes succeeded.
 
-    Writes run one at a time, in order, in a writer task, so a user's events reach Redis in
-    partition order. At most one decoded batch waits behind the one being written. Acks happen only
-    in the writer, after the write and the publishes it implies succeeded.
+    Three stages, each batch going through them in order: this loop decodes, a writer task writes
+    to Redis and starts the batch's publishes, a settler task waits for their delivery and acks.
+    Writes run one at a time, in order, so a user's events reach Redis in partition order; the
+    writer does not wait for a batch's publishes before writing the next one (the broker's
+    round trip overlaps the next Redis call), but no event is acked before both its write and
+    its publishes succeeded. At most one decoded batch waits for the writer and two written
+    batches for their delivery.
     """
-    queue: asyncio.Queue[tuple[Any, list[Any]]] = asyncio.Queue(maxsize=1)
+    writes: asyncio.Queue[tuple[Any, list[Any]]] = asyncio.Queue(maxsize=1)
+    deliveries: asyncio.Queue[tuple[Any, Any, list[Any], list[Any]]] = asyncio.Queue(maxsize=2)
 
     async def writer() -> None:
         while True:
-            prepared, events = await queue.get()
-            await processor.commit(prepared)
+            prepared, events = await writes.get()
+            outcome, pending = await processor.write(prepared)
+            await deliveries.put((prepared, outcome, pending, events))
+
+    async def settler() -> None:
+        while True:
+            prepared, outcome, pending, events = await deliveries.get()
+            await processor.settle(prepared, outcome, pending)
             for event in events:
                 await stream.ack(event)
-            queue.task_done()
 
-    task = asyncio.ensure_future(writer())
+    tasks = {asyncio.ensure_future(writer()), asyncio.ensure_future(settler())}
     try:
         async for batch in stream.noack_take(settings.ingest_batch_size, within=settings.ingest_batch_within_s):
             prepared = processor.prepare([_raw(e) for e in batch])
-            put = asyncio.ensure_future(queue.put((prepared, list(batch))))
-            done, _ = await asyncio.wait({put, task}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
+            put = asyncio.ensure_future(writes.put((prepared, list(batch))))
+            done, _ = await asyncio.wait({put, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            failed = tasks & done
+            if failed:
                 put.cancel()
-                task.result()  # the writer failed: raise its error here, nothing more is acked
+                for task in failed:
+                    task.result()  # a stage failed: raise its error here, nothing more is acked
                 raise RuntimeError("ingest writer stopped")
     finally:
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 async def run_scorer(stream: Any, processor: RequestProcessor, batch_size: int) -> None:

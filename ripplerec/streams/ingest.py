@@ -440,11 +440,16 @@ class IngestProcessor:
             try:
                 if not training:
                     return await self.store.apply_batch(events, now_ms, sources=sources)
-                outcome = await self.store.apply_batch(
-                    events, now_ms, prior_history=prior, sources=sources, delivered=self._delivered
-                )
-                self._delivered = {}  # written with that call
-                return outcome
+                delivered, self._delivered = self._delivered, {}  # marks settled meanwhile wait for the next call
+                try:
+                    return await self.store.apply_batch(
+                        events, now_ms, prior_history=prior, sources=sources, delivered=delivered
+                    )
+                except BaseException:
+                    for partition, offset in delivered.items():  # not written: keep them for the retry
+                        if offset > self._delivered.get(partition, -1):
+                            self._delivered[partition] = offset
+                    raise
             except (ConnectionError, OSError, TimeoutError) as exc:
                 log.warning("profile store failed (%s); retrying in %.1fs", exc, delay)
             except Exception as exc:
@@ -467,6 +472,30 @@ class IngestProcessor:
 
     async def commit(self, batch: PreparedBatch) -> BatchOutcome:
         """Write the batch and publish what follows from it; returns once all of it is delivered."""
+        outcome, pending = await self.write(batch)
+        return await self.settle(batch, outcome, pending)
+
+    async def settle(self, batch: PreparedBatch, outcome: BatchOutcome, pending: list[Awaitable[Any]]) -> BatchOutcome:
+        """Wait until what :meth:`write` published for ``batch`` is delivered (the batch may be acked then).
+
+        Batches must be settled in the order they were written: the training watermark a settled
+        batch moves rides along with the next write.
+        """
+        if pending:
+            await asyncio.gather(*pending)
+        if self.settings.emit_training:
+            for partition, offset in batch.last_offsets.items():
+                if offset > self._delivered.get(partition, -1):
+                    self._delivered[partition] = offset
+        self.metrics.ingest_batch_seconds.observe(time.perf_counter() - batch.started)
+        return outcome
+
+    async def write(self, batch: PreparedBatch) -> tuple[BatchOutcome, list[Awaitable[Any]]]:
+        """Write the batch to the store and start publishing what follows from it (dead letters,
+        training examples, proactive requests): the outcome and the publishes' delivery awaitables.
+
+        The next batch may be written before these are delivered; see :meth:`settle`.
+        """
         events, now_ms = batch.events, batch.now_ms
         pending: list[Awaitable[Any]] = []
         for message, error_type, error in batch.rejects:
@@ -532,14 +561,7 @@ class IngestProcessor:
             pending.append(
                 await send(settings.topics.rec_requests, user_id.encode(), encode("RecommendationRequest", request))
             )
-        if pending:
-            await asyncio.gather(*pending)
-        if settings.emit_training:
-            for partition, offset in batch.last_offsets.items():
-                if offset > self._delivered.get(partition, -1):
-                    self._delivered[partition] = offset
-        self.metrics.ingest_batch_seconds.observe(time.perf_counter() - batch.started)
-        return outcome
+        return outcome, pending
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
         return await self.commit(self.prepare(messages))
