@@ -4,10 +4,13 @@
 
 Starts its own redis-server, applies synthetic events (UUID-sized event ids) through
 ``RedisProfileStore.apply_batch`` (the ingest agent's one script call per batch, batches of 1,000,
-with sources) in two halves, and prints ``used_memory`` grown per event in each half, the keys by
-kind, and the bytes per user of the dedupe state kept in the profile hash (the ``ids`` field: digests
-of the user's latest ``RIPPLEREC_DEDUPE_RECENT_EVENT_IDS`` event ids). Nothing is kept per event: once every
-user and item has been seen, memory stops growing with events.
+with sources, and asking for each user's prior history as Avro as the agent does with training
+examples on: ``--training-history``, default ``RIPPLEREC_TRAINING_HISTORY_LENGTH``; 0 as with them
+off) in two halves, and prints ``used_memory`` grown per event in each half, the keys by kind, and the
+bytes per user of the dedupe state kept in the profile hash (the ``ids`` field: digests of the
+user's latest ``RIPPLEREC_DEDUPE_RECENT_EVENT_IDS`` event ids) and of the training history kept there
+(``ah`` and ``al``). Nothing is kept per event: once every user and item has been seen, memory stops
+growing with events.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ async def measure(url: str, args: argparse.Namespace) -> None:
                 for n in range(start, min(start + 1_000, last))
             ]
             sources = [f"0:{n}" for n in range(start, start + len(events))]
-            await store.apply_batch(events, t0 + (start + 1_000) * 10, sources=sources)
+            await store.apply_batch(events, t0 + (start + 1_000) * 10, sources=sources,
+                                    prior_history=args.training_history)
         grown.append(((await client.info("memory"))["used_memory"] - base) / (last - first))
     kinds: dict[str, list[int]] = {}  # kind -> [keys, bytes]
     async for key in client.scan_iter(count=1_000):
@@ -56,6 +60,10 @@ async def measure(url: str, args: argparse.Namespace) -> None:
         row[1] += await client.memory_usage(key, samples=0) or 0
     users = [f"u{n}" for n in range(min(args.users, 500))]
     ids = sum([len(await client.hget(f"{store.prefix}:u:{u}", "ids") or "") for u in users]) / len(users)
+    raw = aioredis.from_url(url)  # 'ah' and 'al' are bytes
+    training = sum([len(await raw.hget(f"{store.prefix}:u:{u}", "ah") or b"")
+                    + len(await raw.hget(f"{store.prefix}:u:{u}", "al") or b"") for u in users]) / len(users)
+    await raw.aclose()
     print(f"{args.events:,} events, {args.users:,} users, {args.items:,} items: used_memory grew "
           f"{grown[0]:.0f} bytes per event in the first half, {grown[1]:.0f} in the second")
     print("MEMORY USAGE by kind of key: " + ", ".join(
@@ -63,7 +71,8 @@ async def measure(url: str, args: argparse.Namespace) -> None:
     per_event = sum(size for kind, (n, size) in kinds.items() if n > max(args.users, args.items) * 2)
     print(f"kinds with more keys than users and items: {per_event / args.events:.0f} bytes per event; "
           f"the event id digests kept in a profile hash (at most {settings.dedupe_recent_event_ids} per user): "
-          f"{ids:.0f} bytes per user on average")
+          f"{ids:.0f} bytes per user on average; the training history as Avro (ah, al; latest "
+          f"{args.training_history} entries): {training:.0f} bytes per user on average")
     await client.aclose()
 
 
@@ -72,6 +81,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--items", type=int, default=1_000)
+    parser.add_argument("--training-history", type=int, default=Settings().training_history_length)
     args = parser.parse_args()
     from ripplerec.embedded import EmbeddedStack
 
