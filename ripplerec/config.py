@@ -176,6 +176,10 @@ class Settings(BaseSettings):
     reply_fetch_max_wait_ms: int = Field(default=10, ge=0)
     # Faust's own Monitor sensor (per-message statistics in Python); off on the hot path by default.
     faust_monitor: bool = False
+    # The worker's cyclic garbage collector runs once this many objects were allocated and not freed
+    # (Python's default: 700). Every event allocates a few dicts, so at 700 the collector ran every
+    # few events and walked the workers' caches each time; 0 keeps Python's default.
+    gc_gen0_threshold: int = Field(default=50_000, ge=0)
 
     @property
     def redis_key_prefix(self) -> str:

@@ -17,6 +17,7 @@ watermark makes harmless (see :mod:`ripplerec.profiles.redis_store`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, cast
@@ -176,7 +177,7 @@ async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings
     tasks = {asyncio.ensure_future(writer()), asyncio.ensure_future(settler())}
     try:
         async for batch in stream.noack_take(settings.ingest_batch_size, within=settings.ingest_batch_within_s):
-            prepared = processor.prepare([_raw(e) for e in batch])
+            prepared = processor.prepare([e.message for e in batch])  # Faust's messages have RawMessage's fields
             put = asyncio.ensure_future(writes.put((prepared, list(batch))))
             done, _ = await asyncio.wait({put, *tasks}, return_when=asyncio.FIRST_COMPLETED)
             failed = tasks & done
@@ -290,7 +291,10 @@ def faust_config(settings: Settings, *, web: bool = True) -> dict[str, Any]:
 
 
 def _tune(app: faust.App, settings: Settings) -> None:
-    """Per-app tuning both our worker and the benchmark baselines get."""
+    """Per-app tuning both our worker and the benchmark baselines get (the GC setting is per process)."""
+    if settings.gc_gen0_threshold:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
     _patch_fetch_max_wait()
     app.ripple_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
     if not settings.faust_monitor:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ripplerec.config import Settings
 from ripplerec.monitoring import StreamMetrics
 from ripplerec.profiles import AvroHistory, BatchOutcome, ProfileEntry, ProfileStore
@@ -55,7 +57,10 @@ SendMany = Callable[[str, Sequence[tuple[int, bytes | None, bytes]]], Awaitable[
 
 @dataclass(frozen=True, slots=True)
 class RawMessage:
-    """A message as it came off the topic (what a dead letter must carry)."""
+    """A message as it came off the topic (what a dead letter must carry).
+
+    The ingest agent hands Faust's own messages over as they are: they have these fields too.
+    """
 
     topic: str
     partition: int
@@ -156,7 +161,7 @@ def plan_training(
     new: Sequence[bool],
     partitions: Sequence[int],
     prior_history: Mapping[str, Sequence[tuple[Any, ...]]],
-    item_pool: Sequence[str],
+    item_pool: Sequence[str] | np.ndarray,
     negatives: int,
     history_length: int,
     rng: random.Random,
@@ -171,7 +176,8 @@ def plan_training(
     keyed by user, so that is where all of them came from). Each message carries, for each of its
     users, the history just before the user's first event in it: the stored history
     (``prior_history``, oldest first) then the user's earlier events of the batch. Candidates are
-    drawn from ``item_pool`` with one ``rng.choices`` call per message.
+    drawn uniformly from ``item_pool`` once per message (``item_pool`` may be a list, or a numpy
+    object array such as :attr:`ItemPool.array`, which draws them in one vectorised call).
 
     A message holds at most ``max_events`` events and, when ``sizes`` (each event's encoded size,
     an upper bound) is given, at most about ``max_bytes``: its events, histories and candidates are
@@ -209,8 +215,17 @@ def plan_training(
         return len(user_id) + 8 + entries
 
     for partition, indices in by_partition.items():
+        # A partition's users are its own (see home), so none has placed events yet: when the
+        # whole partition fits in one message, that message lists each user's prior history once.
+        if len(indices) <= max_events:
+            histories = [(u, window_of(u)) for u in dict.fromkeys([events[i]["user_id"] for i in indices])]
+            positives = sum([events[i]["action"] != "skip" for i in indices])
+            if sizes is None or (sum([sizes[i] for i in indices]) + positives * per_example
+                                 + sum([cost(u, w) for u, w in histories]) <= max_bytes):
+                plans.append(_plan(partition, indices, histories, positives, negatives, item_pool, rng))
+                continue
         chunk: list[int] = []
-        histories: list[tuple[str, Sequence[tuple[Any, ...]]]] = []
+        histories = []
         listed: set[str] = set()
         positives = size = 0
         for index in indices:
@@ -252,10 +267,16 @@ def plan_training(
 
 def _plan(
     partition: int, chunk: list[int], histories: list[tuple[str, Sequence[tuple[Any, ...]]]], positives: int,
-    negatives: int, item_pool: Sequence[str], rng: random.Random,
+    negatives: int, item_pool: Sequence[str] | np.ndarray, rng: random.Random,
 ) -> TrainingPlan:
     wanted = 2 * negatives * positives
-    candidates = rng.choices(item_pool, k=wanted) if wanted and item_pool else []
+    if not wanted or not len(item_pool):
+        candidates: list[str] = []
+    elif isinstance(item_pool, np.ndarray):  # ItemPool.array: one vectorised draw, seeded from rng
+        draw = np.random.default_rng(rng.getrandbits(64))
+        candidates = item_pool[draw.integers(0, len(item_pool), wanted)].tolist()
+    else:
+        candidates = rng.choices(item_pool, k=wanted)
     return TrainingPlan(partition, chunk, histories, candidates, positives)
 
 
@@ -361,12 +382,22 @@ class ItemPool:
         self._known: set[str] = set()
         self.limit = limit
         self.longest = 0  # characters of the longest id added
+        self._array = np.empty(1024, dtype=object)  # ids again, grown by doubling
 
     def add(self, item_id: str) -> None:
         if item_id not in self._known and len(self.ids) < self.limit:
             self._known.add(item_id)
+            n = len(self.ids)
+            if n == len(self._array):
+                self._array = np.concatenate([self._array, np.empty(n, dtype=object)])
+            self._array[n] = item_id
             self.ids.append(item_id)
             self.longest = max(self.longest, len(item_id))
+
+    @property
+    def array(self) -> np.ndarray:
+        """The ids as a numpy object array (a view: no copy), for vectorised sampling."""
+        return self._array[: len(self.ids)]
 
 
 class IngestProcessor:
@@ -517,7 +548,7 @@ class IngestProcessor:
             limit = settings.topics.partitions
             writer, lone = self._training, batch.lone
             sizes = [len(m) if m is not None else event_size(e) for e, m in zip(events, lone, strict=True)]
-            plans = plan_training(events, outcome.new, batch.partitions, outcome.prior_history, pool.ids,
+            plans = plan_training(events, outcome.new, batch.partitions, outcome.prior_history, pool.array,
                                   negatives, length, self.rng, sizes=sizes, longest_item=pool.longest)
             records: list[tuple[int, bytes | None, bytes]] = []
             examples = 0

@@ -208,3 +208,37 @@ def test_training_batches_stay_under_their_byte_budget() -> None:
     expected = training_examples(events, new, prior, pool, 4, 20, random.Random(1))
     strip = lambda xs: sorted(({**x, "negatives": []} for x in xs), key=lambda x: x["event_id"])  # noqa: E731
     assert strip(examples) == strip(expected)
+
+
+def test_avro_histories_and_the_item_pool_array_give_the_same_training_batches() -> None:
+    """What the Redis store returns (``AvroHistory``) and what the pool samples from in the agent
+    (``ItemPool.array``) make the same batches as plain entries and lists, byte for byte."""
+    from ripplerec.profiles import AvroHistory
+    from ripplerec.streams.ingest import ItemPool
+
+    pool = ItemPool()
+    for n in range(3_000):
+        pool.add(f"i{n % 2_500}")  # past the array's first capacity, with repeats
+    assert len(pool.ids) == 2_500 and list(pool.array) == pool.ids
+    rng = random.Random(4)
+    codec = AvroCodec()
+    writer = TrainingBatchWriter(codec)
+    events = [_event(event_id=f"e{n}", user_id=f"u{rng.randrange(30)}", item_id=rng.choice(pool.ids),
+                     action=rng.choice(["view", "rate", "skip"]), value=rng.choice([None, 2.5, -0.0]), ts=n)
+              for n in range(400)]
+    prior = {f"u{u}": tuple(ProfileEntry(rng.choice(pool.ids), "rate", rng.choice([None, 1.0, 1e-300]), u + k)
+                            for k in range(rng.randrange(6))) for u in range(30)}
+    avro = {u: AvroHistory(len(h), b"".join(writer._entry(e) or b"" for e in h)) for u, h in prior.items()}
+    assert {u: tuple(h) for u, h in avro.items()} == prior
+    new = [True] * len(events)
+    partitions = [int(e["user_id"][1:]) % 4 for e in events]
+    for max_events in (500, 9):  # one message per partition, or many (histories then include batch events)
+        plain = plan_training(events, new, partitions, prior, pool.array, 4, 5, random.Random(9), max_events)
+        fast = plan_training(events, new, partitions, avro, pool.array, 4, 5, random.Random(9), max_events)
+        assert [p.candidates for p in plain] == [p.candidates for p in fast]
+        assert {c for p in fast for c in p.candidates} <= set(pool.ids)
+        for a, b in zip(plain, fast, strict=True):
+            chosen = [events[i] for i in b.indices]
+            raw = writer.encode(chosen, [None] * len(chosen), b.histories, b.candidates, 4, 5)
+            assert raw == writer.encode(chosen, [None] * len(chosen), a.histories, a.candidates, 4, 5)
+            assert raw == codec.encode("TrainingBatch", training_batch(b, events, 4, 5))
