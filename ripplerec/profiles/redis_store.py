@@ -393,9 +393,9 @@ local function avro_append(ah, al, entries, k)
   end
   return ah .. concat(ah_parts, '', 1, n), al .. concat(al_parts, '', 1, n)
 end
--- per user with new events: 'user\29entries\29bytes\29' then the bytes, all in one reply string (a reply
--- element costs the client far more to parse than a few bytes)
-local pre_out = {}
+-- per user with new events: 'user\31entries\31bytes' in pre_head ('\30'-joined), the bytes in pre_out
+-- (concatenated): two reply strings, since a reply element costs the client far more to parse
+local pre_head, pre_out, n_pre = {}, {}, 0
 local proactive = {}
 -- scratch tables, used with explicit lengths (no allocation per user)
 local newest, latest, set = {}, {}, {}
@@ -423,9 +423,8 @@ for o, uid in ipairs(order) do
     -- the reply: the user's latest avro_len entries before the batch, in Avro; then the batch's joins them
     local ah, al = u.ah, u.al
     if u.ak ~= u.n_old .. ':' .. avro_len then ah, al = avro_rebuild(old_hist) end
-    local n_pre = #pre_out
-    pre_out[n_pre + 1] = uid .. '\29' .. (#al / 2) .. '\29' .. #ah .. '\29'
-    pre_out[n_pre + 2] = ah
+    n_pre = n_pre + 1
+    pre_head[n_pre], pre_out[n_pre] = uid .. '\31' .. (#al / 2) .. '\31' .. #ah, ah
     ah, al = avro_append(ah, al, entries, k)
     set[9], set[10], set[11], set[12], set[13], set[14] = 'ah', ah, 'al', al, 'ak', total .. ':' .. avro_len
     n_set = 14
@@ -485,7 +484,7 @@ for _, uid in ipairs(replay_order) do
   local hist = u and u.hist or (call('HGET', p .. ':u:' .. uid, 'h') or '')
   replay_out[#replay_out + 1] = uid .. '\29' .. hist
 end
-return {concat(flags), concat(pre_out), proactive, concat(replay_out, '\28')}
+return {concat(flags), concat(pre_head, '\30'), concat(pre_out), proactive, concat(replay_out, '\28')}
 """
 
 SCORING_SIGNALS_LUA = r"""
@@ -539,18 +538,18 @@ def _split(raw: str) -> list[str]:
     return raw.split(LIST_SEP) if raw else []
 
 
-def _avro_histories(packed: bytes) -> dict[str, AvroHistory]:
-    """The batch script's prior histories: per user ``user\x1dentries\x1dbytes\x1d`` then that many bytes."""
+def _avro_histories(head: bytes, packed: bytes) -> dict[str, AvroHistory]:
+    """The batch script's prior histories: ``head`` holds ``user\x1fentries\x1fbytes`` per user
+    (``\x1e``-joined), ``packed`` their Avro bytes one after the other."""
     out: dict[str, AvroHistory] = {}
-    find = packed.find
-    pos, end = 0, len(packed)
-    while pos < end:
-        a = find(b"\x1d", pos)
-        b = find(b"\x1d", a + 1)
-        c = find(b"\x1d", b + 1) + 1
-        stop = c + int(packed[b + 1 : c - 1])
-        out[packed[pos:a].decode()] = AvroHistory(int(packed[a + 1 : b]), packed[c:stop])
-        pos = stop
+    if not head:
+        return out
+    pos = 0
+    for part in head.decode().split(LIST_SEP):
+        user_id, entries, size = part.split(ENTRY_SEP)
+        end = pos + int(size)
+        out[user_id] = AvroHistory(int(entries), packed[pos:end])
+        pos = end
     return out
 
 
@@ -659,10 +658,10 @@ class RedisProfileStore:
             if delivered:
                 await self._run_apply(self.batch_args([], now_ms, 0, [], delivered))
             return BatchOutcome(new=[])
-        flags, pre, proactive, replay = await self._run_apply(
+        flags, pre_head, pre, proactive, replay = await self._run_apply(
             self.batch_args(events, now_ms, prior_history, sources, delivered)
         )
-        prior = _avro_histories(pre)
+        prior = _avro_histories(pre_head, pre)
         stored = self._histories(replay.decode()) if replay else {}
         it = iter(proactive)  # (user, 1-based position in the batch of their last new event) pairs
         pairs = [(u.decode(), str(events[int(n) - 1]["event_id"])) for u, n in zip(it, it, strict=False)]
