@@ -238,7 +238,9 @@ class TrainingBatchWriter:
                     return None
                 body = _array(len(raws), raws)  # type: ignore[arg-type]
             users.append((strings.get(user_id) or string(user_id)) + body)
-        sampled = [strings.get(text) or string(text) for text in candidates]
+        sampled = list(map(strings.get, candidates))  # nearly always all cached: one C-level pass
+        if None in sampled:
+            sampled = [raw or string(text) for raw, text in zip(sampled, candidates, strict=True)]
         return b"".join((
             self.header,
             self.events_array(events, messages),

@@ -129,20 +129,28 @@ def decode_events(
         except Exception as exc:  # never let one message stop the stream
             rejects.append((message, type(exc).__name__, str(exc)))
             continue
-        batch = record["events"] if name == "EventBatch" else (record,)
-        own = message.value if name == "BehaviorEvent" else None
         source = f"{message.partition}:{message.offset}"
-        for index, event in enumerate(batch):
+        if name == "BehaviorEvent":  # the common case, without the envelope's loop
+            try:
+                validate_event(record, limits, now_ms)
+            except InvalidRecord as exc:
+                rejects.append((message, exc.error_type, str(exc)))
+                continue
+            events.append(record)
+            partitions.append(message.partition)
+            sources.append(source)
+            lone.append(message.value)
+            continue
+        for index, event in enumerate(record["events"]):  # an EventBatch envelope
             try:
                 validate_event(event, limits, now_ms)
             except InvalidRecord as exc:
-                where = f"events[{index}]: " if name == "EventBatch" else ""
-                rejects.append((message, exc.error_type, where + str(exc)))
+                rejects.append((message, exc.error_type, f"events[{index}]: {exc}"))
                 continue
             events.append(event)
             partitions.append(message.partition)
             sources.append(f"{source}:{index}" if index else source)  # place in an envelope
-            lone.append(own)
+            lone.append(None)
     return events, partitions, sources, lone, rejects
 
 
