@@ -178,14 +178,17 @@ async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings
     try:
         async for batch in stream.noack_take(settings.ingest_batch_size, within=settings.ingest_batch_within_s):
             prepared = processor.prepare([e.message for e in batch])  # Faust's messages have RawMessage's fields
-            put = asyncio.ensure_future(writes.put((prepared, list(batch))))
-            done, _ = await asyncio.wait({put, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-            failed = tasks & done
-            if failed:
-                put.cancel()
-                for task in failed:
+            if writes.full():  # wait for the writer, or for a stage to fail
+                put = asyncio.ensure_future(writes.put((prepared, list(batch))))
+                await asyncio.wait({put, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+                if not put.done():
+                    put.cancel()
+            else:
+                writes.put_nowait((prepared, list(batch)))
+            for task in tasks:
+                if task.done():
                     task.result()  # a stage failed: raise its error here, nothing more is acked
-                raise RuntimeError("ingest writer stopped")
+                    raise RuntimeError("ingest writer stopped")
     finally:
         for task in tasks:
             task.cancel()
