@@ -621,9 +621,9 @@ class RedisProfileStore:
         params = self.params
         sep = ENTRY_SEP
         sha1 = hashlib.sha1  # event_id_digest, inlined: the script sees digests, never event ids
-        width = DIGEST_LENGTH
+        width = DIGEST_LENGTH // 2  # bytes of the digest; DIGEST_LENGTH hex characters
         packed = LIST_SEP.join([
-            f"{sha1(e['event_id'].encode(), usedforsecurity=False).hexdigest()[:width]}{sep}"
+            f"{sha1(e['event_id'].encode(), usedforsecurity=False).digest()[:width].hex()}{sep}"
             f"{e['user_id']}{sep}{e['item_id']}{sep}{e['action']}{sep}"
             f"{'' if e['value'] is None else repr(float(e['value']))}{sep}"
             f"{e['ts']}{sep}{source}"

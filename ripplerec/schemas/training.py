@@ -190,10 +190,10 @@ class TrainingBatchWriter:
         none) is copied minus its header when written with this codec's schema; the others are encoded,
         all in one codec call when none of them can be copied (the events of ``EventBatch`` envelopes)."""
         header = self.event_header
-        if not any(m is not None and m[:HEADER_SIZE] == header for m in messages):
+        if not any(m is not None and m.startswith(header) for m in messages):
             return self.codec.encode("EventBatch", {"events": list(events)})[HEADER_SIZE:]
         bodies = [
-            m[HEADER_SIZE:] if m is not None and m[:HEADER_SIZE] == header
+            m[HEADER_SIZE:] if m is not None and m.startswith(header)
             else self.codec.encode("BehaviorEvent", e)[HEADER_SIZE:]
             for e, m in zip(events, messages, strict=True)
         ]

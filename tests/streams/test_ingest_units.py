@@ -242,3 +242,30 @@ def test_avro_histories_and_the_item_pool_array_give_the_same_training_batches()
             raw = writer.encode(chosen, [None] * len(chosen), b.histories, b.candidates, 4, 5)
             assert raw == writer.encode(chosen, [None] * len(chosen), a.histories, a.candidates, 4, 5)
             assert raw == codec.encode("TrainingBatch", training_batch(b, events, 4, 5))
+
+
+def test_acking_a_batch_calls_what_stream_ack_calls_or_falls_back() -> None:
+    """The settler acks a batch with Stream.ack's body (Faust's own hooks), or leaves it to Stream.ack."""
+    from types import SimpleNamespace
+
+    from ripplerec.streams.app import _ack_all
+
+    calls = []
+
+    class Event:
+        def __init__(self, offset: int, last: bool) -> None:
+            self.message = SimpleNamespace(tp=("t", 0), offset=offset)
+            self.last = last
+
+        def ack(self) -> bool:
+            calls.append(("ack", self.message.offset))
+            return self.last
+
+    stream = SimpleNamespace(
+        _on_stream_event_out=lambda tp, offset, s, e: calls.append(("event_out", offset)),
+        _on_message_out=lambda tp, offset, m: calls.append(("message_out", offset)),
+    )
+    assert _ack_all(stream, [Event(1, True), Event(2, False)])
+    assert calls == [("ack", 1), ("event_out", 1), ("message_out", 1), ("ack", 2), ("event_out", 2)]
+    calls.clear()
+    assert not _ack_all(SimpleNamespace(), [Event(3, True)]) and calls == []  # another Faust: Stream.ack it is
