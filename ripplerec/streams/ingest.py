@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -407,6 +407,11 @@ class ItemPool:
             self.ids.append(item_id)
             self.longest = max(self.longest, len(item_id))
 
+    def add_many(self, item_ids: Iterable[str]) -> None:
+        known = self._known
+        for item_id in [i for i in dict.fromkeys(item_ids) if i not in known]:
+            self.add(item_id)
+
     @property
     def array(self) -> np.ndarray:
         """The ids as a numpy object array (a view: no copy), for vectorised sampling."""
@@ -553,8 +558,7 @@ class IngestProcessor:
         send = self.send
         if settings.emit_training and (fresh or outcome.replayed):
             pool = self.item_pool
-            for event in events:
-                pool.add(event["item_id"])
+            pool.add_many([event["item_id"] for event in events])
             negatives, length = settings.training_negatives, settings.training_history_length
             # Same partition as the source events: topics share the partition count and the events
             # topic is keyed by user, so this is where the user's key would land anyway.

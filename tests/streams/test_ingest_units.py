@@ -220,6 +220,9 @@ def test_avro_histories_and_the_item_pool_array_give_the_same_training_batches()
     for n in range(3_000):
         pool.add(f"i{n % 2_500}")  # past the array's first capacity, with repeats
     assert len(pool.ids) == 2_500 and list(pool.array) == pool.ids
+    many = ItemPool()
+    many.add_many(f"i{n % 2_500}" for n in range(3_000))
+    assert many.ids == pool.ids and list(many.array) == pool.ids
     rng = random.Random(4)
     codec = AvroCodec()
     writer = TrainingBatchWriter(codec)
