@@ -238,9 +238,11 @@ class TrainingBatchWriter:
                     return None
                 body = _array(len(raws), raws)  # type: ignore[arg-type]
             users.append((strings.get(user_id) or string(user_id)) + body)
-        sampled = list(map(strings.get, candidates))  # nearly always all cached: one C-level pass
-        if None in sampled:
-            sampled = [raw or string(text) for raw, text in zip(sampled, candidates, strict=True)]
+        cached = list(map(strings.get, candidates))  # nearly always all cached: one C-level pass
+        sampled: list[bytes] = (
+            [raw or string(text) for raw, text in zip(cached, candidates, strict=True)] if None in cached
+            else cached  # type: ignore[assignment]
+        )
         return b"".join((
             self.header,
             self.events_array(events, messages),
