@@ -159,7 +159,7 @@ async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings
     batches for their delivery.
     """
     writes: asyncio.Queue[tuple[Any, list[Any]]] = asyncio.Queue(maxsize=1)
-    deliveries: asyncio.Queue[tuple[Any, Any, list[Any], list[Any]]] = asyncio.Queue(maxsize=2)
+    deliveries: asyncio.Queue[tuple[Any, Any, list[Any], list[Any]]] = asyncio.Queue(maxsize=1)
 
     async def writer() -> None:
         while True:
