@@ -272,3 +272,78 @@ def test_acking_a_batch_calls_what_stream_ack_calls_or_falls_back() -> None:
     assert calls == [("ack", 1), ("event_out", 1), ("message_out", 1), ("ack", 2), ("event_out", 2)]
     calls.clear()
     assert not _ack_all(SimpleNamespace(), [Event(3, True)]) and calls == []  # another Faust: Stream.ack it is
+
+
+def test_run_ingest_writes_ahead_of_deliveries_acks_in_order_and_stops_on_a_failed_write() -> None:
+    """The three stages: batch 2 is written while batch 1's publishes are still on their way; events
+    are acked only after their batch settled, in order; a failing write stops the agent with its
+    error and nothing after it is acked."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ripplerec.streams.app import run_ingest
+
+    log: list[tuple] = []
+
+    class Event:
+        def __init__(self, offset: int) -> None:
+            self.message = SimpleNamespace(topic="t", partition=0, offset=offset, key=None, value=b"", tp=("t", 0))
+
+        def ack(self) -> bool:
+            log.append(("ack", self.message.offset))
+            return True
+
+    class Stream:
+        _on_stream_event_out = staticmethod(lambda *args: None)
+        _on_message_out = staticmethod(lambda *args: None)
+
+        async def noack_take(self, n, within):
+            for start in range(0, 50, 10):
+                yield [Event(o) for o in range(start, start + 10)]
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(3600)  # an idle topic
+
+    class Processor:
+        def __init__(self) -> None:
+            self.delivered: dict[int, asyncio.Future] = {}
+
+        def prepare(self, messages):
+            return messages[0].offset // 10
+
+        async def write(self, batch):
+            log.append(("write", batch))
+            if batch == 3:
+                raise ConnectionError("broker gone")
+            future = self.delivered[batch] = asyncio.get_running_loop().create_future()
+            if batch != 1:  # batch 1's publishes land only once batch 2 was written
+                future.set_result(None)
+            if batch == 2:
+                self.delivered[1].set_result(None)
+            return batch, [future]
+
+        async def settle(self, batch, outcome, pending):
+            await asyncio.gather(*pending)
+            log.append(("settled", batch))
+            return outcome
+
+    settings = Settings(ingest_batch_size=10, ingest_batch_within_s=0.01)
+
+    async def run():
+        await asyncio.wait_for(run_ingest(Stream(), Processor(), settings), timeout=10)
+
+    try:
+        asyncio.run(run())
+    except ConnectionError as exc:
+        assert "broker gone" in str(exc)
+    else:
+        raise AssertionError("the failed write did not stop the agent")
+    writes = [x for x in log if x[0] == "write"]
+    assert writes[:4] == [("write", 0), ("write", 1), ("write", 2), ("write", 3)]
+    assert log.index(("write", 2)) < log.index(("settled", 1))  # written ahead of the delivery
+    acked = [x[1] for x in log if x[0] == "ack"]
+    assert acked == list(range(len(acked)))  # in order
+    assert 10 <= len(acked) <= 30  # batch 0 settled before batch 3 was written; nothing of batch 3 on
+    for batch in range(3):
+        if ("settled", batch) in log:
+            first_ack = log.index(("ack", batch * 10))
+            assert log.index(("settled", batch)) < first_ack
