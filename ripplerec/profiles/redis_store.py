@@ -526,10 +526,6 @@ return {table.concat(hist, '\30'), table.concat(consumed, '\30'), pop, table.con
 """
 
 
-#: Decoded history entries kept by a store (about 200 bytes each); the cache starts over when it is full.
-DECODED_ENTRIES_CACHED = 200_000
-
-
 #: Profile hash fields that hold bytes rather than text.
 _BINARY_FIELDS = frozenset({b"ah", b"al"})
 
@@ -592,9 +588,6 @@ class RedisProfileStore:
         self.proactive_interval_ms = int(proactive_interval_s * 1000)
         self._apply = client.register_script(APPLY_BATCH_LUA)
         self._signals = client.register_script(SCORING_SIGNALS_LUA)
-        # raw entry -> decoded entry: a user's history comes back with every batch they appear in, so
-        # nearly every entry was decoded before (decoding is most of what a batch costs in Python here)
-        self._decoded: dict[str, ProfileEntry] = {}
 
     @classmethod
     def from_settings(cls, settings: Any, client: aioredis.Redis | None = None) -> RedisProfileStore:
@@ -682,25 +675,16 @@ class RedisProfileStore:
             script.sha = await self.client.script_load(script.script)
             return await self.client.execute_command("EVALSHA", script.sha, 0, *args, **{NEVER_DECODE: True})
 
-    def _histories(self, packed: str) -> dict[str, list[ProfileEntry]]:
-        """The per-user histories packed in a script reply (oldest first), decoded through the cache."""
+    @staticmethod
+    def _histories(packed: str) -> dict[str, list[ProfileEntry]]:
+        """The stored histories of users with replayed events, packed in a script reply, oldest first
+        (only after a crash: the histories training examples need come as Avro, see ``_avro_histories``)."""
         histories: dict[str, list[ProfileEntry]] = {}
-        if not packed:
-            return histories
-        decoded = self._decoded
-        if len(decoded) > DECODED_ENTRIES_CACHED:
-            decoded.clear()
-        get = decoded.get
-        for part in packed.split("\x1c"):
-            user_id, _, joined = part.partition("\x1d")
-            raws = _split(joined)
-            raws.reverse()
-            histories[user_id] = [get(raw) or self._decode(raw) for raw in raws]
+        if packed:
+            for part in packed.split("\x1c"):
+                user_id, _, joined = part.partition("\x1d")
+                histories[user_id] = [decode_entry(raw) for raw in reversed(_split(joined))]
         return histories
-
-    def _decode(self, raw: str) -> ProfileEntry:
-        entry = self._decoded[raw] = decode_entry(raw)
-        return entry
 
     async def get_profile(self, user_id: str) -> Profile | None:
         p = self.prefix

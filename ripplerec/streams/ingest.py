@@ -227,14 +227,10 @@ def plan_training(
         # whole partition fits in one message, that message lists each user's prior history once.
         if len(indices) <= max_events:
             users = dict.fromkeys([events[i]["user_id"] for i in indices])
-            get = prior_history.get
-            histories = [(u, get(u, ())) for u in users] if history_length else [(u, []) for u in users]
-            if any(len(w) > history_length for _, w in histories):
-                histories = [(u, window_of(u)) for u in users]
+            histories = [(u, window_of(u)) for u in users]
             positives = sum([events[i]["action"] != "skip" for i in indices])
             if sizes is None or (sum([sizes[i] for i in indices]) + positives * per_example
-                                 + sum([len(u) + 8 + (len(w.avro) if type(w) is AvroHistory else per_entry * len(w))
-                                        for u, w in histories]) <= max_bytes):
+                                 + sum([cost(u, w) for u, w in histories]) <= max_bytes):
                 plans.append(_plan(partition, indices, histories, positives, negatives, item_pool, rng))
                 continue
         chunk: list[int] = []
