@@ -1,6 +1,6 @@
 """Ingest throughput: bare aiokafka vs Faust (empty, naive per-event Redis, our ingest agent).
 
-    python bench/ingest.py [--events 50000] [--naive-events 4000] [--no-envelopes]
+    python bench/ingest.py [--events 50000] [--naive-events 4000] [--no-envelopes] [--repeat 1]
 
 Starts its own embedded broker + redis-server, pre-loads the events topic (and, for the envelope
 runs, a second topic holding the same events as EventBatch envelopes) before any timing, then runs
@@ -17,6 +17,8 @@ from the beginning:
 Timing starts when a variant's code receives its first batch (after the group join) and stops when
 it has handled every event. The machine is shared and noisy: compare the
 ratios printed at the end (all measured in this one run), not absolute figures across runs.
+``--repeat N`` runs the variants N times, interleaved (e, c, e, c, ...), and prints each ratio's
+median and range over the rounds: on these VMs one round's (c)/(e) swings by +-15%.
 """
 
 from __future__ import annotations
@@ -261,6 +263,8 @@ def main() -> None:
     parser.add_argument("--envelope-size", type=int, default=500)
     parser.add_argument("--no-envelopes", action="store_true")
     parser.add_argument("--only", help="comma-separated labels to run, e.g. e,c")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the variants, interleaved; ratios "
+                        "are the median over rounds of each round's ratio")
     parser.add_argument("--child")
     parser.add_argument("--topic")
     parser.add_argument("--expect", type=int)
@@ -302,7 +306,6 @@ def main() -> None:
               f"in {time.perf_counter() - started:.1f}s; batch {settings.ingest_batch_size} within "
               f"{settings.ingest_batch_within_s}s", flush=True)
 
-        runs: dict[str, dict[str, Any]] = {}
         plan = [
             ("a", "aiokafka", topics.events, args.events, None),
             ("e", "empty", topics.events, args.events, None),
@@ -319,40 +322,71 @@ def main() -> None:
             plan = [step for step in plan if step[0] in args.only.split(",")]
         redis = next((p.pid for p in stack.processes() if "redis" in Path(str(p.args[0])).name), None)
         broker = next((p.pid for p in stack.processes() if "tansu" in Path(str(p.args[0])).name), None)
-        for label, kind, topic, expect, extra in plan:
-            redis_before = cpu_seconds(redis) if redis else 0.0
-            broker_before = cpu_seconds(broker) if broker else 0.0
-            runs[label] = run_child(kind, settings, topic, expect, extra)
-            run = runs[label]
-            run["redis_s"] = cpu_seconds(redis) - redis_before if redis else 0.0
-            run["broker_s"] = cpu_seconds(broker) - broker_before if broker else 0.0
-            detail = ""
-            if "batches" in run:
-                detail = (f"; {run['batches']} batches of {run['events'] / run['batches']:.0f}, "
-                          f"writes (Redis, publishes started) busy {run['write_s'] / run['seconds']:.0%} of the time")
-            cpu = f"; CPU per event: reader {run['cpu_s'] / run['events'] * 1e6:.0f} us" if "cpu_s" in run else ""
-            if cpu and run["redis_s"] > 0.01:
-                cpu += f", redis-server {run['redis_s'] / run['events'] * 1e6:.0f} us"
-            if cpu:
-                cpu += f", broker {run['broker_s'] / run['events'] * 1e6:.0f} us (both for the whole child run)"
-            print(f"  ({label:5}) {kind:9} {run['rate']:>10,.0f} events/s  "
-                  f"({run['events']} events in {run['seconds']:.2f}s{detail}{cpu})", flush=True)
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for round_ in range(args.repeat):
+            runs: dict[str, dict[str, Any]] = {}
+            rounds.append(runs)
+            if args.repeat > 1:
+                print(f"round {round_ + 1} of {args.repeat}", flush=True)
+            for label, kind, topic, expect, extra in plan:
+                redis_before = cpu_seconds(redis) if redis else 0.0
+                broker_before = cpu_seconds(broker) if broker else 0.0
+                runs[label] = run_child(kind, settings, topic, expect, extra)
+                run = runs[label]
+                run["redis_s"] = cpu_seconds(redis) - redis_before if redis else 0.0
+                run["broker_s"] = cpu_seconds(broker) - broker_before if broker else 0.0
+                print_run(label, kind, run)
+        print_ratios(rounds, envelopes=not args.no_envelopes)
 
-        def ratio(x: str, y: str) -> str:
-            return f"{runs[x]['rate'] / runs[y]['rate']:.2f}x" if x in runs and y in runs else "-"
 
-        print("\nratios (same run):")
-        print(f"  (c)/(e)  ours vs empty Faust agent       {ratio('c', 'e')}   goal >= 0.8x")
-        if "c" in runs and "e" in runs and "cpu_s" in runs["c"]:
-            per_event = {x: runs[x]["cpu_s"] / runs[x]["events"] for x in ("c", "e")}
-            print(f"           the same in reader CPU per event: {per_event['e'] / per_event['c']:.2f}x "
-                  "(steadier than events/s when other jobs share the cores)")
-        print(f"  (c)/(b)  ours vs naive per-event Faust   {ratio('c', 'b')}   goal >= 8x")
-        print(f"  (c-)/(e) ours without training examples  {ratio('c-', 'e')}")
-        print(f"  (e)/(a)  empty Faust vs bare aiokafka    {ratio('e', 'a')}")
-        if not args.no_envelopes:
-            print(f"  (c-env)/(a-env) ours vs bare aiokafka, envelope topic   {ratio('c-env', 'a-env')}")
-            print(f"  (c-env)/(c)     envelopes vs single-event messages      {ratio('c-env', 'c')}")
+def print_run(label: str, kind: str, run: dict[str, Any]) -> None:
+    detail = ""
+    if "batches" in run:
+        detail = (f"; {run['batches']} batches of {run['events'] / run['batches']:.0f}, "
+                  f"writes (Redis, publishes started) busy {run['write_s'] / run['seconds']:.0%} of the time")
+    cpu = f"; CPU per event: reader {run['cpu_s'] / run['events'] * 1e6:.0f} us" if "cpu_s" in run else ""
+    if cpu and run["redis_s"] > 0.01:
+        cpu += f", redis-server {run['redis_s'] / run['events'] * 1e6:.0f} us"
+    if cpu:
+        cpu += f", broker {run['broker_s'] / run['events'] * 1e6:.0f} us (both for the whole child run)"
+    print(f"  ({label:5}) {kind:9} {run['rate']:>10,.0f} events/s  "
+          f"({run['events']} events in {run['seconds']:.2f}s{detail}{cpu})", flush=True)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def print_ratios(rounds: list[dict[str, dict[str, Any]]], *, envelopes: bool) -> None:
+    """Each ratio of two variants: its median over the rounds (each round's two runs side by side)."""
+
+    def ratios(x: str, y: str, of: Any = lambda run: run["rate"]) -> list[float]:
+        return [of(runs[x]) / of(runs[y]) for runs in rounds if x in runs and y in runs]
+
+    def show(values: list[float]) -> str:
+        if not values:
+            return "-"
+        if len(values) == 1:
+            return f"{values[0]:.2f}x"
+        return f"{_median(values):.2f}x (median of {len(values)} rounds, {min(values):.2f}-{max(values):.2f})"
+
+    def ratio(x: str, y: str) -> str:
+        return show(ratios(x, y))
+
+    print("\nratios (each measured within one round):")
+    print(f"  (c)/(e)  ours vs empty Faust agent       {ratio('c', 'e')}   goal >= 0.8x")
+    cpu = ratios("e", "c", lambda run: run["cpu_s"] / run["events"] if "cpu_s" in run else float("nan"))
+    if cpu and all(value == value for value in cpu):
+        print(f"           the same in reader CPU per event: {show(cpu)} "
+              "(steadier than events/s when other jobs share the cores)")
+    print(f"  (c)/(b)  ours vs naive per-event Faust   {ratio('c', 'b')}   goal >= 8x")
+    print(f"  (c-)/(e) ours without training examples  {ratio('c-', 'e')}")
+    print(f"  (e)/(a)  empty Faust vs bare aiokafka    {ratio('e', 'a')}")
+    if envelopes:
+        print(f"  (c-env)/(a-env) ours vs bare aiokafka, envelope topic   {ratio('c-env', 'a-env')}")
+        print(f"  (c-env)/(c)     envelopes vs single-event messages      {ratio('c-env', 'c')}")
 
 
 if __name__ == "__main__":
