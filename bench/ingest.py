@@ -17,6 +17,12 @@ from the beginning:
 Timing starts when a variant's code receives its first batch (after the group join) and stops when
 it has handled every event. The machine is shared and noisy: compare the
 ratios printed at the end (all measured in this one run), not absolute figures across runs.
+
+Each variant's process runs on one CPU, redis-server and the broker on the others (``--no-pin``:
+wherever the OS puts them). On this 2-core VM, unpinned, the OS often runs redis-server's script on
+the reader's core: the reader then spends ~12 µs more CPU per event than the Redis call itself costs
+it (its caches refilled after every switch), which is the co-location's cost, not the agent's: in
+a deployment Redis does not share the worker's cores.
 ``--repeat N`` runs the variants N times, interleaved (e, c, e, c, ...), and prints each ratio's
 median and range over the rounds: on these VMs one round's (c)/(e) swings by +-15%.
 """
@@ -37,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.proc_stats import cpu_seconds  # noqa: E402
+from bench.proc_stats import cpu_seconds, pin_process, split_cpus  # noqa: E402
 from ripplerec.config import Settings, TopicNames  # noqa: E402
 
 T0 = 1_700_000_000_000
@@ -225,6 +231,15 @@ def child_ours(settings: Settings, topic: str, expect: int) -> None:
         clock.add(len(outcome.new))  # delivered: the batch is acked next
         return outcome
 
+    if os.environ.get("BENCH_WRITE_NOTHING"):  # (c0): the write stage does nothing
+
+        async def write(self: Any, batch: Any) -> Any:  # noqa: F811
+            from ripplerec.profiles import BatchOutcome
+
+            clock.extra["batches"] = clock.extra.get("batches", 0) + 1
+            clock.extra["write_s"] = 0.0
+            return BatchOutcome(new=[True] * len(batch.events)), []
+
     ingest_module.IngestProcessor.write = write  # type: ignore[method-assign]
     ingest_module.IngestProcessor.settle = settle  # type: ignore[method-assign]
     app = create_app(settings, ["ingest"], web=False)
@@ -236,7 +251,7 @@ CHILDREN = {"aiokafka": child_aiokafka, "empty": child_empty_faust, "naive": chi
 
 # --- parent -----------------------------------------------------------------------------------------
 def run_child(kind: str, settings: Settings, topic: str, expect: int, extra_env: dict[str, str] | None = None,
-              timeout: float = 600) -> dict[str, Any]:
+              timeout: float = 600, cpus: set[int] | None = None) -> dict[str, Any]:
     from ripplerec.streams.worker import settings_to_env
 
     child = settings.model_copy(update={"app_id": f"bench-{kind}-{uuid.uuid4().hex[:6]}",
@@ -244,6 +259,8 @@ def run_child(kind: str, settings: Settings, topic: str, expect: int, extra_env:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RIPPLEREC_")}
     env.update(settings_to_env(child))
     env.update(extra_env or {})
+    if cpus:
+        env["BENCH_CPUS"] = ",".join(map(str, sorted(cpus)))
     proc = subprocess.run([sys.executable, __file__, "--child", kind, "--topic", topic, "--expect", str(expect)],
                           env=env, capture_output=True, text=True, timeout=timeout)
     for line in proc.stdout.splitlines():
@@ -263,6 +280,8 @@ def main() -> None:
     parser.add_argument("--envelope-size", type=int, default=500)
     parser.add_argument("--no-envelopes", action="store_true")
     parser.add_argument("--only", help="comma-separated labels to run, e.g. e,c")
+    parser.add_argument("--no-pin", action="store_true", help="leave the reader, redis-server and the broker "
+                        "wherever the OS puts them (default: the reader on one CPU, the servers on the others)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the variants, interleaved; ratios "
                         "are the median over rounds of each round's ratio")
     parser.add_argument("--child")
@@ -270,6 +289,8 @@ def main() -> None:
     parser.add_argument("--expect", type=int)
     args = parser.parse_args()
     if args.child:
+        if os.environ.get("BENCH_CPUS"):  # before any thread starts: they all inherit it
+            os.sched_setaffinity(0, {int(cpu) for cpu in os.environ["BENCH_CPUS"].split(",")})
         CHILDREN[args.child](Settings(), args.topic, args.expect)
         return
 
@@ -312,6 +333,7 @@ def main() -> None:
             ("b", "naive", topics.events, args.naive_events, None),
             ("c", "ours", topics.events, args.events, None),
             ("c-", "ours", topics.events, args.events, {"RIPPLEREC_EMIT_TRAINING": "false"}),
+            ("c0", "ours", topics.events, args.events, {"BENCH_WRITE_NOTHING": "1"}),
         ]
         if not args.no_envelopes:
             plan += [
@@ -322,6 +344,12 @@ def main() -> None:
             plan = [step for step in plan if step[0] in args.only.split(",")]
         redis = next((p.pid for p in stack.processes() if "redis" in Path(str(p.args[0])).name), None)
         broker = next((p.pid for p in stack.processes() if "tansu" in Path(str(p.args[0])).name), None)
+        split = None if args.no_pin else split_cpus()
+        if split is not None and all(pin_process(pid, split[1]) for pid in (redis, broker) if pid):
+            print(f"readers on CPU {sorted(split[0])}, redis-server and the broker on CPU {sorted(split[1])}")
+        else:
+            split = None
+            print("no pinning: readers and servers share the CPUs as the OS schedules them")
         rounds: list[dict[str, dict[str, Any]]] = []
         for round_ in range(args.repeat):
             runs: dict[str, dict[str, Any]] = {}
@@ -331,7 +359,7 @@ def main() -> None:
             for label, kind, topic, expect, extra in plan:
                 redis_before = cpu_seconds(redis) if redis else 0.0
                 broker_before = cpu_seconds(broker) if broker else 0.0
-                runs[label] = run_child(kind, settings, topic, expect, extra)
+                runs[label] = run_child(kind, settings, topic, expect, extra, cpus=split[0] if split else None)
                 run = runs[label]
                 run["redis_s"] = cpu_seconds(redis) - redis_before if redis else 0.0
                 run["broker_s"] = cpu_seconds(broker) - broker_before if broker else 0.0
@@ -383,6 +411,7 @@ def print_ratios(rounds: list[dict[str, dict[str, Any]]], *, envelopes: bool) ->
               "(steadier than events/s when other jobs share the cores)")
     print(f"  (c)/(b)  ours vs naive per-event Faust   {ratio('c', 'b')}   goal >= 8x")
     print(f"  (c-)/(e) ours without training examples  {ratio('c-', 'e')}")
+    print(f"  (c0)/(e) ours writing nothing            {ratio('c0', 'e')}")
     print(f"  (e)/(a)  empty Faust vs bare aiokafka    {ratio('e', 'a')}")
     if envelopes:
         print(f"  (c-env)/(a-env) ours vs bare aiokafka, envelope topic   {ratio('c-env', 'a-env')}")
