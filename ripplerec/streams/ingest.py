@@ -190,7 +190,10 @@ def plan_training(
     A message holds at most ``max_events`` events and, when ``sizes`` (each event's encoded size,
     an upper bound) is given, at most about ``max_bytes``: its events, histories and candidates are
     counted with ``longest_item`` characters per item id, in characters (bytes for ASCII ids, at
-    worst a quarter of them otherwise); a single event may go over alone.
+    worst a quarter of them otherwise); a single event may go over alone. When a partition needs
+    several messages, each user's events go whole into one of them where they fit (in their order),
+    so a user's history is listed once, as ``prior_history`` gave it; only a user too large for one
+    message is split over several.
     """
     by_partition: dict[int, list[int]] = {}
     home: dict[str, int] = {}
@@ -233,43 +236,65 @@ def plan_training(
                                  + sum([cost(u, w) for u, w in histories]) <= max_bytes):
                 plans.append(_plan(partition, indices, histories, positives, negatives, item_pool, rng))
                 continue
+        # More than one message: whole users go to a message where they fit, so each user's history
+        # is listed once, as the store gave it (an AvroHistory is copied, never decoded); a user too
+        # large for one message goes event by event over several. Within a message, each user's
+        # events keep their order.
+        groups: dict[str, list[int]] = {}
+        for index in indices:
+            groups.setdefault(events[index]["user_id"], []).append(index)
         chunk: list[int] = []
         histories = []
         listed: set[str] = set()
         positives = size = 0
-        for index in indices:
-            event = events[index]
-            user_id = event["user_id"]
-            skip = event["action"] == "skip"
-            if user_id in listed:
-                window, listing = None, 0
-            else:
-                window = window_of(user_id)
-                listing = cost(user_id, window)
-            if chunk:
-                full = len(chunk) >= max_events
-                if not full and sizes is not None:
-                    full = size + sizes[index] + (0 if skip else per_example) + listing > max_bytes
-                if full:
+        for user_id, own in groups.items():
+            window = window_of(user_id)
+            listing = cost(user_id, window)
+            own_positives = sum([events[i]["action"] != "skip" for i in own])
+            need = listing + own_positives * per_example + (sum([sizes[i] for i in own]) if sizes is not None else 0)
+            whole = len(own) <= max_events and (sizes is None or need <= max_bytes)
+            if whole:
+                if chunk and (len(chunk) + len(own) > max_events or (sizes is not None and size + need > max_bytes)):
                     plans.append(_plan(partition, chunk, histories, positives, negatives, item_pool, rng))
                     chunk, histories, listed, positives, size = [], [], set(), 0, 0
-                    window = window_of(user_id)
-                    listing = cost(user_id, window)
-            if window is not None:
                 listed.add(user_id)
                 histories.append((user_id, window))
-                size += listing
-            chunk.append(index)
-            earlier = placed.get(user_id)
-            if earlier is None:
-                placed[user_id] = [index]
-            else:
-                earlier.append(index)
-            if not skip:
-                positives += 1
-                size += per_example
-            if sizes is not None:
-                size += sizes[index]
+                chunk.extend(own)
+                placed[user_id] = list(own)
+                positives += own_positives
+                size += need
+                continue
+            for index in own:
+                skip = events[index]["action"] == "skip"
+                if user_id in listed:
+                    window, listing = None, 0
+                else:
+                    window = window_of(user_id)
+                    listing = cost(user_id, window)
+                if chunk:
+                    full = len(chunk) >= max_events
+                    if not full and sizes is not None:
+                        full = size + sizes[index] + (0 if skip else per_example) + listing > max_bytes
+                    if full:
+                        plans.append(_plan(partition, chunk, histories, positives, negatives, item_pool, rng))
+                        chunk, histories, listed, positives, size = [], [], set(), 0, 0
+                        window = window_of(user_id)
+                        listing = cost(user_id, window)
+                if window is not None:
+                    listed.add(user_id)
+                    histories.append((user_id, window))
+                    size += listing
+                chunk.append(index)
+                earlier = placed.get(user_id)
+                if earlier is None:
+                    placed[user_id] = [index]
+                else:
+                    earlier.append(index)
+                if not skip:
+                    positives += 1
+                    size += per_example
+                if sizes is not None:
+                    size += sizes[index]
         plans.append(_plan(partition, chunk, histories, positives, negatives, item_pool, rng))
     return plans
 
@@ -381,6 +406,7 @@ class PreparedBatch:
     now_ms: int
     started: float
     last_offsets: dict[int, int]  # partition -> the batch's last offset (rejected messages included)
+
 
 
 class ItemPool:
@@ -561,8 +587,11 @@ class IngestProcessor:
             limit = settings.topics.partitions
             writer, lone = self._training, batch.lone
             sizes = [len(m) if m is not None else event_size(e) for e, m in zip(events, lone, strict=True)]
+            # One message per partition of the write, unless it would pass max_bytes: a user's events
+            # then all come with their history as the script gave it (Avro bytes, copied as they are).
             plans = plan_training(events, outcome.new, batch.partitions, outcome.prior_history, pool.array,
-                                  negatives, length, self.rng, sizes=sizes, longest_item=pool.longest)
+                                  negatives, length, self.rng, max_events=max(500, len(events)), sizes=sizes,
+                                  longest_item=pool.longest)
             records: list[tuple[int, bytes | None, bytes]] = []
             examples = 0
             for plan in plans:

@@ -235,9 +235,19 @@ def test_avro_histories_and_the_item_pool_array_give_the_same_training_batches()
     assert {u: tuple(h) for u, h in avro.items()} == prior
     new = [True] * len(events)
     partitions = [int(e["user_id"][1:]) % 4 for e in events]
-    for max_events in (500, 9):  # one message per partition, or many (histories then include batch events)
+    # one message per partition; several, each user whole in one; several, users split over them
+    # (their histories then include batch events)
+    for max_events in (500, 40, 9):
         plain = plan_training(events, new, partitions, prior, pool.array, 4, 5, random.Random(9), max_events)
         fast = plan_training(events, new, partitions, avro, pool.array, 4, 5, random.Random(9), max_events)
+        if max_events == 40:  # ~13 events per user: all whole, each history the store's own, undecoded
+            assert len(fast) > 4 and all(len(p.indices) <= 40 for p in fast)
+            assert sorted(u for p in fast for u, _ in p.histories) == sorted({e["user_id"] for e in events})
+            assert all(w is avro[u] for p in fast for u, w in p.histories)
+            for p in fast:  # each user's events in their order
+                for u, _ in p.histories:
+                    own = [i for i in p.indices if events[i]["user_id"] == u]
+                    assert own == sorted(own)
         assert [p.candidates for p in plain] == [p.candidates for p in fast]
         assert {c for p in fast for c in p.candidates} <= set(pool.ids)
         for a, b in zip(plain, fast, strict=True):
