@@ -1,11 +1,13 @@
 """Redis CPU per event of the ingest batch script, split into the script and the commands it calls.
 
     python bench/redis_script.py [--events 50000] [--users 5000] [--items 2000] [--batch 400] [--runs 3]
+                                 [--prior-history 20]
 
 Starts its own redis-server (no persistence) on a free port, and for each run: ``FLUSHALL``,
 ``CONFIG RESETSTAT``, then applies ``bench.ingest.make_events(events, users, items)`` through
 ``RedisProfileStore.apply_batch`` in batches, as the ingest agent does: one message per event on 4
-partitions (by user), ``prior_history=20``, and the previous batch's last offsets as ``delivered``.
+partitions (by user), ``prior_history=20`` (``--prior-history``; 0: training examples off, no
+Avro histories kept), and the previous batch's last offsets as ``delivered``.
 Prints, from ``INFO commandstats``, the microseconds of ``EVALSHA`` per event (the whole script, the
 commands it calls included) and of each command called inside it, their calls per event, what is
 left for the script itself (Lua and reply conversion), the wall time per event (client included), and
@@ -48,7 +50,8 @@ def sources_of(events: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
     return sources, partitions
 
 
-async def one_run(url: str, events: list[dict[str, Any]], batch: int, server_pid: int = 0) -> dict[str, Any]:
+async def one_run(url: str, events: list[dict[str, Any]], batch: int, server_pid: int = 0,
+                  prior_history: int = 20) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from ripplerec.config import Settings
@@ -65,7 +68,7 @@ async def one_run(url: str, events: list[dict[str, Any]], batch: int, server_pid
     started, client_cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(events), batch):
         part = slice(start, start + batch)
-        await store.apply_batch(events[part], NOW_MS, prior_history=20, sources=sources[part], delivered=delivered)
+        await store.apply_batch(events[part], NOW_MS, prior_history=prior_history, sources=sources[part], delivered=delivered)
         delivered = {}
         for source, partition in zip(sources[part], partitions[part], strict=True):
             delivered[partition] = int(source.split(":")[1])
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2_000)
     parser.add_argument("--batch", type=int, default=400)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--prior-history", type=int, default=20)
     args = parser.parse_args()
     events = make_events(args.events, args.users, args.items)
     with tempfile.TemporaryDirectory(prefix="ripplerec-bench-") as workdir:
@@ -109,7 +113,7 @@ def main() -> None:
         try:
             runs = []
             for i in range(args.runs):
-                run = asyncio.run(one_run(url, events, args.batch, proc.pid))
+                run = asyncio.run(one_run(url, events, args.batch, proc.pid, args.prior_history))
                 runs.append(run)
                 print(f"run {i + 1}:")
                 print(report(run, args.events))
