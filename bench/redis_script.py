@@ -68,7 +68,8 @@ async def one_run(url: str, events: list[dict[str, Any]], batch: int, server_pid
     started, client_cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(events), batch):
         part = slice(start, start + batch)
-        await store.apply_batch(events[part], NOW_MS, prior_history=prior_history, sources=sources[part], delivered=delivered)
+        await store.apply_batch(events[part], NOW_MS, prior_history=prior_history, sources=sources[part],
+                                delivered=delivered)
         delivered = {}
         for source, partition in zip(sources[part], partitions[part], strict=True):
             delivered[partition] = int(source.split(":")[1])
