@@ -408,7 +408,6 @@ class PreparedBatch:
     last_offsets: dict[int, int]  # partition -> the batch's last offset (rejected messages included)
 
 
-
 class ItemPool:
     """Known item ids, for sampling negatives (from the catalog and from events)."""
 
