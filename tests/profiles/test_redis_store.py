@@ -316,3 +316,47 @@ def test_prior_histories_come_back_as_the_codecs_avro_bytes_across_toggles_and_a
             assert fast == codec.encode("TrainingBatch", batch_record([], [(user, tuple(history))], [], 4, 5))
             checked += 1
     assert checked >= 15
+
+
+def test_history_cuts_agree_with_the_pure_function_across_length_changes_and_old_profiles(embedded_stack) -> None:
+    """A full history is cut from its end, by the entry count the profile keeps (``hn``). Profiles
+    without it (as written before it existed) and a ``history_length`` that changes between
+    batches are cut from the start instead; every history equals the pure function's, and ``hn``
+    its length."""
+    import redis.asyncio as aioredis
+
+    from ripplerec.profiles.redis_store import RedisProfileStore
+
+    rng = random.Random(11)
+    events = _events(rng, 1_200, users=12, items=60)
+    batches, start = [], 0
+    while start < len(events):
+        size = rng.choice([3, 10, 40, 90])  # 0-2 events per user, or up to ~15
+        batches.append(events[start : start + size])
+        start += size
+    lengths = [rng.choice([8, 8, 8, 3, 12, 5]) for _ in batches]
+    now = 1_700_000_000_000
+
+    async def run() -> list[str]:
+        client = aioredis.from_url(embedded_stack.redis_url, decode_responses=True)
+        prefix = f"test-{uuid.uuid4().hex[:8]}"
+        state = StoreState()
+        seen = []
+        for n, (batch, length) in enumerate(zip(batches, lengths, strict=True)):
+            params = BatchParams(history_length=length, cooccurrence_window=2)
+            if n % 5 == 1:  # profiles as an earlier version wrote them (young ones too)
+                for user in state.profiles:
+                    await client.hdel(f"{prefix}:u:{user}", "hn")
+            await RedisProfileStore(client, prefix, params).apply_batch(batch, now)
+            state, _ = apply_batch(state, batch, now, params)
+            store = RedisProfileStore(client, prefix, params)
+            for user in {e["user_id"] for e in batch}:
+                got = await store.get_profile(user)
+                assert got is not None and got.history == state.profiles[user].history, (n, user, length)
+                assert await client.hget(f"{prefix}:u:{user}", "hn") == str(len(got.history))
+                seen.append(f"{length}:{len(got.history)}")
+        await client.aclose()
+        return seen
+
+    seen = asyncio.run(run())
+    assert {"3:3", "5:5", "8:8", "12:12"} <= set(seen)  # full histories at every length
