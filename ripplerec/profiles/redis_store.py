@@ -5,8 +5,7 @@ Key layout under a prefix ``P`` (the app id unless configured):
 =====================  ======  ==========================================================
 ``P:u:{user}``         hash    ``c:{action}`` counts, ``n``, ``last_seen``, ``updated`` (ms), ``h``:
                               recent history, newest first, capped (``encode_entry`` forms joined
-                              by ``LIST_SEP``), ``hn``: how many entries ``h`` holds (so a full
-                              history is cut from its end), ``ids``: the digests (``event_id_digest``, 12
+                              by ``LIST_SEP``), ``ids``: the digests (``event_id_digest``, 12
                               characters, concatenated) of the user's latest event ids, newest
                               first, at most ``recent_event_ids`` (resends of them are dropped),
                               ``rec_n``: ``n`` at the last proactive recommendation,
@@ -216,7 +215,7 @@ for digest, uid, entry, item, action, ts, src in gmatch(packed, RECORD) do
       local flat = call('HGETALL', hk)
       u = {hk = hk, flat = flat, hist = '', ids = '', n_old = 0, last_seen = false, ttl_at = false, rec_n = 0,
            digests = {}, entries = {}, counts = {}, items = {}, recent = false, n_recent = 0, n = 0,
-           maxts = false, maxts_s = false, last = 0, ah = '', al = '', ak = false, hn = false}
+           maxts = false, maxts_s = false, last = 0, ah = '', al = '', ak = false}
       for i = 1, #flat, 2 do
         local field = flat[i]
         if field == 'h' then u.hist = flat[i + 1]
@@ -228,7 +227,6 @@ for digest, uid, entry, item, action, ts, src in gmatch(packed, RECORD) do
         elseif field == 'ah' then u.ah = flat[i + 1]
         elseif field == 'al' then u.al = flat[i + 1]
         elseif field == 'ak' then u.ak = flat[i + 1]
-        elseif field == 'hn' then u.hn = tonumber(flat[i + 1])
         end
       end
       users[uid] = u
@@ -339,7 +337,7 @@ end
 -- ingest agent then copies each user's bytes into its TrainingBatch instead of decoding and
 -- encoding every entry. Out of step (training was off, or the length changed) they are rebuilt.
 local avro_len = min(pre_len, hist_len)
-local char, byte, floor, spack, reverse = string.char, string.byte, math.floor, struct.pack, string.reverse
+local char, byte, floor, spack = string.char, string.byte, math.floor, struct.pack
 local vbytes = {}
 local function varint(n)  -- a non-negative zigzagged value, base-128 little-endian
   if n < 128 then return char(n) end
@@ -415,7 +413,11 @@ for o, uid in ipairs(order) do
   local entries = u.entries
   for j = 1, k do newest[j] = entries[k + 1 - j] end
   local joined = concat(newest, '\30', 1, k)
+  -- The stored history holds at most n_old entries (one per event, then capped), so it needs no cut
+  -- while n_old + k <= hist_len, and the reply takes all of it while n_old <= pre_len.
   local old_hist = u.hist
+  local cut = 0
+  if old_hist ~= '' and k < hist_len and u.n_old + k > hist_len then cut = hist_len - k end
   local n_set = 8
   if avro_len > 0 then
     -- the reply: the user's latest avro_len entries before the batch, in Avro; then the batch's joins them
@@ -427,39 +429,17 @@ for o, uid in ipairs(order) do
     set[9], set[10], set[11], set[12], set[13], set[14] = 'ah', ah, 'al', al, 'ak', total .. ':' .. avro_len
     n_set = 14
   end
-  -- The new history: the batch's entries, then as many stored ones as still fit (keep). 'hn' counts
-  -- the stored ones, so a full history is cut from its end, where a batch usually drops one or two
-  -- entries, instead of by finding each of the ~hist_len kept ones from the start. A profile
-  -- without 'hn' (written before it existed) is counted once, while it is cut.
-  local hist, hn
+  local c = scan(old_hist, cut)
+  local hist
   if old_hist == '' or k >= hist_len then
     hist = k > hist_len and head(joined, hist_len) or joined
-    hn = min(k, hist_len)
+  elseif cut > 0 and c >= cut then
+    hist = joined .. '\30' .. sub(old_hist, 1, seps[cut] - 1)
   else
-    local keep, have, at = hist_len - k, u.hn, nil
-    if have and have <= keep then
-      hn = k + have
-    elseif have and have - keep < keep then
-      local r, pos = reverse(old_hist), 0
-      for _ = 1, have - keep do
-        pos = find(r, '\30', pos + 1, true)
-        if not pos then break end
-      end
-      if pos then at = #old_hist - pos + 1 end  -- the separator after the last kept entry
-    end
-    if not hn and not at then  -- no count, a long cut, or a count that did not hold: from the start
-      local c = scan(old_hist, keep)
-      if c >= keep then at = seps[keep] else hn = k + c + 1 end
-    end
-    if at then
-      hist, hn = joined .. '\30' .. sub(old_hist, 1, at - 1), hist_len
-    else
-      hist = joined .. '\30' .. old_hist
-    end
+    hist = joined .. '\30' .. old_hist
   end
   set[1], set[2], set[3], set[4], set[5], set[6], set[7], set[8] =
     'n', total, 'last_seen', last, 'updated', now, 'h', hist
-  set[n_set + 1], set[n_set + 2], n_set = 'hn', hn, n_set + 2
   if keep_ids > 0 then
     -- fixed-width digests: keeping the latest keep_ids is one string.sub, no scan
     local digests = u.digests
