@@ -7,9 +7,10 @@ here does I/O, mutates its inputs or reads the clock (``now_ms`` is always an ar
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import math
-import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -66,9 +67,6 @@ def decode_entry(raw: str) -> ProfileEntry:
     return ProfileEntry(item_id, action, float(value) if value else None, int(ts))
 
 
-_DOUBLE = struct.Struct("<d")
-
-
 class AvroHistory(Sequence[ProfileEntry]):
     """Recent history entries (oldest first) held as the Avro binary of their records.
 
@@ -103,40 +101,27 @@ class AvroHistory(Sequence[ProfileEntry]):
         return self._entries
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """An Avro int/long at ``pos`` (zigzag varint): (value, position after it)."""
-    shift = result = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
+@functools.cache
+def _prior_entry_schema() -> Any:
+    """``PriorEntry`` as ``training_batch.avsc`` defines it, parsed for fastavro."""
+    from fastavro import parse_schema
+
+    from ripplerec.schemas import load_schema
+
+    user = next(f for f in load_schema("TrainingBatch")["fields"] if f["name"] == "histories")["type"]["items"]
+    return parse_schema(next(f for f in user["fields"] if f["name"] == "history")["type"]["items"])
 
 
 def decode_avro_entries(count: int, data: bytes) -> tuple[ProfileEntry, ...]:
     """``count`` Avro ``PriorEntry`` records from ``data`` (see :class:`AvroHistory`); all of it must be used."""
-    out = []
-    pos = 0
-    for _ in range(count):
-        n, pos = _varint(data, pos)
-        item_id = data[pos : pos + n].decode("utf-8")
-        n, pos = _varint(data, pos + n)
-        action = data[pos : pos + n].decode("utf-8")
-        pos += n
-        branch, pos = _varint(data, pos)
-        value = None
-        if branch == 1:
-            value = _DOUBLE.unpack_from(data, pos)[0]
-            pos += 8
-        elif branch != 0:
-            raise ValueError(f"history entry value: union branch {branch}")
-        ts, pos = _varint(data, pos)
-        out.append(ProfileEntry(item_id, action, value, ts))
-    if pos != len(data):
-        raise ValueError(f"{len(data) - pos} bytes left after {count} history entries")
-    return tuple(out)
+    from fastavro import schemaless_reader
+
+    schema = _prior_entry_schema()
+    buffer = io.BytesIO(data)
+    records: list[Any] = [schemaless_reader(buffer, schema, None) for _ in range(count)]
+    if buffer.tell() != len(data):
+        raise ValueError(f"{len(data) - buffer.tell()} bytes left after {count} history entries")
+    return tuple(ProfileEntry(r["item_id"], r["action"], r["value"], r["ts"]) for r in records)
 
 
 def decayed_exponent(ts_ms: int, half_life_s: float) -> float:
