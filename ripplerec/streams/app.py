@@ -28,7 +28,7 @@ from aiokafka.structs import RecordMetadata
 from ripplerec.config import Settings
 from ripplerec.monitoring import CONTENT_TYPE, StreamMetrics
 from ripplerec.schemas import AvroCodec
-from ripplerec.streams.ingest import CatalogProcessor, IngestProcessor, ItemPool, RawMessage
+from ripplerec.streams.ingest import CatalogProcessor, IngestProcessor, ItemPool
 from ripplerec.streams.scoring import RequestProcessor, make_backend
 
 __all__ = ["create_app", "faust_config", "bare_app", "Runtime", "ROLES", "faust_credentials"]
@@ -238,7 +238,7 @@ async def run_scorer(stream: Any, processor: RequestProcessor, batch_size: int) 
                 batch = pending[:batch_size]
                 del pending[:batch_size]
                 room.set()
-                await processor.process_many([_raw(e) for e in batch])
+                await processor.process_many([e.message for e in batch])
                 for event in batch:
                     await stream.ack(event)
 
@@ -257,11 +257,6 @@ async def run_scorer(stream: Any, processor: RequestProcessor, batch_size: int) 
                 waiting.cancel()
     finally:
         task.cancel()
-
-
-def _raw(event: Any) -> RawMessage:
-    m = event.message
-    return RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
 
 
 def _patch_fetch_max_wait() -> None:
@@ -379,7 +374,7 @@ def create_app(
                 await runtime.requests()  # so a model scorer hears about items
             processor = await runtime.catalog()
             async for batch in stream.noack_take(500, within=0.2):
-                await processor.process([_raw(e) for e in batch])
+                await processor.process([e.message for e in batch])
                 for event in batch:
                     await stream.ack(event)
 

@@ -59,7 +59,7 @@ SendMany = Callable[[str, Sequence[tuple[int, bytes | None, bytes]]], Awaitable[
 class RawMessage:
     """A message as it came off the topic (what a dead letter must carry).
 
-    The ingest agent hands Faust's own messages over as they are: they have these fields too.
+    The agents hand Faust's own messages over as they are: they have these fields too.
     """
 
     topic: str
@@ -586,10 +586,10 @@ class IngestProcessor:
             limit = settings.topics.partitions
             writer, lone = self._training, batch.lone
             sizes = [len(m) if m is not None else event_size(e) for e, m in zip(events, lone, strict=True)]
-            # One message per partition of the write, unless it would pass max_bytes: a user's events
-            # then all come with their history as the script gave it (Avro bytes, copied as they are).
+            # One message per partition of the write (no cap by count), unless it would pass max_bytes:
+            # a user's events then all come with their history as the script gave it (Avro, copied).
             plans = plan_training(events, outcome.new, batch.partitions, outcome.prior_history, pool.array,
-                                  negatives, length, self.rng, max_events=max(500, len(events)), sizes=sizes,
+                                  negatives, length, self.rng, max_events=len(events), sizes=sizes,
                                   longest_item=pool.longest)
             records: list[tuple[int, bytes | None, bytes]] = []
             examples = 0
