@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     # that answers as soon as data arrives (Kafka) makes this only the idle poll interval; the
     # embedded one holds a fetch up to about half of it, so it also bounds a reply's delay.
     reply_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    # The largest message the broker accepts (Kafka's message.max.bytes / max.request.size: about
+    # 1 MB by default). EventProducer splits envelopes below it and refuses a single event above it;
+    # workers never publish a message above it (a dead letter keeps the head of its raw bytes).
+    max_message_bytes: int = Field(default=1_000_000, ge=1_024)
+    # A dead letter copies at most this many raw bytes of the message it stands for; above it, it
+    # keeps their size, sha256 and the original topic/partition/offset to find the rest.
+    dead_letter_max_raw_bytes: int = Field(default=64 * 1024, ge=0)
     # Faust's own Monitor sensor (per-message statistics in Python); off on the hot path by default.
     faust_monitor: bool = False
     # The worker's cyclic garbage collector runs once this many objects were allocated and not freed
