@@ -3,10 +3,16 @@
 Decoding resolves the writer's schema (found by id in the registry) against our current reader
 schema, so records written by an older or newer producer decode as long as the change is compatible
 (e.g. a new field with a default). Anything wrong with the bytes raises :class:`DecodeError`.
+
+Decoding is strict about enum and union positions: fastavro reads them as signed varints and
+indexes a Python list with them, so -1 would silently mean the last symbol (an ``action`` of
+``skip``) or the last branch. The writer schemas decoding uses hold those lists as
+:class:`_IndexGuard`, which turns a negative position into an error at no cost to valid ones.
 """
 
 from __future__ import annotations
 
+import copy
 import struct
 from collections.abc import Iterable, Mapping
 from io import BytesIO
@@ -23,6 +29,85 @@ __all__ = ["AvroCodec", "MAGIC_BYTE", "HEADER_SIZE", "read_header"]
 MAGIC_BYTE = 0
 HEADER_SIZE = 5
 _HEADER = struct.Struct(">bI")
+
+
+class _IndexGuard(list):  # type: ignore[type-arg]
+    """An enum's symbols or a union's branches, in a schema used only for decoding, that refuse a
+    negative position.
+
+    fastavro's compiled reader indexes these lists with the position it read; for a negative one,
+    and only then, it asks for the length to wrap it around (Cython's generic item access on a list
+    subclass). A length that raises makes that an error, while valid positions index in C as before.
+    Nothing else may ask a guarded list its length; the codec keeps these copies to itself.
+    """
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        raise IndexError("negative enum or union position")
+
+
+class _CheckedIndexGuard(_IndexGuard):
+    """The guard for a fastavro reader that wraps negative positions without asking the length
+    (its pure Python reader): checks every position, at the cost of a Python call per read."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: Any) -> Any:
+        if type(index) is int and index < 0:
+            raise IndexError(f"negative enum or union position {index}")
+        return list.__getitem__(self, index)
+
+
+def _pick_guard() -> type[_IndexGuard]:
+    """The cheapest guard that makes this fastavro refuse position -1 of an enum."""
+    for guard in (_IndexGuard, _CheckedIndexGuard):
+        probe: Any = parse_schema({"type": "enum", "name": "RippleProbe", "symbols": ["a", "b"]})
+        probe["symbols"] = guard(probe["symbols"])
+        try:
+            schemaless_reader(BytesIO(b"\x01"), probe, None)  # zigzag 1 is -1
+        except IndexError:
+            return guard
+    raise ImportError("this fastavro reads a negative enum position through every guard: no strict decoding")
+
+
+_GUARD = _pick_guard()
+
+
+def _guard_positions(schema: Any) -> Any:
+    """``schema`` (a parsed writer schema, changed in place) with its enums' symbols and its unions
+    guarded, named types included; call on a copy, as encoding must never see a guarded list.
+
+    A named type is met twice (inline and in ``__named_schemas``, the same dict): what is guarded
+    already stays as it is, since building a list from a guarded one would ask its length.
+    """
+    if isinstance(schema, list):
+        branches = [_guard_positions(branch) for branch in schema]
+        return schema if isinstance(schema, _IndexGuard) else _GUARD(branches)
+    if not isinstance(schema, dict):
+        return schema  # a primitive or a named type's name
+    kind = schema.get("type")
+    if kind == "enum" and not isinstance(schema["symbols"], _IndexGuard):
+        schema["symbols"] = _GUARD(schema["symbols"])
+    elif kind in ("record", "error"):
+        for field in schema["fields"]:
+            field["type"] = _guard_positions(field["type"])
+    elif kind == "array":
+        schema["items"] = _guard_positions(schema["items"])
+    elif kind == "map":
+        schema["values"] = _guard_positions(schema["values"])
+    elif isinstance(kind, dict | list):
+        schema["type"] = _guard_positions(kind)
+    named = schema.get("__named_schemas")
+    if named:
+        for name, named_schema in named.items():
+            named[name] = _guard_positions(named_schema)
+    return schema
+
+
+def _strict_writer(parsed: Any) -> Any:
+    """A decoding copy of a parsed writer schema that refuses negative enum and union positions."""
+    return _guard_positions(copy.deepcopy(parsed))
 
 
 def read_header(data: bytes) -> int:
@@ -59,7 +144,7 @@ class AvroCodec:
         self._ids: dict[str, int] = {}
         self._headers: dict[str, bytes] = {}
         self._canonical: dict[str, str] = {}
-        self._writers: dict[int, Any] = {}  # schema id -> parsed writer schema
+        self._writers: dict[int, Any] = {}  # schema id -> parsed writer schema, guarded for decoding
         for name, schema in self._raw.items():
             parsed = parse_schema(schema)
             schema_id = self.registry.register(full_name(schema), schema)
@@ -67,7 +152,7 @@ class AvroCodec:
             self._ids[name] = schema_id
             self._headers[name] = _HEADER.pack(MAGIC_BYTE, schema_id)
             self._canonical[name] = canonical_form(schema)
-            self._writers[schema_id] = parsed
+            self._writers[schema_id] = _strict_writer(parsed)
 
     @classmethod
     def from_settings(cls, settings: Any, redis_client: Any = None) -> AvroCodec:
@@ -127,7 +212,7 @@ class AvroCodec:
                 raise
             except Exception as exc:  # a registry backend failing is still "unknown id" to the caller
                 raise UnknownSchemaError(schema_id, str(exc)) from exc
-            writer = parse_schema(raw)
+            writer = _strict_writer(parse_schema(raw))
             self._writers[schema_id] = writer
         return writer
 
