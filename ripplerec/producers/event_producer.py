@@ -3,7 +3,9 @@
 A thin, synchronous layer on kafka-python's ``KafkaProducer``: every input is validated (typed
 errors naming the field) and Avro-encoded before it is handed to the producer, which batches and
 sends in its own I/O thread. ``acks="all"``; records are keyed by user id (events) or item id
-(items), so one user's events stay in order on one partition.
+(items), so one user's events stay in order on one partition. No message is larger than
+``settings.max_message_bytes``: envelopes are cut by bytes, and a record too large for a message
+of its own is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from kafka.partitioner import DefaultPartitioner
 from kafka.partitioner.default import murmur2
 
 from ripplerec.config import Settings, get_settings
-from ripplerec.schemas import AvroCodec
+from ripplerec.schemas import HEADER_SIZE, AvroCodec
 
-from .errors import PublishError, ValidationError
+from .errors import MessageTooLargeError, PublishError, ValidationError
 from .uuid7 import uuid7
 from .validation import EVENT_FIELDS, RecordValidator
 
@@ -42,8 +44,20 @@ DEFAULT_PRODUCER_KWARGS: dict[str, Any] = {
     "batch_size": 256 * 1024,
     "max_request_size": 4 * 1024 * 1024,
 }
-# Room an EventBatch leaves under max_request_size for the record and request framing.
-_ENVELOPE_SLACK_BYTES = 16 * 1024
+# Room left under the broker's limit for what Kafka wraps around a record's key and value: a v2
+# record batch header (61 B) and the record's own header (at most 32 B: length, attributes,
+# timestamp and offset deltas, key and value lengths, header count; formats v0/v1 add at most
+# 34 B), rounded up to 128 B. The broker checks a batch as compressed, and gzip, lz4 and zstd
+# frame a batch that does not compress in well under 1% more: the margin adds 1% of the limit.
+_RECORD_FRAMING_BYTES = 128
+_COMPRESSION_SLACK_DIVISOR = 100
+# Bounds for a cheap upper estimate of a BehaviorEvent's Avro body (no encoding): per event, the
+# three id lengths (5 B each), action (10), value's union index and double (9), ts (10), and the
+# context map's count and end byte (11); per context entry, its key and value lengths (5 B each);
+# per character, UTF-8's most (4 B).
+_EVENT_FIXED_BYTES = 55
+_CONTEXT_ENTRY_BYTES = 10
+_UTF8_MAX_BYTES = 4
 _PARTITION_CACHE_SIZE = 100_000
 # How often a cache miss re-reads the topic's partitions (to notice added partitions).
 _PARTITIONS_RECHECK_S = 5.0
@@ -59,16 +73,22 @@ class EventProducer:
     codec:
         The Avro codec; one on the settings' schema registry by default.
     envelope:
-        Throughput mode: ``track_many`` groups events by partition and sends each group as one
-        ``EventBatch`` message (single ``track`` calls still send plain events).
+        Throughput mode: ``track_many`` groups events by partition and sends each group as
+        ``EventBatch`` messages, as few as fit (single ``track`` calls still send plain events).
     producer_kwargs:
         Extra ``KafkaProducer`` arguments (``linger_ms``, ``compression_type``, ...).
     max_envelope_events:
         The most events one ``EventBatch`` carries.
 
+    No message carries more than :attr:`max_record_bytes` of key and value: the smaller of
+    ``settings.max_message_bytes`` and ``max_request_size``, less a margin for Kafka's framing
+    (128 B and 1%). ``batch_size`` is capped to it too, as the broker's limit applies to a batch.
+    A record too large for a message of its own raises :class:`MessageTooLargeError` before
+    anything is sent.
+
     Sends are asynchronous: a broker that rejects a record is reported as :class:`PublishError`
-    by the next :meth:`flush` or :meth:`close`. Errors known at send time (no metadata, buffer full,
-    record too large) raise :class:`PublishError` at once.
+    by the next :meth:`flush` or :meth:`close`. Errors known at send time (no metadata, buffer full)
+    raise :class:`PublishError` at once.
     """
 
     def __init__(
@@ -96,7 +116,18 @@ class EventProducer:
             **DEFAULT_PRODUCER_KWARGS,
             **(producer_kwargs or {}),
         }
-        self._max_message_bytes = int(config["max_request_size"]) - _ENVELOPE_SLACK_BYTES
+        max_request_size = int(config["max_request_size"])
+        if self.settings.max_message_bytes <= max_request_size:
+            limit, self._limit_name = self.settings.max_message_bytes, "settings.max_message_bytes"
+        else:
+            limit, self._limit_name = max_request_size, "max_request_size"
+        self._limit_name += f" {limit:,}"
+        #: The most key and value bytes one message carries (the limit less Kafka's framing).
+        self.max_record_bytes = limit - _RECORD_FRAMING_BYTES - limit // _COMPRESSION_SLACK_DIVISOR
+        # The broker's limit applies to a whole record batch, so no batch may outgrow it either.
+        config["batch_size"] = min(int(config["batch_size"]), self.max_record_bytes)
+        # A user id key's most UTF-8 bytes: with it, one comparison clears a whole call's sizes.
+        self._max_key_bytes = _UTF8_MAX_BYTES * self.settings.limits.max_id_length
         try:
             self._producer = KafkaProducer(**config)
         except kafka_errors.KafkaError as exc:
@@ -114,6 +145,9 @@ class EventProducer:
         self._encode_event = self._encoder("BehaviorEvent")
         self._encode_batch = self._encoder("EventBatch")
         self._encode_item = self._encoder("ItemUpsert")
+        # An empty EventBatch is the wire header and the array's end byte: envelopes cut by
+        # bytes are framed around their events' encoded bodies with this header.
+        self._batch_header = self._encode_batch({"events": []})[:-1]
 
     def _encoder(self, name: str) -> Callable[[Mapping[str, Any]], bytes]:
         return functools.partial(self.codec.encode, name)  # C-level partial: one frame less per event
@@ -132,6 +166,8 @@ class EventProducer:
         """Publish one behaviour event; returns its event id (a new UUIDv7 unless given).
 
         ``ts`` is a ``datetime`` (naive means UTC), epoch milliseconds, or ``None`` for now.
+        An event whose message would pass :attr:`max_record_bytes` raises
+        :class:`MessageTooLargeError` and is not sent.
         """
         if self._closed:
             raise PublishError("this EventProducer is closed", topic=self.events_topic)
@@ -140,12 +176,14 @@ class EventProducer:
         event_id = uuid7() if event_id is None else validator.check_id("event_id", event_id)
         record = validator.behavior_event(event_id, user_id, item_id, action, value, ts, context, now_ms)
         user: str = record["user_id"]
+        key = user.encode("utf-8")
+        value = self._encode_event(record)
+        if len(key) + len(value) > self.max_record_bytes:
+            raise self._too_large("BehaviorEvent", record, len(key) + len(value))
         topic = self.events_topic
         try:  # _publish inlined: this is the per-event path
             # The cached key -> partition map spares kafka-python's pure-Python murmur2 per send.
-            future = self._send(
-                topic, value=self._encode_event(record), key=user.encode("utf-8"), partition=self._partition_for(user)
-            )
+            future = self._send(topic, value=value, key=key, partition=self._partition_for(user))
         except kafka_errors.KafkaError as exc:
             raise PublishError(f"could not send to {topic!r}: {exc}", topic=topic) from exc
         future.add_errback(self._on_send_error)
@@ -154,21 +192,21 @@ class EventProducer:
     def track_many(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
         """Publish many events (mappings with ``track``'s argument names); returns their event ids.
 
-        Every event is validated before any is sent, so one bad event sends none; the error's
-        ``index`` says which. In envelope mode the events travel as ``EventBatch`` messages.
+        Every event is validated and every message built before the first is sent, so one bad
+        event sends none; the error's ``index`` says which. That includes size: an event too large
+        for a message of its own (:attr:`max_record_bytes`) raises :class:`MessageTooLargeError`.
+
+        In envelope mode the events travel as ``EventBatch`` messages of at most
+        ``max_envelope_events`` events and :attr:`max_record_bytes` bytes each; a partition's
+        events keep their order across its envelopes, which are sent in that order.
         """
         if self._closed:
             raise PublishError("this EventProducer is closed", topic=self.events_topic)
         records = self._build_events(events)
-        if self.envelope:
-            self._send_envelopes(records)
-        else:
-            send, topic, encode, partition_of = (
-                self._publish, self.events_topic, self._encode_event, self._partition_for
-            )
-            for record in records:
-                user = record["user_id"]
-                send(topic, user, encode(record), partition_of(user))
+        messages = self._envelopes(records) if self.envelope else self._plain_messages(records)
+        send, topic = self._publish, self.events_topic
+        for partition, user, value in messages:
+            send(topic, user, value, partition)
         return [record["event_id"] for record in records]
 
     def _build_events(self, events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -201,7 +239,27 @@ class EventProducer:
                 raise exc.at(index) from None
         return records
 
-    def _send_envelopes(self, records: list[dict[str, Any]]) -> None:
+    def _plain_messages(self, records: list[dict[str, Any]]) -> list[tuple[int, str, bytes]]:
+        """One ``(partition, key, value)`` per event, each checked against the message limit."""
+        values = [self._encode_event(record) for record in records]
+        if values and max(map(len, values)) + self._max_key_bytes > self.max_record_bytes:
+            for index, (record, value) in enumerate(zip(records, values, strict=True)):
+                size = len(record["user_id"].encode("utf-8")) + len(value)
+                if size > self.max_record_bytes:
+                    raise self._too_large("BehaviorEvent", record, size, index)
+        partition_of = self._partition_for
+        return [
+            (partition_of(record["user_id"]), record["user_id"], value)
+            for record, value in zip(records, values, strict=True)
+        ]
+
+    def _envelopes(self, records: list[dict[str, Any]]) -> list[tuple[int, str, bytes]]:
+        """``(partition, key, value)`` of the ``EventBatch`` messages carrying ``records``, in order.
+
+        A chunk of ``max_envelope_events`` whose size bound fits one message is encoded as it is
+        (the usual case); from the first one that might not, the partition's events are encoded
+        one by one and cut by their exact sizes (:meth:`_cut_by_bytes`). No event is encoded twice.
+        """
         by_partition: dict[int, list[dict[str, Any]]] = {}
         partition_of = self._partition_for
         for record in records:
@@ -211,19 +269,68 @@ class EventProducer:
                 by_partition[partition] = [record]
             else:
                 group.append(record)
-        size = self.max_envelope_events
+        size, encode = self.max_envelope_events, self._encode_batch
+        # What a chunk's bodies may take: the limit less the longest key and the envelope's framing.
+        room = self.max_record_bytes - self._max_key_bytes - HEADER_SIZE - _avro_long_size(size) - 1
+        messages: list[tuple[int, str, bytes]] = []
         for partition, group in by_partition.items():
             for start in range(0, len(group), size):
-                self._send_envelope(partition, group[start : start + size])
+                chunk = group[start : start + size]
+                if _bodies_bound(chunk) > room:
+                    messages.extend(self._cut_by_bytes(partition, group[start:], records))
+                    break
+                messages.append((partition, chunk[0]["user_id"], encode({"events": chunk})))
+        return messages
 
-    def _send_envelope(self, partition: int, events: list[dict[str, Any]]) -> None:
-        value = self._encode_batch({"events": events})
-        if len(value) > self._max_message_bytes and len(events) > 1:
-            half = len(events) // 2  # too big for one message: split until each part fits
-            self._send_envelope(partition, events[:half])
-            self._send_envelope(partition, events[half:])
-            return
-        self._publish(self.events_topic, events[0]["user_id"], value, partition)
+    def _cut_by_bytes(
+        self, partition: int, group: list[dict[str, Any]], records: list[dict[str, Any]]
+    ) -> list[tuple[int, str, bytes]]:
+        """Envelopes of one partition's ``group`` (in order), each as full as the limits allow."""
+        parts = [self._encode_event(record) for record in group]
+        limit, most = self.max_record_bytes, self.max_envelope_events
+        messages: list[tuple[int, str, bytes]] = []
+        start = 0  # the open envelope's first event
+        fixed = bodies = 0  # its key, header and end byte; its events' bodies
+        for i, part in enumerate(parts):
+            body = len(part) - HEADER_SIZE
+            count = i - start + 1  # the open envelope's events with this one
+            if count > 1 and (count > most or fixed + _avro_long_size(count) + bodies + body > limit):
+                messages.append((partition, group[start]["user_id"], self._frame(parts[start:i])))
+                start, count = i, 1
+            if count == 1:  # this event opens an envelope; alone, it has to fit
+                fixed, bodies = len(group[i]["user_id"].encode("utf-8")) + HEADER_SIZE + 1, 0
+                size = fixed + _avro_long_size(1) + body
+                if size > limit:
+                    index = next(n for n, record in enumerate(records) if record is group[i])
+                    raise self._too_large("BehaviorEvent", group[i], size, index)
+            bodies += body
+        messages.append((partition, group[start]["user_id"], self._frame(parts[start:])))
+        return messages
+
+    def _frame(self, parts: list[bytes]) -> bytes:
+        """The ``EventBatch`` of these encoded ``BehaviorEvent``s, byte for byte what encoding it gives.
+
+        Avro writes an array as blocks of a count and that many items, ended by a zero count;
+        fastavro writes one block, and so does this.
+        """
+        bodies = [memoryview(part)[HEADER_SIZE:] for part in parts]
+        return b"".join([self._batch_header, _avro_long(len(parts)), *bodies, b"\x00"])
+
+    def _too_large(
+        self, name: str, record: Mapping[str, Any], size: int, index: int | None = None
+    ) -> MessageTooLargeError:
+        """The error for a record whose message (``size`` bytes, key included) does not fit."""
+        field = max(record, key=lambda f: _rough_size(record[f]))
+        which = record["event_id"] if "event_id" in record else repr(record["item_id"])
+        error = MessageTooLargeError(
+            field,
+            f"is the largest field of {name} {which}, whose message would be {size:,} bytes (key "
+            f"included), more than the {self.max_record_bytes:,} bytes one message may carry "
+            f"({self._limit_name} less room for Kafka's framing)",
+            size=size,
+            limit=self.max_record_bytes,
+        )
+        return error if index is None else error.at(index)
 
     def _partition_for(self, user_id: str) -> int:
         """The partition the producer's partitioner maps this user-id key to (cached)."""
@@ -276,6 +383,8 @@ class EventProducer:
 
         ``relations`` are ``(relation, target)`` pairs or ``{"relation": ..., "target": ...}``
         mappings (e.g. ``("director", "Jane Campion")``). ``deleted=True`` marks the item gone.
+        An item whose message would pass :attr:`max_record_bytes` (a long ``image_vector``, or
+        limits raised) raises :class:`MessageTooLargeError` and is not sent.
         """
         record = self._validator.item_upsert(
             item_id,
@@ -288,7 +397,11 @@ class EventProducer:
             updated_at,
             time.time_ns() // 1_000_000,
         )
-        self._publish(self.items_topic, record["item_id"], self._encode_item(record))
+        value = self._encode_item(record)
+        size = len(record["item_id"].encode("utf-8")) + len(value)
+        if size > self.max_record_bytes:
+            raise self._too_large("ItemUpsert", record, size)
+        self._publish(self.items_topic, record["item_id"], value)
 
     # -- sending ---------------------------------------------------------------------------------
     def _publish(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:
@@ -348,3 +461,47 @@ class EventProducer:
     def __repr__(self) -> str:
         mode = "envelope" if self.envelope else "plain"
         return f"<EventProducer {self.settings.bootstrap_servers} {self.events_topic} ({mode})>"
+
+
+def _bodies_bound(records: list[dict[str, Any]]) -> int:
+    """An upper bound on the Avro bytes of these ``BehaviorEvent`` records' bodies, without encoding."""
+    chars = entries = 0
+    for record in records:
+        chars += len(record["event_id"]) + len(record["user_id"]) + len(record["item_id"])
+        context = record["context"]
+        if context:
+            entries += len(context)
+            for key, value in context.items():
+                chars += len(key) + len(value)
+    return _UTF8_MAX_BYTES * chars + _EVENT_FIXED_BYTES * len(records) + _CONTEXT_ENTRY_BYTES * entries
+
+
+def _avro_long(n: int) -> bytes:
+    """Avro's encoding of a long: zigzag, then 7 bits a byte, low first.
+
+    >>> _avro_long(0), _avro_long(3), _avro_long(500)
+    (b'\\x00', b'\\x06', b'\\xe8\\x07')
+    """
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _avro_long_size(n: int) -> int:
+    """How many bytes :func:`_avro_long` takes for ``n >= 0``."""
+    return max(1, ((n << 1).bit_length() + 6) // 7)
+
+
+def _rough_size(value: Any) -> int:
+    """About how many bytes a field's value encodes to (to name a record's largest field)."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, Mapping):
+        return sum(_rough_size(key) + _rough_size(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_rough_size(item) for item in value)
+    return 4  # a number: image_vector's are Avro floats
