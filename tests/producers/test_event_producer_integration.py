@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
 from ripplerec.config import Settings
-from ripplerec.producers import EventProducer, PublishError
+from ripplerec.producers import EventProducer, MessageTooLargeError, PublishError
 from ripplerec.schemas import AvroCodec
 
 pytestmark = pytest.mark.integration
@@ -120,6 +120,48 @@ def test_envelopes_split_when_too_large_for_one_message(settings: Settings, code
     assert [e["event_id"] for batch in decoded for e in batch] == ids
 
 
+def test_a_few_megabytes_in_envelopes_under_max_message_bytes_all_read_back(
+    settings: Settings, codec: AvroCodec
+) -> None:
+    """The measured bug: one track_many of 3.2 MB became one envelope the broker refused."""
+    limit = 200_000
+    settings = settings.model_copy(update={"max_message_bytes": limit})
+    pad = {f"k{j}": f"{j}" * 1_000 for j in range(2)}
+    events = [  # most on one user, so one partition alone holds several megabytes
+        {"user_id": "heavy" if i % 4 else f"user-{i % 13}", "item_id": f"i{i}", "action": "view",
+         "context": pad if i % 3 else None}
+        for i in range(4_800)
+    ]
+    with EventProducer(settings, codec=codec, envelope=True) as producer:
+        ids = producer.track_many(events)
+    assert sum(len(e["context"] or {}) for e in events) * 1_000 > 3_000_000
+
+    consumer = KafkaConsumer(
+        **settings.kafka_client_kwargs(), api_version=settings.api_version_tuple, enable_auto_commit=False
+    )
+    read: dict[int, list[dict[str, Any]]] = {}
+    sizes: list[int] = []
+    try:
+        topic = settings.topics.events
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + 30
+        while sum(map(len, read.values())) < len(events) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                for message in batch:
+                    sizes.append(len(message.key) + len(message.value))
+                    inner = codec.decode("EventBatch", message.value)["events"]
+                    read.setdefault(message.partition, []).extend(inner)
+    finally:
+        consumer.close(autocommit=False)
+    assert max(sizes) <= producer.max_record_bytes < limit and len(sizes) > 3_000_000 // limit
+    for partition, got in read.items():  # every event once, each partition in the order given
+        given = [(ids[i], e["item_id"]) for i, e in enumerate(events)
+                 if expected_partition(e["user_id"], settings.topics.partitions) == partition]
+        assert [(e["event_id"], e["item_id"]) for e in got] == given
+    assert sorted(e["event_id"] for got in read.values() for e in got) == sorted(ids)
+
+
 def test_publish_item_lands_on_the_items_topic(settings: Settings, codec: AvroCodec) -> None:
     with EventProducer(settings, codec=codec) as producer:
         producer.publish_item(
@@ -139,8 +181,9 @@ def test_publish_item_lands_on_the_items_topic(settings: Settings, codec: AvroCo
 
 
 def test_broker_failures_surface_as_publish_error(settings: Settings, codec: AvroCodec) -> None:
+    # A record over the producer's max_request_size is refused before kafka-python sees it.
     with EventProducer(settings, codec=codec, producer_kwargs={"max_request_size": 2048}) as producer:
-        with pytest.raises(PublishError):
+        with pytest.raises(MessageTooLargeError):
             producer.track("u", "i", "view", context={f"k{j}": "x" * 900 for j in range(3)})
     # A failure the broker reports after the send: kafka-python's idempotent mode, which the
     # embedded broker does not implement (InitProducerId fails).
