@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     # A dead letter copies at most this many raw bytes of the message it stands for; above it, it
     # keeps their size, sha256 and the original topic/partition/offset to find the rest.
     dead_letter_max_raw_bytes: int = Field(default=64 * 1024, ge=0)
+    # /health turns 503 when an agent's oldest batch has been in flight this long (Redis down, the
+    # broker refusing writes: the batch is retried, not skipped, so the agent stalls).
+    health_stall_s: float = Field(default=60.0, gt=0)
     # Faust's own Monitor sensor (per-message statistics in Python); off on the hot path by default.
     faust_monitor: bool = False
     # The worker's cyclic garbage collector runs once this many objects were allocated and not freed

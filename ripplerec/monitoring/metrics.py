@@ -36,6 +36,17 @@ class StreamMetrics:
         self.dead_letters = Counter(
             "ripplerec_dead_letters", "Messages sent to the dead letter topic", ["topic", "error_type"], registry=r
         )
+        self.log_resets = Counter(
+            "ripplerec_log_resets",
+            "Partitions whose log turned out to be a new one (topic recreated or truncated, fresh broker): "
+            "their watermarks were reset and their events applied",
+            ["topic"], registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "ripplerec_dead_letters_truncated",
+            "Dead letters that carry only the head of a message too large to copy (with its size and sha256)",
+            ["topic"], registry=r,
+        )
         self.ingest_batch_seconds = Histogram(
             "ripplerec_ingest_batch_seconds", "Time to decode, apply and emit one ingest batch",
             buckets=_BATCH_BUCKETS, registry=r,

@@ -20,6 +20,10 @@ Key layout under a prefix ``P`` (the app id unless configured):
                               below it again is a redelivered message
 ``P:tw:{partition}``   string  offset up to which the training examples of that partition's
                               messages are known to be delivered (advanced by the next batch)
+``P:la:{partition}``   string  ``offset:fingerprint`` of a message of that partition's log applied
+                              from (its anchor): a log that lacks it, or holds another message
+                              there, is a new log (recreated topic, fresh broker) and the
+                              partition's watermarks are reset (see ``streams/log_identity.py``)
 ``P:rl:{user}``        string  proactive rate limit marker (expires after the interval)
 ``P:pop``              zset    item -> event count (skips excluded)
 ``P:popd``             zset    item -> log2 of time-decayed popularity
@@ -30,8 +34,9 @@ Key layout under a prefix ``P`` (the app id unless configured):
 =====================  ======  ==========================================================
 
 Nothing is kept per event: memory is bounded by users, items and partitions. The watermarks are per
-partition number, so after the events topic is recreated (offsets start again at 0) delete
-``P:aw:*`` and ``P:tw:*``, or its first messages are taken for redeliveries.
+partition number; the anchors (``P:la``) say which log they belong to, and the ingest agent checks
+them whenever its reading of a partition starts or jumps, resetting a partition's watermarks when its
+log turned out to be a new one (:meth:`RedisProfileStore.reset_partition`).
 
 Profile keys slide their TTL with writes (refreshed when older than a sixteenth of it). The history
 lives in the profile hash rather than in a list, so a batch touches each user with one HGETALL, one
@@ -88,6 +93,12 @@ local packed = ARGV[10]
 -- to that offset were delivered (the previous batch's), so its training watermark moves up
 -- ARGV[12]: the popularity half-life in seconds: an event adds 2 ^ (ts / 1000 / half_life) (in log2)
 local half_life = tonumber(ARGV[12])
+-- ARGV[13]: 'partition\31offset\31fingerprint' triples, '\30'-separated: a message of this batch (its
+-- partition's last), kept as P:la:{partition} = 'offset:fingerprint' so a worker can later tell whether
+-- the log it reads is the one the watermarks came from (ripplerec.streams.log_identity)
+for part, off, fp in gmatch(ARGV[13] or '', '([^\30\31]+)\31([^\30\31]+)\31([^\30]+)') do
+  call('SET', p .. ':la:' .. part, off .. ':' .. fp)
+end
 local tw = {}
 for part, off in gmatch(ARGV[11] or '', '([^\30\31]+)\31([^\30]+)') do
   local key = p .. ':tw:' .. part
@@ -530,6 +541,10 @@ return {table.concat(hist, '\30'), table.concat(consumed, '\30'), pop, table.con
 _BINARY_FIELDS = frozenset({b"ah", b"al"})
 
 
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def _split(raw: str) -> list[str]:
     return raw.split(LIST_SEP) if raw else []
 
@@ -609,6 +624,7 @@ class RedisProfileStore:
         prior_history: int,
         sources: Sequence[str] | None = None,
         delivered: Mapping[int, int] | None = None,
+        anchors: Mapping[int, tuple[int, str]] | None = None,
     ) -> list[Any]:
         """The script's arguments for a batch (pure; exposed for benchmarks and tests)."""
         params = self.params
@@ -636,6 +652,7 @@ class RedisProfileStore:
             packed,
             marks,
             repr(float(params.half_life_s)),
+            LIST_SEP.join(f"{partition}{sep}{offset}{sep}{fp}" for partition, (offset, fp) in (anchors or {}).items()),
         ]
 
     async def apply_batch(
@@ -646,13 +663,14 @@ class RedisProfileStore:
         prior_history: int = 0,
         sources: Sequence[str] | None = None,
         delivered: Mapping[int, int] | None = None,
+        anchors: Mapping[int, tuple[int, str]] | None = None,
     ) -> BatchOutcome:
         if not events:
-            if delivered:
-                await self._run_apply(self.batch_args([], now_ms, 0, [], delivered))
+            if delivered or anchors:
+                await self._run_apply(self.batch_args([], now_ms, 0, [], delivered, anchors))
             return BatchOutcome(new=[])
         flags, pre_head, pre, proactive, replay = await self._run_apply(
-            self.batch_args(events, now_ms, prior_history, sources, delivered)
+            self.batch_args(events, now_ms, prior_history, sources, delivered, anchors)
         )
         prior = _avro_histories(pre_head, pre)
         stored = self._histories(replay.decode()) if replay else {}
@@ -821,6 +839,24 @@ class RedisProfileStore:
 
     async def count_profiles(self) -> int:
         return int(await self.client.get(f"{self.prefix}:users") or 0)
+
+    async def partition_marks(self, partition: int) -> tuple[int | None, tuple[int, str] | None]:
+        """The applied watermark's offset of ``partition`` and its log anchor ``(offset, fingerprint)``."""
+        p = self.prefix
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(f"{p}:aw:{partition}")
+            pipe.get(f"{p}:la:{partition}")
+            applied, anchor = await pipe.execute()
+        mark = int(_text(applied).split(":")[0]) if applied else None
+        if not anchor:
+            return mark, None
+        offset, _, fingerprint = _text(anchor).partition(":")
+        return mark, (int(offset), fingerprint)
+
+    async def reset_partition(self, partition: int) -> None:
+        """Forget which events of ``partition`` were applied: its log is a new one (see ``P:la``)."""
+        p = self.prefix
+        await self.client.delete(f"{p}:aw:{partition}", f"{p}:tw:{partition}", f"{p}:la:{partition}")
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())

@@ -63,6 +63,7 @@ class ProfileStore(Protocol):
         prior_history: int = 0,
         sources: Sequence[str] | None = None,
         delivered: Mapping[int, int] | None = None,
+        anchors: Mapping[int, tuple[int, str]] | None = None,
     ) -> BatchOutcome:
         """Apply decoded, validated events atomically and idempotently (one round trip).
 
@@ -73,7 +74,17 @@ class ProfileStore(Protocol):
         :func:`ripplerec.profiles.profile.apply_batch`). ``delivered`` maps partitions to the offset
         up to which the training examples of their messages were delivered. With both, a
         redelivered message above that offset comes back flagged in ``BatchOutcome.replayed``.
+        ``anchors`` maps partitions to ``(offset, fingerprint)`` of one of the batch's messages,
+        kept (with the watermarks, atomically) to tell later whether a log is still the same one.
         """
+        ...
+
+    async def partition_marks(self, partition: int) -> tuple[int | None, tuple[int, str] | None]:
+        """The offset of the last message applied from ``partition`` and its log's anchor, if any."""
+        ...
+
+    async def reset_partition(self, partition: int) -> None:
+        """Forget the watermarks and anchor of ``partition`` (its log was replaced by a new one)."""
         ...
 
     async def get_profile(self, user_id: str) -> Profile | None: ...

@@ -154,6 +154,9 @@ class DeadLetter(TypedDict):
     error: str
     agent: str
     ts: int
+    raw_size: int | None
+    raw_sha256: str | None
+    key_size: int | None
 
 
 #: Record name (as in ``SCHEMA_FILES``) -> its Python type.

@@ -29,7 +29,9 @@ from ripplerec.config import Settings
 from ripplerec.monitoring import CONTENT_TYPE, StreamMetrics
 from ripplerec.schemas import AvroCodec
 from ripplerec.streams.ingest import CatalogProcessor, IngestProcessor, ItemPool
+from ripplerec.streams.log_identity import KafkaLogProbe
 from ripplerec.streams.scoring import RequestProcessor, make_backend
+from ripplerec.streams.supervision import AgentHealth, OnFatal, park, supervise
 
 __all__ = ["create_app", "faust_config", "bare_app", "Runtime", "ROLES", "faust_credentials"]
 
@@ -63,10 +65,12 @@ def faust_credentials(settings: Settings) -> Any:
 class Runtime:
     """Per-worker resources created inside the event loop on first use (Redis, processors)."""
 
-    def __init__(self, app: faust.App, settings: Settings, metrics: StreamMetrics) -> None:
+    def __init__(self, app: faust.App, settings: Settings, metrics: StreamMetrics, on_fatal: OnFatal = park) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.health = AgentHealth(stall_after_s=settings.health_stall_s)
+        self.on_fatal = on_fatal
         self.codec = _worker_codec(settings)
         self.item_pool = ItemPool()
         self._store: Any = None
@@ -115,8 +119,13 @@ class Runtime:
     async def ingest(self) -> IngestProcessor:
         if self._ingest is None:
             self._ingest = IngestProcessor(self.settings, self.codec, await self.store(), self.send, self.metrics,
-                                           item_pool=self.item_pool, send_many=self.send_many)
+                                           item_pool=self.item_pool, send_many=self.send_many,
+                                           log_probe=KafkaLogProbe(self.settings), health=self.health)
         return self._ingest
+
+    async def supervise(self, agent: str, body: Any) -> None:
+        """Run an agent's body crash-only (see :mod:`ripplerec.streams.supervision`)."""
+        await supervise(agent, body, self.health, self.on_fatal)
 
     async def catalog(self) -> CatalogProcessor:
         if self._catalog is None:
@@ -147,7 +156,8 @@ def _worker_codec(settings: Settings) -> AvroCodec:
     return AvroCodec(RedisSchemaRegistry(client, key=f"{settings.redis_key_prefix}:schemas"))
 
 
-async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings) -> None:
+async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings,
+                     health: AgentHealth | None = None, name: str = "ingest") -> None:
     """Take batches; decode each while earlier ones are written; ack each once its write and publishes succeeded.
 
     Three stages, each batch going through them in order: this loop decodes, a writer task writes
@@ -174,10 +184,14 @@ async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings
             if not _ack_all(stream, events):
                 for event in events:
                     await stream.ack(event)
+            if health is not None:
+                health.settled(name)
 
     tasks = {asyncio.ensure_future(writer()), asyncio.ensure_future(settler())}
     try:
         async for batch in stream.noack_take(settings.ingest_batch_size, within=settings.ingest_batch_within_s):
+            if health is not None:
+                health.taken(name)
             prepared = processor.prepare([e.message for e in batch])  # Faust's messages have RawMessage's fields
             if writes.full():  # wait for the writer, or for a stage to fail
                 put = asyncio.ensure_future(writes.put((prepared, list(batch))))
@@ -216,7 +230,8 @@ def _ack_all(stream: Any, events: Sequence[Any]) -> bool:
     return True
 
 
-async def run_scorer(stream: Any, processor: RequestProcessor, batch_size: int) -> None:
+async def run_scorer(stream: Any, processor: RequestProcessor, batch_size: int,
+                     health: AgentHealth | None = None, name: str = "scorer") -> None:
     """Answer requests as they arrive, batching those that arrived while the previous batch was scored.
 
     No timer: a lone request is answered at once, and under load a batch is whatever queued up
@@ -238,9 +253,13 @@ async def run_scorer(stream: Any, processor: RequestProcessor, batch_size: int) 
                 batch = pending[:batch_size]
                 del pending[:batch_size]
                 room.set()
+                if health is not None:
+                    health.taken(name)
                 await processor.process_many([e.message for e in batch])
                 for event in batch:
                     await stream.ack(event)
+                if health is not None:
+                    health.settled(name)
 
     task = asyncio.ensure_future(answer())
     try:
@@ -340,9 +359,14 @@ def create_app(
     *,
     web: bool = True,
     metrics: StreamMetrics | None = None,
+    on_fatal: OnFatal = park,
     **overrides: Any,
 ) -> faust.App:
-    """A Faust app with the agents of ``roles``; ``overrides`` go to ``faust.App`` unchanged."""
+    """A Faust app with the agents of ``roles``; ``overrides`` go to ``faust.App`` unchanged.
+
+    ``on_fatal(agent, error)`` runs when an agent fails (it must not return): a worker process
+    exits (:func:`~ripplerec.streams.supervision.exit_process`); the default parks the agent.
+    """
     groups: set[str] = set()
     for role in roles:
         if role not in ROLES:
@@ -353,7 +377,7 @@ def create_app(
     app = faust.App(settings.app_id, **config)
     _tune(app, settings)
     metrics = metrics or StreamMetrics()
-    runtime = Runtime(app, settings, metrics)
+    runtime = Runtime(app, settings, metrics, on_fatal)
     app.ripple = runtime  # type: ignore[attr-defined]
     topics = settings.topics
 
@@ -362,29 +386,39 @@ def create_app(
 
         @app.agent(events_topic, name="ripple-ingest")
         async def ingest(stream: Any) -> None:
-            processor = await runtime.ingest()
-            await run_ingest(stream, processor, settings)
+            async def body() -> None:
+                await run_ingest(stream, await runtime.ingest(), settings, runtime.health)
+
+            await runtime.supervise("ingest", body)
 
     if "catalog" in groups:
         items_topic = app.topic(topics.items, key_type=bytes, value_type=bytes)
 
         @app.agent(items_topic, name="ripple-catalog")
         async def catalog(stream: Any) -> None:
-            if "scorer" in groups:
-                await runtime.requests()  # so a model scorer hears about items
-            processor = await runtime.catalog()
-            async for batch in stream.noack_take(500, within=0.2):
-                await processor.process([e.message for e in batch])
-                for event in batch:
-                    await stream.ack(event)
+            async def body() -> None:
+                if "scorer" in groups:
+                    await runtime.requests()  # so a model scorer hears about items
+                processor = await runtime.catalog()
+                async for batch in stream.noack_take(500, within=0.2):
+                    runtime.health.taken("catalog")
+                    await processor.process([e.message for e in batch])
+                    for event in batch:
+                        await stream.ack(event)
+                    runtime.health.settled("catalog")
+
+            await runtime.supervise("catalog", body)
 
     if "scorer" in groups:
         requests_topic = app.topic(topics.rec_requests, key_type=bytes, value_type=bytes)
 
         @app.agent(requests_topic, name="ripple-scorer", concurrency=settings.scorer_concurrency)
         async def scorer(stream: Any) -> None:
-            processor = await runtime.requests()  # one per worker, shared by the concurrent actors
-            await run_scorer(stream, processor, settings.scorer_batch_size)
+            async def body() -> None:
+                processor = await runtime.requests()  # one per worker, shared by the concurrent actors
+                await run_scorer(stream, processor, settings.scorer_batch_size, runtime.health)
+
+            await runtime.supervise("scorer", body)
 
     if web:
         _add_pages(app, runtime)
@@ -398,11 +432,18 @@ def _add_pages(app: faust.App, runtime: Runtime) -> None:
 
     @app.page("/health")
     async def health_page(web: Any, request: Any) -> Any:
+        """200 with ``ok`` or ``degraded`` (working, with notes to read); 503 when Redis is unreachable
+        or an agent died or stalled. Errors are named by type only: no internal host:port."""
+        report = runtime.health.report()
         try:
             store = await runtime.store()
-            ok = await asyncio.wait_for(store.ping(), timeout=1.0)
+            redis_ok = bool(await asyncio.wait_for(store.ping(), timeout=1.0))
+            report["redis"] = "ok" if redis_ok else "no answer"
         except Exception as exc:
-            return web.json({"status": "unhealthy", "redis": f"{type(exc).__name__}: {exc}"}, status=503)
-        return web.json({"status": "ok" if ok else "unhealthy", "redis": bool(ok)}, status=200 if ok else 503)
+            redis_ok = False
+            report["redis"] = f"unreachable ({type(exc).__name__})"
+        if not redis_ok:
+            report["status"] = "unhealthy"
+        return web.json(report, status=503 if report["status"] == "unhealthy" else 200)
 
 

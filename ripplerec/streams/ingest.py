@@ -10,11 +10,12 @@ succeeded, so the agent can ack the batch afterwards.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,6 +26,8 @@ from ripplerec.profiles import AvroHistory, BatchOutcome, ProfileEntry, ProfileS
 from ripplerec.schemas import AvroCodec, DecodeError
 from ripplerec.schemas.records import DeadLetter, TrainingBatch, TrainingExample
 from ripplerec.schemas.training import TrainingBatchWriter, batch_record, expand_training_batch, pick_negatives
+from ripplerec.streams.log_identity import LogProbe, fingerprint, log_change
+from ripplerec.streams.supervision import AgentHealth
 from ripplerec.streams.validation import InvalidRecord, validate_event, validate_item
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "PreparedBatch",
     "CatalogProcessor",
     "DeadLetterSink",
+    "dead_letter_record",
     "decode_events",
     "training_examples",
     "replayed_examples",
@@ -69,8 +73,43 @@ class RawMessage:
     value: bytes
 
 
+#: A dead letter's key (and its copy of the original key) keeps at most this many bytes.
+DEAD_LETTER_MAX_KEY_BYTES = 1024
+#: Room a dead letter leaves under ``max_message_bytes`` for everything but the raw bytes.
+_DEAD_LETTER_OVERHEAD = 24 * 1024
+
+
+def dead_letter_record(message: RawMessage, error_type: str, error: str, agent: str, max_raw: int,
+                       now_ms: int) -> DeadLetter:
+    """The dead letter of ``message`` (pure): a copy of its bytes, or their head, size and sha256.
+
+    A message is dead-lettered because something is wrong with it, often its size: copying it whole
+    could make the dead letter itself too large for the broker, and a dead letter that cannot be
+    published would stop the agent. Above ``max_raw`` bytes the record keeps the first ``max_raw``
+    bytes, the size and the sha256 of the whole value; topic, partition and offset find the original.
+    """
+    value = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
+    key = message.key
+    whole = len(value) <= max_raw
+    key_whole = key is None or len(key) <= DEAD_LETTER_MAX_KEY_BYTES
+    return {
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": key if key_whole else key[:DEAD_LETTER_MAX_KEY_BYTES],
+        "raw": value if whole else value[:max_raw],
+        "error_type": error_type,
+        "error": error[:4000],
+        "agent": agent,
+        "ts": now_ms,
+        "raw_size": None if whole else len(value),
+        "raw_sha256": None if whole else hashlib.sha256(value).hexdigest(),
+        "key_size": None if key_whole else len(key or b""),
+    }
+
+
 class DeadLetterSink:
-    """Publishes :class:`DeadLetter` records to ``ripple.dlq`` and counts them."""
+    """Publishes :class:`DeadLetter` records to ``ripple.dlq`` and counts them; each one fits the broker."""
 
     def __init__(self, settings: Settings, codec: AvroCodec, send: Send, metrics: StreamMetrics, agent: str) -> None:
         self.topic = settings.topics.dlq
@@ -78,23 +117,17 @@ class DeadLetterSink:
         self.send = send
         self.metrics = metrics
         self.agent = agent
+        self.max_raw = max(0, min(settings.dead_letter_max_raw_bytes,
+                                  settings.max_message_bytes - _DEAD_LETTER_OVERHEAD))
 
     async def publish(self, message: RawMessage, error_type: str, error: str) -> Awaitable[Any]:
-        record: DeadLetter = {
-            "topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "key": message.key,
-            "raw": message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
-            "error_type": error_type,
-            "error": error[:4000],
-            "agent": self.agent,
-            "ts": int(time.time() * 1000),
-        }
+        record = dead_letter_record(message, error_type, error, self.agent, self.max_raw, int(time.time() * 1000))
         self.metrics.dead_letters.labels(message.topic, error_type).inc()
+        if record["raw_size"] is not None or record["key_size"] is not None:
+            self.metrics.dead_letters_truncated.labels(message.topic).inc()
         log.warning("dead letter from %s[%s]@%s: %s: %s", message.topic, message.partition, message.offset,
                     error_type, error[:200])
-        return await self.send(self.topic, message.key, self.codec.encode("DeadLetter", record))
+        return await self.send(self.topic, record["key"], self.codec.encode("DeadLetter", record))
 
 
 _EVENT_RECORDS = frozenset({"BehaviorEvent", "EventBatch"})
@@ -406,6 +439,10 @@ class PreparedBatch:
     now_ms: int
     started: float
     last_offsets: dict[int, int]  # partition -> the batch's last offset (rejected messages included)
+    # partition -> (offset, fingerprint) of its last message: the log's anchor the write keeps
+    anchors: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # partitions whose reading starts or jumps here: their log is checked before the write
+    verify: tuple[int, ...] = ()
 
 
 class ItemPool:
@@ -454,12 +491,19 @@ class IngestProcessor:
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
         send_many: SendMany | None = None,
+        log_probe: LogProbe | None = None,
+        health: AgentHealth | None = None,
     ) -> None:
         self.settings = settings
         self.codec = codec
         self.store = store
         self.send = send
         self.metrics = metrics
+        self.log_probe = log_probe
+        self.health = health
+        # partition -> the offset its next message should have: a batch starting elsewhere (the first
+        # of a process, a rebalance, a reset consumer) gets its partition's log checked (log_probe)
+        self._next_offset: dict[int, int] = {}
         self.dead_letters = DeadLetterSink(settings, codec, send, metrics, "ingest")
         self.item_pool = item_pool or ItemPool()
         self.rng = random.Random(seed)
@@ -472,7 +516,8 @@ class IngestProcessor:
         self._training = TrainingBatchWriter(codec)
 
     async def _apply(
-        self, events: Sequence[Mapping[str, Any]], now_ms: int, sources: Sequence[str]
+        self, events: Sequence[Mapping[str, Any]], now_ms: int, sources: Sequence[str],
+        anchors: Mapping[int, tuple[int, str]] | None = None,
     ) -> BatchOutcome:
         """Apply in script calls of at most ``ingest_batch_size`` events, in order.
 
@@ -481,14 +526,15 @@ class IngestProcessor:
         """
         size = self.settings.ingest_batch_size
         if len(events) <= size:
-            return await self._apply_with_retry(events, now_ms, sources)
+            return await self._apply_with_retry(events, now_ms, sources, anchors)
         new: list[bool] = []
         replayed: list[bool] = []
         prior: dict[str, Sequence[ProfileEntry]] = {}
         stored: dict[str, Sequence[ProfileEntry]] = {}
         proactive: list[tuple[str, str]] = []
         for start in range(0, len(events), size):
-            part = await self._apply_with_retry(events[start : start + size], now_ms, sources[start : start + size])
+            part = await self._apply_with_retry(events[start : start + size], now_ms, sources[start : start + size],
+                                                anchors)
             new.extend(part.new)
             replayed.extend(part.replayed or [False] * len(part.new))
             for user_id, history in part.prior_history.items():
@@ -500,7 +546,8 @@ class IngestProcessor:
                             replayed=replayed if stored else (), stored_history=stored)
 
     async def _apply_with_retry(
-        self, events: Sequence[Mapping[str, Any]], now_ms: int, sources: Sequence[str]
+        self, events: Sequence[Mapping[str, Any]], now_ms: int, sources: Sequence[str],
+        anchors: Mapping[int, tuple[int, str]] | None = None,
     ) -> BatchOutcome:
         """Redis failures are retried until they succeed: the batch must not be acked before."""
         training = self.settings.emit_training
@@ -509,11 +556,11 @@ class IngestProcessor:
         while True:
             try:
                 if not training:
-                    return await self.store.apply_batch(events, now_ms, sources=sources)
+                    return await self.store.apply_batch(events, now_ms, sources=sources, anchors=anchors)
                 delivered, self._delivered = self._delivered, {}  # marks settled meanwhile wait for the next call
                 try:
                     return await self.store.apply_batch(
-                        events, now_ms, prior_history=prior, sources=sources, delivered=delivered
+                        events, now_ms, prior_history=prior, sources=sources, delivered=delivered, anchors=anchors
                     )
                 except BaseException:
                     for partition, offset in delivered.items():  # not written: keep them for the retry
@@ -535,10 +582,64 @@ class IngestProcessor:
         now_ms = int(self.clock() * 1000)
         events, partitions, sources, lone, rejects = decode_events(messages, self.codec, self.settings, now_ms)
         last: dict[int, int] = {}
+        first: dict[int, int] = {}
+        newest: dict[int, RawMessage] = {}
         for message in messages:
-            if message.offset > last.get(message.partition, -1):
-                last[message.partition] = message.offset
-        return PreparedBatch(events, partitions, sources, lone, rejects, now_ms, time.perf_counter(), last)
+            partition, offset = message.partition, message.offset
+            if offset > last.get(partition, -1):
+                last[partition] = offset
+                newest[partition] = message
+            if partition not in first:
+                first[partition] = offset
+        expected = self._next_offset
+        verify = tuple(p for p, offset in first.items() if expected.get(p) != offset)
+        for partition, offset in last.items():
+            expected[partition] = offset + 1
+        anchors = {p: (m.offset, fingerprint(m.key, m.value)) for p, m in newest.items()}
+        return PreparedBatch(events, partitions, sources, lone, rejects, now_ms, time.perf_counter(), last,
+                             anchors, verify)
+
+    async def check_logs(self, partitions: Sequence[int]) -> list[int]:
+        """Reset the watermarks of those ``partitions`` whose log is not the one they came from.
+
+        Runs before a write, after every earlier write finished (see :mod:`.log_identity`); returns
+        the partitions reset. Broker errors are retried for a while, then raised (the agent stops:
+        it must not apply events it cannot place).
+        """
+        probe = self.log_probe
+        if probe is None or not partitions:
+            return []
+        topic = self.settings.topics.events
+        marks = {p: await self.store.partition_marks(p) for p in partitions}
+        marked = [p for p, (applied, anchor) in marks.items() if applied is not None or anchor is not None]
+        if not marked:
+            return []
+        delay, attempts = self.retry_delay_s, 0
+        while True:
+            try:
+                bounds = await probe.bounds(topic, marked)
+                changed = []
+                for partition in marked:
+                    applied, anchor = marks[partition]
+                    reason = await log_change(probe, topic, partition, applied, anchor, bounds[partition])
+                    if reason is not None:
+                        changed.append((partition, reason))
+                break
+            except Exception as exc:
+                attempts += 1
+                if attempts >= 8:
+                    raise
+                log.warning("could not check the log of %s %s (%r); retrying in %.1fs", topic, marked, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for partition, reason in changed:
+            log.error("%s: its watermarks are reset and its events will be applied", reason)
+            self.metrics.log_resets.labels(topic).inc()
+            if self.health is not None:
+                self.health.degrade(reason)
+            await self.store.reset_partition(partition)
+            self._delivered.pop(partition, None)
+        return [p for p, _ in changed]
 
     async def commit(self, batch: PreparedBatch) -> BatchOutcome:
         """Write the batch and publish what follows from it; returns once all of it is delivered."""
@@ -567,10 +668,12 @@ class IngestProcessor:
         The next batch may be written before these are delivered; see :meth:`settle`.
         """
         events, now_ms = batch.events, batch.now_ms
+        if batch.verify:
+            await self.check_logs(batch.verify)
         pending: list[Awaitable[Any]] = []
         for message, error_type, error in batch.rejects:
             pending.append(await self.dead_letters.publish(message, error_type, error))
-        outcome = await self._apply(events, now_ms, batch.sources) if events else BatchOutcome(new=[])
+        outcome = await self._apply(events, now_ms, batch.sources, batch.anchors) if events else BatchOutcome(new=[])
         fresh = sum(outcome.new)
         self.metrics.events_ingested.inc(fresh)
         self.metrics.events_duplicate.inc(len(events) - fresh)

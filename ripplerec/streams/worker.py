@@ -15,8 +15,9 @@ def run_worker(settings: Settings, role: str = "all", *, loglevel: str = "warnin
     from faust.worker import Worker
 
     from ripplerec.streams.app import create_app
+    from ripplerec.streams.supervision import exit_process
 
-    app = create_app(settings, [role], web=web)
+    app = create_app(settings, [role], web=web, on_fatal=exit_process)  # crash-only: a failed agent ends it
     logging.getLogger("ripplerec").setLevel(loglevel.upper())
     # aiokafka logs every produced message at debug; building those records costs more than sending
     logging.getLogger("aiokafka").setLevel(max(logging.INFO, logging.getLevelName(loglevel.upper())))

@@ -126,7 +126,7 @@ class _PureStore:
         self.params = BatchParams()
         self.calls: list[int] = []
 
-    async def apply_batch(self, events, now_ms, *, prior_history=0, sources=None, delivered=None):
+    async def apply_batch(self, events, now_ms, *, prior_history=0, sources=None, delivered=None, anchors=None):
         from ripplerec.profiles import BatchOutcome, apply_batch
 
         self.calls.append(len(events))
