@@ -25,6 +25,7 @@ __all__ = [
     "RuleViolation",
     "ACTION_SET",
     "CONTROL_CHARACTERS",
+    "SECONDS_LOOKALIKE",
     "SECONDS_BOUND_MS",
     "check_id",
     "check_text",
@@ -33,6 +34,7 @@ __all__ = [
     "check_timestamp",
     "earliest_timestamp_ms",
     "check_string_map",
+    "is_plain_string_map",
     "check_k",
     "check_id_list",
     "check_relations",
@@ -43,8 +45,10 @@ __all__ = [
 ACTION_SET = frozenset(ACTIONS)
 #: C0 and C1 control characters (newlines and tabs included), which no id may hold.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-#: A timestamp under this many milliseconds (1970-04-26T17:46:40Z) is taken for epoch seconds.
-SECONDS_BOUND_MS = 10_000_000_000
+#: Timestamps of 9 or 10 digits, taken for epoch seconds: read so they are 1973-03-03 to 2286-11-20.
+SECONDS_LOOKALIKE = range(100_000_000, 10_000_000_000)
+#: The first millisecond past them (1970-04-26T17:46:40Z), where a fast path may start accepting.
+SECONDS_BOUND_MS = SECONDS_LOOKALIKE.stop
 _MICROSECONDS_FROM = 100_000_000_000_000  # year 5138 in ms, 1973 in microseconds
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -122,12 +126,13 @@ def check_timestamp(field: str, ms: Any, min_timestamp: float, latest_ms: float)
     """Epoch milliseconds (an int) no earlier than ``min_timestamp`` (epoch seconds, as
     ``Limits.min_timestamp``) and no later than ``latest_ms`` (now plus the allowed skew).
 
-    A ts from 0 to :data:`SECONDS_BOUND_MS` is refused whatever ``min_timestamp`` says: read as
-    milliseconds it falls in the first four months of 1970, when no event of this system happened,
-    while read as seconds it is any date up to 2286, MovieLens' 1997 ratings and today's clock
-    included. So the usual mistake, epoch seconds where milliseconds are due, never passes as a
-    1970 event; the message says to multiply by 1000. A negative ``min_timestamp`` still admits
-    dates before 1970 (negative ts).
+    A ts of 9 or 10 digits (:data:`SECONDS_LOOKALIKE`) is refused whatever ``min_timestamp`` says:
+    read as milliseconds it falls between 1970-01-02 and 1970-04-26, when no event of this system
+    happened, while read as seconds it is a date from 1973 to 2286, MovieLens' 1997 ratings and
+    today's clock included. So the usual mistake, epoch seconds where milliseconds are due, never
+    passes as a 1970 event, and the message says to multiply by 1000. Smaller numbers (the first
+    27 hours of 1970 in milliseconds, before 1973 in seconds) are left to ``min_timestamp``, as are
+    negative ones (dates before 1970, which a negative ``min_timestamp`` admits).
 
     >>> check_timestamp("ts", 1_700_000_000_000, 0.0, 1.8e12)
     1700000000000
@@ -139,17 +144,11 @@ def check_timestamp(field: str, ms: Any, min_timestamp: float, latest_ms: float)
     """
     if type(ms) is not int:
         raise RuleViolation("InvalidTimestamp", field, f"must be an int of epoch milliseconds, got {type(ms).__name__}")
-    if 0 <= ms < SECONDS_BOUND_MS:
-        if min_timestamp * 1000 <= ms * 1000 <= latest_ms:
-            when = datetime.fromtimestamp(ms, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            raise RuleViolation(
-                "InvalidTimestamp", field,
-                f"{ms} looks like epoch seconds ({when}); {field} is epoch milliseconds: multiply it by 1000",
-            )
+    if ms in SECONDS_LOOKALIKE:
+        when = datetime.fromtimestamp(ms, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         raise RuleViolation(
             "InvalidTimestamp", field,
-            f"{ms} ms is before 1970-04-26 ({SECONDS_BOUND_MS} ms), earlier than any event; "
-            f"{field} is epoch milliseconds",
+            f"{ms} looks like epoch seconds ({when}); {field} is epoch milliseconds: multiply it by 1000",
         )
     if ms < min_timestamp * 1000:
         raise RuleViolation(
@@ -195,6 +194,17 @@ def check_string_map(field: str, value: Any, max_entries: int, max_key: int, max
                 f"value of {key[:40]!r} is {len(item)} characters, more than the limit {max_value}",
             )
     return value if type(value) is dict else dict(value)
+
+
+def is_plain_string_map(value: Any, max_entries: int, max_key: int, max_value: int) -> bool:
+    """True when ``value`` is a ``dict`` :func:`check_string_map` accepts as it is: the fast path's
+    test (False only means: ask :func:`check_string_map`)."""
+    if type(value) is not dict or len(value) > max_entries:
+        return False
+    for key, item in value.items():
+        if not (type(key) is str and type(item) is str and 0 < len(key) <= max_key and len(item) <= max_value):
+            return False
+    return True
 
 
 def check_k(value: Any, max_k: int) -> int:

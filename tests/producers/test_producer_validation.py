@@ -63,6 +63,9 @@ BAD_EVENTS = [
     ({"item_id": "i" * 17}, FieldTooLargeError, "item_id"),
     ({"event_id": "e" * 17}, FieldTooLargeError, "event_id"),
     ({"event_id": ""}, MissingFieldError, "event_id"),
+    ({"user_id": "u\n1"}, InvalidValueError, "user_id"),  # control characters, as the worker refuses them
+    ({"item_id": "i\x00"}, InvalidValueError, "item_id"),
+    ({"event_id": "e\t1"}, InvalidValueError, "event_id"),
     ({"action": None}, MissingFieldError, "action"),
     ({"action": "like"}, UnknownActionError, "action"),
     ({"action": "CLICK"}, UnknownActionError, "action"),
@@ -76,6 +79,8 @@ BAD_EVENTS = [
     ({"ts": datetime(1999, 12, 31, tzinfo=timezone.utc)}, InvalidTimestampError, "ts"),
     ({"ts": datetime.now(timezone.utc) + timedelta(hours=1)}, InvalidTimestampError, "ts"),
     ({"ts": 1_700_000_000}, InvalidTimestampError, "ts"),  # seconds, not milliseconds: 1970
+    ({"ts": 1_700_000_000.0}, InvalidTimestampError, "ts"),
+    ({"ts": 1_700_000_000_000_000}, InvalidTimestampError, "ts"),  # microseconds: the future
     ({"ts": math.nan}, InvalidTimestampError, "ts"),
     ({"ts": "2024-01-01"}, InvalidTimestampError, "ts"),
     ({"ts": True}, InvalidTimestampError, "ts"),
@@ -98,6 +103,7 @@ def test_track_rejects_bad_input_naming_the_field(
     assert field in str(info.value)
     assert isinstance(info.value, ValueError)
     assert info.value.index is None
+    assert info.value.kind == error.kind  # what the worker's dead letter would name
 
 
 @pytest.mark.parametrize(("overrides", "error", "field"), BAD_EVENTS)
@@ -138,8 +144,10 @@ BAD_ITEMS = [
     ({"relations": "genre"}, InvalidTypeError, "relations"),
     ({"image_vector": [0.1, math.nan]}, InvalidValueError, "image_vector"),
     ({"image_vector": ["a"]}, InvalidTypeError, "image_vector"),
+    ({"image_vector": [1e39]}, InvalidValueError, "image_vector"),  # beyond Avro's 32-bit float
     ({"deleted": "no"}, InvalidTypeError, "deleted"),
     ({"updated_at": 5}, InvalidTimestampError, "updated_at"),
+    ({"updated_at": 1_700_000_000}, InvalidTimestampError, "updated_at"),
 ]
 
 
@@ -212,3 +220,12 @@ def test_valid_event_is_built_with_defaults() -> None:
 def test_future_skew_within_allowance_is_accepted() -> None:
     now = 1_800_000_000_000
     assert RecordValidator(LIMITS).check_ts(now + 59_000, now) == now + 59_000
+
+
+@pytest.mark.parametrize(
+    "ts", [1_700_000_000, 1_700_000_000.5, datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc).timestamp()]
+)
+def test_epoch_seconds_say_to_multiply_by_1000(producer: EventProducer, ts: Any) -> None:
+    with pytest.raises(InvalidTimestampError, match=r"1700000000 looks like epoch seconds \(2023-11-14T22:13:20Z\); "
+                                                    r"ts is epoch milliseconds: multiply it by 1000"):
+        producer.track(**good(ts=ts))
