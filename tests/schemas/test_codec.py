@@ -114,6 +114,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "error": "bad magic byte",
         "agent": "ingest",
         "ts": 7,
+        "raw_size": 70_000_000,
+        "raw_sha256": "9f" * 32,
+        "key_size": None,
     },
 }
 
