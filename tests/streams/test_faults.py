@@ -1,0 +1,240 @@
+"""The three ways valid events used to be lost without a trace, on the real embedded stack.
+
+1. An oversized message (a 1 MiB user id, 3 MiB of garbage, a 3.2 MB envelope holding one invalid
+   event) whose dead letter was too large for the broker: the agent died, Faust restarted it past
+   the batch, and its valid events were skipped for good.
+2. A recreated events topic or a fresh broker: offsets start again below the Redis watermarks and
+   every new event was taken for a redelivery.
+3. Negative Avro enum indices decoded as Python indexing (-1 -> "skip").
+
+Each test ends with every valid event applied exactly once (profiles equal the pure function's)
+and each bad message in the dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from streamkit import T0, Publisher, event, make_settings, read_topic, redis_profiles, wait_for
+
+from ripplerec.embedded import EmbeddedStack, create_topics
+from ripplerec.profiles import BatchParams, StoreState, apply_batch
+from ripplerec.streams.supervision import FATAL_EXIT_CODE
+from ripplerec.streams.worker import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+BIG = 8 * 1024 * 1024
+
+
+def _events(n: int, seed: int, prefix: str = "", start: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [event(start + i, f"{prefix}u{rng.randrange(40)}", f"i{rng.randrange(60)}",
+                  rng.choice(["view", "click", "rate"]), 4.0) for i in range(n)]
+
+
+def _big_producer(settings):
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=BIG, linger_ms=5)
+
+
+def _assert_applied_once(settings, events: list[dict]) -> None:
+    expected, _ = apply_batch(StoreState(), events, 0, BatchParams.from_settings(settings))
+    got = redis_profiles(settings, expected.profiles)
+    for user, want in expected.profiles.items():
+        assert got[user] is not None, user
+        have, want_c = got[user].to_comparable(), want.to_comparable()
+        have.pop("updated_ms"), want_c.pop("updated_ms")
+        assert have == want_c, user
+
+
+def _applied(settings, events: list[dict]) -> int:
+    users = {e["user_id"] for e in events}
+    return sum(p.events for p in redis_profiles(settings, users).values() if p is not None)
+
+
+def _health(worker: WorkerProcess) -> tuple[int, dict]:
+    url = f"http://127.0.0.1:{worker.settings.web_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _poison(settings, codec, valid: list[dict]) -> list[tuple[bytes, bytes]]:
+    """Oversized bad messages: a 1 MiB user id, 3 MiB of garbage, a 3.2 MB envelope with one invalid event."""
+    huge_user = event(10**6, "x" * (1 << 20), "i1")
+    envelope_events = [dict(e, event_id=f"env-{i}-{uuid.uuid4().hex[:6]}", context={"pad": "p" * 900})
+                       for i, e in enumerate(valid)]
+    envelope_events.insert(len(envelope_events) // 2, event(10**6 + 1, "u-env", "i1", ts=T0 + 10**15))  # far future
+    envelope = codec.encode("EventBatch", {"events": envelope_events})
+    assert len(envelope) > 3_000_000
+    return [
+        (b"x" * (1 << 20), codec.encode("BehaviorEvent", huge_user)),
+        (b"garbage", b"\x00" + random.Random(1).randbytes(3 << 20)),
+        (b"u-env", envelope),
+    ]
+
+
+def test_oversized_messages_are_dead_lettered_whole_batches_applied(embedded_stack, tmp_path, stream_codec):
+    settings = make_settings(embedded_stack, tmp_path, ingest_batch_size=200, proactive_min_events=0)
+    events = _events(1500, seed=5)
+    enveloped = _events(3300, seed=6, prefix="env-", start=5000)
+    poison = _poison(settings, stream_codec, enveloped)
+    producer = _big_producer(settings)
+    topic = settings.topics.events
+    for i, e in enumerate(events):
+        producer.send(topic, key=e["user_id"].encode(), value=stream_codec.encode("BehaviorEvent", e))
+        if i == 700:
+            for key, value in poison:
+                producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    log = tmp_path / "worker.log"
+    with WorkerProcess(settings, "ingest", log_path=str(log)) as worker:
+        valid = events + _poison_envelope_events(stream_codec, poison)
+        wait_for(lambda: _applied(settings, valid) >= len(valid), 120, what="every valid event applied")
+        status, body = _health(worker)
+        assert worker.alive(), log.read_text()[-3000:]
+    assert status == 200 and body["status"] == "ok", body
+    _assert_applied_once(settings, valid)
+
+    letters = read_topic(settings, settings.topics.dlq, stream_codec, "DeadLetter", expect=3, timeout=30)
+    assert len(letters) == 3
+    huge_key = [x for _, x in letters if x["key_size"] is not None]
+    assert len(huge_key) == 1 and huge_key[0]["key_size"] == 1 << 20 and len(huge_key[0]["key"]) <= 1024
+    for _, letter in letters:
+        assert len(letter["raw"]) <= settings.dead_letter_max_raw_bytes
+        assert letter["raw_size"] is not None and letter["raw_size"] > settings.dead_letter_max_raw_bytes
+        assert len(letter["raw_sha256"]) == 64
+        assert letter["topic"] == topic and letter["offset"] >= 0
+
+
+def _poison_envelope_events(codec, poison) -> list[dict]:
+    """The valid events of the poison envelope (the invalid one left out)."""
+    _, envelope = poison[2]
+    return [e for e in codec.decode("EventBatch", envelope)["events"] if e["user_id"] != "u-env"]
+
+
+def test_a_dead_letter_the_broker_refuses_stops_the_worker_and_loses_nothing(embedded_stack, tmp_path, stream_codec):
+    """Crash-only: with dead letters allowed to be too large (the old behaviour), the worker exits
+    non-zero instead of skipping; restarted with the default setting, it applies everything."""
+    base = make_settings(embedded_stack, tmp_path, ingest_batch_size=100, proactive_min_events=0)
+    events = _events(1200, seed=7)
+    producer = _big_producer(base)
+    topic = base.topics.events
+    for i, e in enumerate(events):
+        producer.send(topic, key=e["user_id"].encode(), value=stream_codec.encode("BehaviorEvent", e))
+        if i == 400:
+            producer.send(topic, key=b"garbage", value=b"\x00" + random.Random(2).randbytes(2 << 20))
+    producer.flush()
+    producer.close()
+
+    log = tmp_path / "worker.log"
+    careless = base.model_copy(update={"dead_letter_max_raw_bytes": BIG, "max_message_bytes": BIG})
+    first = WorkerProcess(careless, "ingest", log_path=str(log)).start()
+    try:
+        wait_for(lambda: not first.alive(), 90, what="the worker to stop on the refused dead letter")
+    finally:
+        first.kill()
+    assert first.proc.returncode == FATAL_EXIT_CODE, log.read_text()[-3000:]
+    assert _applied(base, events) < len(events)
+
+    with WorkerProcess(base, "ingest", log_path=str(log)) as second:
+        wait_for(lambda: _applied(base, events) >= len(events), 90, what="every event applied after the restart")
+        assert second.alive()
+    _assert_applied_once(base, events)
+    letters = read_topic(base, base.topics.dlq, stream_codec, "DeadLetter", expect=1, timeout=30)
+    assert [x["raw_size"] for _, x in letters] == [(2 << 20) + 1]
+
+
+def _recreate(settings, topic: str) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+    create_topics(settings.bootstrap_servers, [topic], settings.topics.partitions)
+
+
+def test_recreated_topic_new_events_are_applied_not_taken_for_redeliveries(embedded_stack, tmp_path, stream_codec):
+    settings = make_settings(embedded_stack, tmp_path, ingest_batch_size=100, proactive_min_events=0)
+    before, after = _events(600, seed=8), _events(400, seed=9, start=1000)
+    log = tmp_path / "worker.log"
+    publisher = Publisher(settings, stream_codec)
+    publisher.events(before)
+    with WorkerProcess(settings, "ingest", log_path=str(log)):
+        wait_for(lambda: _applied(settings, before) >= len(before), 60, what="the first log applied")
+    _recreate(settings, settings.topics.events)
+    publisher.events(after)
+    publisher.close()
+    with WorkerProcess(settings, "ingest", log_path=str(log), loglevel="info") as worker:
+        wait_for(lambda: _applied(settings, before + after) >= len(before) + len(after), 60,
+                 what="the new log's events applied")
+        metrics = worker.read_metrics()
+        status, body = _health(worker)
+    _assert_applied_once(settings, before + after)
+    assert metrics.get("ripplerec_log_resets_total", 0) >= 1
+    assert status == 200 and body["status"] == "degraded" and "recreated" in " ".join(body["notes"]), body
+    assert "127.0.0.1" not in json.dumps(body)
+
+
+def test_a_fresh_broker_does_not_turn_new_events_into_duplicates(embedded_stack, tmp_path, stream_codec):
+    """The embedded broker keeps everything in memory: after a restart its offsets begin at 0 again
+    while Redis still holds the watermarks of the old log."""
+    events_1, events_2 = _events(500, seed=10), _events(500, seed=11, start=1000)
+    log = tmp_path / "worker.log"
+    with EmbeddedStack(start_redis=False) as broker:
+        settings = make_settings(broker, tmp_path, redis_url=embedded_stack.redis_url, ingest_batch_size=100,
+                                 proactive_min_events=0)
+        publisher = Publisher(settings, stream_codec)
+        publisher.events(events_1)
+        publisher.close()
+        with WorkerProcess(settings, "ingest", log_path=str(log)):
+            wait_for(lambda: _applied(settings, events_1) >= len(events_1), 60, what="the first broker's events")
+    with EmbeddedStack(start_redis=False) as broker:
+        settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+        create_topics(broker.bootstrap_servers, settings.topics.all().values(), settings.topics.partitions,
+                      settings.topics.compacted())
+        publisher = Publisher(settings, stream_codec)
+        publisher.events(events_2)
+        publisher.close()
+        with WorkerProcess(settings, "ingest", log_path=str(log)) as worker:
+            wait_for(lambda: _applied(settings, events_1 + events_2) >= 1000, 60, what="the second broker's events")
+            resets = worker.read_metrics().get("ripplerec_log_resets_total", 0)
+    _assert_applied_once(settings, events_1 + events_2)
+    assert resets >= 1
+
+
+def test_negative_enum_index_is_a_dead_letter_not_a_skip(embedded_stack, tmp_path, stream_codec):
+    settings = make_settings(embedded_stack, tmp_path, proactive_min_events=0)
+    good = _events(50, seed=12)
+    forged = event(999, "u-forged", "i1", action="view")
+    raw = bytearray(stream_codec.encode("BehaviorEvent", forged))
+    # the action enum is the byte after the three strings (zig-zag 0 = "view"); 1 encodes -1
+    position = 5
+    for _ in range(3):
+        length = raw[position] >> 1
+        position += 1 + length
+    assert raw[position] == 0
+    raw[position] = 1
+    publisher = Publisher(settings, stream_codec)
+    publisher.events(good)
+    publisher.raw(settings.topics.events, b"u-forged", bytes(raw))
+    publisher.flush()
+    publisher.close()
+    with WorkerProcess(settings, "ingest", log_path=str(tmp_path / "worker.log")):
+        wait_for(lambda: _applied(settings, good) >= len(good), 60, what="the valid events")
+        letters = read_topic(settings, settings.topics.dlq, stream_codec, "DeadLetter", expect=1, timeout=30)
+    assert len(letters) == 1 and letters[0][1]["error_type"] == "DecodeError"
+    assert redis_profiles(settings, ["u-forged"])["u-forged"] is None
