@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     # A dead letter copies at most this many raw bytes of the message it stands for; above it, it
     # keeps their size, sha256 and the original topic/partition/offset to find the rest.
     dead_letter_max_raw_bytes: int = Field(default=64 * 1024, ge=0)
+    # Static group membership (Kafka's group.instance.id): a name unique to this worker process and
+    # stable across its restarts (a StatefulSet pod name, "host-role"). A restarted worker then takes
+    # its old place at once instead of waiting out its dead self's session timeout and a rebalance
+    # (python bench/recovery.py). Two live workers must never share one. None: dynamic membership.
+    group_instance_id: str | None = None
     # /health turns 503 when an agent's oldest batch has been in flight this long (Redis down, the
     # broker refusing writes: the batch is retried, not skipped, so the agent stalls).
     health_stall_s: float = Field(default=60.0, gt=0)

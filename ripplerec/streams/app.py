@@ -20,7 +20,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import faust
 from aiokafka.structs import RecordMetadata
@@ -28,6 +28,7 @@ from aiokafka.structs import RecordMetadata
 from ripplerec.config import Settings
 from ripplerec.monitoring import CONTENT_TYPE, StreamMetrics
 from ripplerec.schemas import AvroCodec
+from ripplerec.streams.faust_compat import ack_hooks, aiokafka_producer, patch_consumer_factory
 from ripplerec.streams.ingest import CatalogProcessor, IngestProcessor, ItemPool
 from ripplerec.streams.log_identity import KafkaLogProbe
 from ripplerec.streams.scoring import RequestProcessor, make_backend
@@ -93,7 +94,7 @@ class Runtime:
         Much cheaper per record than :meth:`send` (which walks aiokafka's per-message path):
         the ingest agent emits one training example per event this way.
         """
-        producer = cast(Any, self.app.producer)._ensure_producer()  # the aiokafka producer under Faust's
+        producer = aiokafka_producer(self.app)
         by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
         for partition, key, value in records:
             by_partition.setdefault(partition, []).append((key, value))
@@ -211,15 +212,11 @@ async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings
 
 def _ack_all(stream: Any, events: Sequence[Any]) -> bool:
     """``Stream.ack`` for each event, without a coroutine per event: False (nothing acked) when this
-    Faust's Stream lacks the hooks it calls.
-
-    It is ``Stream.ack``'s body, which Faust itself repeats inline where it acks events; the
-    coroutine around it cost about a microsecond per event.
-    """
-    on_event_out = getattr(stream, "_on_stream_event_out", None)
-    on_message_out = getattr(stream, "_on_message_out", None)
-    if on_event_out is None or on_message_out is None:
+    Faust's Stream lacks the hooks it calls (see :func:`~ripplerec.streams.faust_compat.ack_hooks`)."""
+    hooks = ack_hooks(stream)
+    if hooks is None:
         return False
+    on_event_out, on_message_out = hooks
     for event in events:
         last = event.ack()
         message = event.message
@@ -278,31 +275,6 @@ async def run_scorer(stream: Any, processor: RequestProcessor, batch_size: int,
         task.cancel()
 
 
-def _patch_fetch_max_wait() -> None:
-    """Let each app choose the consumer's fetch_max_wait_ms (Faust hard-codes 1500 ms).
-
-    A broker may hold a fetch for the whole wait even when data arrives meanwhile (the embedded
-    Tansu does): with 1500 ms, a recommendation request waits about half a second before the scorer
-    even sees it. Apps set ``ripple_fetch_max_wait_ms``; others keep Faust's value.
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    thread_class = driver.AIOKafkaConsumerThread
-    if getattr(thread_class, "_ripple_patched", False):
-        return
-    original = thread_class._create_worker_consumer
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        wait = getattr(self.app, "ripple_fetch_max_wait_ms", None)
-        if wait is not None:
-            consumer._fetch_max_wait_ms = int(wait)  # read by aiokafka's Fetcher when it starts
-        return consumer
-
-    setattr(thread_class, "_create_worker_consumer", create_worker_consumer)  # noqa: B010
-    setattr(thread_class, "_ripple_patched", True)  # noqa: B010
-
-
 def faust_config(settings: Settings, *, web: bool = True) -> dict[str, Any]:
     """``faust.App`` keyword arguments for ``settings`` (benchmarks build bare apps with the same)."""
     config: dict[str, Any] = {
@@ -334,8 +306,9 @@ def _tune(app: faust.App, settings: Settings) -> None:
     if settings.gc_gen0_threshold:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
-    _patch_fetch_max_wait()
+    patch_consumer_factory()
     app.ripple_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
+    app.ripple_group_instance_id = settings.group_instance_id  # type: ignore[attr-defined]
     if not settings.faust_monitor:
 
         @app.task

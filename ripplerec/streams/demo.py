@@ -169,6 +169,7 @@ def run_demo(
             "rebalance_timeout_s": 2.0,
             "session_timeout_s": 4.0,
             "web_port": free_port(),
+            "group_instance_id": "demo-worker-all-0",  # static membership: a restart takes its place at once
             "schema_registry_path": Path(stack.workdir or ".") / "schemas.json",
         })
         log_path = Path(stack.workdir or ".") / "worker.log"

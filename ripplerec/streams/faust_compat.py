@@ -1,0 +1,77 @@
+"""Every use of faust-streaming's (and its aiokafka's) private parts, in one place.
+
+Each one buys something measured (see the function docstrings) that Faust's public API does not
+offer. ``tests/streams/test_faust_compat.py`` checks each of them against the installed versions,
+so an upgrade that changes one fails loudly there instead of silently here; ``pyproject.toml`` pins
+faust-streaming to the range those tests cover.
+
+* :func:`patch_consumer_factory`: the consumer's fetch wait (Faust hard-codes 1,500 ms) and static
+  group membership (``group.instance.id``, KIP-345; Faust does not pass it) are set on the aiokafka
+  consumer Faust creates, before it starts.
+* :func:`aiokafka_producer`: the aiokafka producer under Faust's, for ``create_batch`` /
+  ``send_batch`` (one produce batch per partition instead of a coroutine per record).
+* :func:`ack_hooks`: ``Stream.ack``'s two hooks, to ack a batch without a coroutine per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["patch_consumer_factory", "aiokafka_producer", "ack_hooks", "CONSUMER_FACTORY"]
+
+#: Faust's method that builds the worker's aiokafka consumer (wrapped by patch_consumer_factory).
+CONSUMER_FACTORY = "_create_worker_consumer"
+
+
+def patch_consumer_factory() -> None:
+    """Let each app set the consumer's ``fetch_max_wait_ms`` and ``group_instance_id``.
+
+    Apps set ``ripple_fetch_max_wait_ms`` and ``ripple_group_instance_id`` attributes; apps without
+    them keep Faust's behaviour. Idempotent.
+
+    * Fetch wait: a broker may hold a fetch for the whole wait even when data arrives meanwhile
+      (the embedded Tansu does): at Faust's 1,500 ms a request waited about half a second before
+      the scorer saw it.
+    * Static membership: a worker that restarts with the same instance id takes its old place in
+      the group at once; without it, the group first waits out the dead member's session timeout
+      and then a rebalance (20 s before a SIGKILLed worker made progress again,
+      ``python bench/recovery.py``).
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    thread_class = driver.AIOKafkaConsumerThread
+    if getattr(thread_class, "_ripple_patched", False):
+        return
+    original = getattr(thread_class, CONSUMER_FACTORY)
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        wait = getattr(self.app, "ripple_fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)  # read by aiokafka's Fetcher when it starts
+        instance = getattr(self.app, "ripple_group_instance_id", None)
+        if instance:
+            consumer._group_instance_id = instance  # read when the consumer starts its coordinator
+        return consumer
+
+    setattr(thread_class, CONSUMER_FACTORY, create_worker_consumer)
+    setattr(thread_class, "_ripple_patched", True)  # noqa: B010
+
+
+def aiokafka_producer(app: Any) -> Any:
+    """The started aiokafka producer under ``app.producer`` (Faust's producer wraps one)."""
+    return app.producer._ensure_producer()
+
+
+def ack_hooks(stream: Any) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """``(on_stream_event_out, on_message_out)``: what ``Stream.ack`` calls; None if this Faust lacks them.
+
+    ``Stream.ack`` is ``event.ack()`` and these two calls (Faust itself repeats them inline where it
+    acks events); the coroutine around them cost about a microsecond per event.
+    """
+    on_event_out = getattr(stream, "_on_stream_event_out", None)
+    on_message_out = getattr(stream, "_on_message_out", None)
+    if on_event_out is None or on_message_out is None:
+        return None
+    return on_event_out, on_message_out

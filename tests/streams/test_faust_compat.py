@@ -1,0 +1,70 @@
+"""One test per private part of faust-streaming / aiokafka that ``ripplerec.streams.faust_compat`` uses.
+
+Each fails loudly when an upgrade renames or removes what we reach into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import faust
+from aiokafka import AIOKafkaConsumer
+
+from ripplerec.config import Settings
+from ripplerec.streams import faust_compat
+from ripplerec.streams.app import bare_app
+
+
+def test_faust_builds_its_consumer_in_the_method_we_wrap() -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    method = getattr(driver.AIOKafkaConsumerThread, faust_compat.CONSUMER_FACTORY)
+    assert callable(method)
+    faust_compat.patch_consumer_factory()
+    assert getattr(driver.AIOKafkaConsumerThread, "_ripple_patched", False)
+
+
+def test_aiokafka_reads_fetch_wait_and_group_instance_id_from_the_attributes_we_set() -> None:
+    async def build() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=123, group_id="g",
+                                group_instance_id="static-1")
+
+    consumer = asyncio.run(build())
+    assert consumer._fetch_max_wait_ms == 123
+    assert consumer._group_instance_id == "static-1"
+    start = inspect.getsource(AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+    assert "group_instance_id=self._group_instance_id" in start
+
+
+def test_the_patched_factory_sets_both_on_the_consumer_faust_creates() -> None:
+    settings = Settings(consumer_fetch_max_wait_ms=7, group_instance_id="worker-a")
+    app = bare_app(settings)
+
+    async def build() -> AIOKafkaConsumer:
+        from faust.transport.drivers import aiokafka as driver
+
+        thread = driver.AIOKafkaConsumerThread(app.consumer, loop=asyncio.get_running_loop())
+        return getattr(thread, faust_compat.CONSUMER_FACTORY)(app.transport)
+
+    consumer = asyncio.run(build())
+    assert consumer._fetch_max_wait_ms == 7
+    assert consumer._group_instance_id == "worker-a"
+
+
+def test_faust_producer_wraps_an_aiokafka_producer_we_can_reach() -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    assert callable(getattr(driver.Producer, "_ensure_producer", None))
+    source = inspect.getsource(driver.Producer._ensure_producer)
+    assert "return" in source and "_producer" in source
+
+
+def test_stream_ack_is_the_two_hooks_we_call() -> None:
+    app = faust.App("compat-test", broker="memory://", web_enabled=False)
+    stream = app.stream([])
+    hooks = faust_compat.ack_hooks(stream)
+    assert hooks is not None
+    source = inspect.getsource(faust.Stream.ack)
+    assert "_on_stream_event_out" in source and "_on_message_out" in source
