@@ -108,14 +108,17 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # noqa: PLW1509
 
 
-def start_redis_server(workdir: Path, *, persist: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis_server(
+    workdir: Path, *, persist: bool = True, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``redis-server`` on a free port with its files in ``workdir``; return it and its URL once it listens.
 
     ``persist`` turns AOF on (fsync every second), as the embedded stack runs it; benchmarks that
-    measure redis-server's CPU turn it off.
+    measure redis-server's CPU turn it off. ``port`` restarts one where an earlier one listened
+    (the fault tests stop and restart Redis under a running worker).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = workdir / "redis.log"
     durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else ["--appendonly", "no"]
     proc = _spawn(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -238,3 +239,115 @@ def test_negative_enum_index_is_a_dead_letter_not_a_skip(embedded_stack, tmp_pat
         letters = read_topic(settings, settings.topics.dlq, stream_codec, "DeadLetter", expect=1, timeout=30)
     assert len(letters) == 1 and letters[0][1]["error_type"] == "DecodeError"
     assert redis_profiles(settings, ["u-forged"])["u-forged"] is None
+
+
+def test_redis_stopped_and_restarted_under_a_running_worker_loses_nothing(embedded_stack, tmp_path, stream_codec):
+    from ripplerec.embedded import start_redis_server
+
+    redis_dir = tmp_path / "redis"
+    proc, url = start_redis_server(redis_dir)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        settings = make_settings(embedded_stack, tmp_path, redis_url=url, ingest_batch_size=100,
+                                 proactive_min_events=0, health_stall_s=3.0)
+        first, second = _events(800, seed=13), _events(800, seed=14, start=1000)
+        publisher = Publisher(settings, stream_codec)
+        log = tmp_path / "worker.log"
+        with WorkerProcess(settings, "ingest", log_path=str(log)) as worker:
+            publisher.events(first)
+            wait_for(lambda: _applied(settings, first) >= len(first), 60, what="the first events")
+            proc.terminate()  # a clean stop: the AOF holds everything acknowledged
+            proc.wait(timeout=10)
+            publisher.events(second)
+            status, body = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(_health(worker)), 30,
+                                    what="/health to report the outage")
+            assert body["status"] == "unhealthy" and "127.0.0.1" not in json.dumps(body), body
+            proc, _ = start_redis_server(redis_dir, port=port)
+            wait_for(lambda: _applied(settings, first + second) >= len(first) + len(second), 60,
+                     what="the events published during the outage")
+            assert worker.alive()
+            wait_for(lambda: _health(worker)[0] == 200, 30, what="/health to recover")
+        publisher.close()
+        _assert_applied_once(settings, first + second)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_two_workers_in_one_group_one_killed_the_other_takes_over(embedded_stack, tmp_path, stream_codec):
+    settings = make_settings(embedded_stack, tmp_path, ingest_batch_size=50, proactive_min_events=0)
+    events = _events(6000, seed=15)
+    log = tmp_path / "worker.log"
+    publisher = Publisher(settings, stream_codec)
+    with WorkerProcess(settings, "ingest", log_path=str(log)) as survivor:
+        from ripplerec.embedded import free_port
+
+        victim = WorkerProcess(settings.model_copy(update={"web_port": free_port()}), "ingest",
+                               log_path=str(log)).start()
+        try:
+            time.sleep(8.0)  # both in the group
+            publisher.events(events[:3000])
+            wait_for(lambda: victim.read_metrics().get("ripplerec_events_ingested_total", 0) > 0
+                     and survivor.read_metrics().get("ripplerec_events_ingested_total", 0) > 0, 60, every=0.05,
+                     what="both workers applying events")
+            victim.kill()
+            publisher.events(events[3000:])
+            wait_for(lambda: _applied(settings, events) >= len(events), 120, what="the survivor to finish")
+        finally:
+            victim.kill()
+        assert survivor.alive()
+    publisher.close()
+    _assert_applied_once(settings, events)
+
+
+def _mutants(codec, seed: int, n: int) -> list[bytes]:
+    """Random mutations of valid BehaviorEvents and EventBatches that the worker must reject."""
+    from ripplerec.config import Settings
+    from ripplerec.streams.ingest import RawMessage, decode_events
+
+    rng = random.Random(seed)
+    base = [codec.encode("BehaviorEvent", e) for e in _events(20, seed)]
+    base.append(codec.encode("EventBatch", {"events": _events(5, seed + 1)}))
+    out: list[bytes] = []
+    settings = Settings()
+    while len(out) < n:
+        raw = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 4)):
+            kind = rng.random()
+            at = rng.randrange(len(raw))
+            if kind < 0.5:
+                raw[at] ^= 1 << rng.randrange(8)
+            elif kind < 0.7:
+                del raw[at:at + rng.randint(1, 8)]
+            elif kind < 0.9:
+                raw[at:at] = rng.randbytes(rng.randint(1, 8))
+            else:
+                raw[at] = rng.choice([0x01, 0x03, 0x7F, 0xFF])  # negative or huge varints
+        value = bytes(raw)
+        events, _, _, _, rejects = decode_events([RawMessage("t", 0, 0, None, value)], codec, settings,
+                                                 time.time() * 1000)
+        if rejects and not events:  # a mutant that is still a valid event is no fault
+            out.append(value)
+    return out
+
+
+def test_mutated_avro_mixed_with_valid_events(embedded_stack, tmp_path, stream_codec):
+    settings = make_settings(embedded_stack, tmp_path, ingest_batch_size=100, proactive_min_events=0)
+    events = _events(2000, seed=16)
+    mutants = _mutants(stream_codec, 17, 300)
+    publisher = Publisher(settings, stream_codec)
+    topic = settings.topics.events
+    for i, e in enumerate(events):
+        publisher.raw(topic, e["user_id"].encode(), stream_codec.encode("BehaviorEvent", e))
+        if i % 7 == 0 and mutants:
+            publisher.raw(topic, b"mutant", mutants.pop())
+    for value in mutants:
+        publisher.raw(topic, b"mutant", value)
+    publisher.flush()
+    publisher.close()
+    with WorkerProcess(settings, "ingest", log_path=str(tmp_path / "worker.log")) as worker:
+        wait_for(lambda: _applied(settings, events) >= len(events), 90, what="every valid event")
+        letters = read_topic(settings, settings.topics.dlq, stream_codec, "DeadLetter", expect=300, timeout=30)
+        assert worker.alive()
+    _assert_applied_once(settings, events)
+    assert len(letters) == 300
