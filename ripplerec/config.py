@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "TopicNames", "Limits", "KafkaSecurity", "get_settings"]
+__all__ = ["Settings", "TopicNames", "Limits", "KafkaSecurity", "TrainerSettings", "get_settings"]
 
 ACTIONS: tuple[str, ...] = ("view", "click", "cart", "purchase", "rate", "skip")
 
@@ -105,6 +105,31 @@ class KafkaSecurity(BaseModel):
         if context is not None:
             kwargs["ssl_context"] = context
         return kwargs
+
+
+class TrainerSettings(BaseModel):
+    """The trainer role and the model store (``RIPPLEREC_TRAINER__*``)."""
+
+    # The model the trainer trains and the scorers follow (the key of its ModelUpdates).
+    model_name: str = "transformer"
+    # A new head version is published every this many seconds or examples, whichever comes first.
+    publish_every_s: float = Field(default=5.0, gt=0)
+    publish_every_examples: int = Field(default=20_000, ge=1)
+    # The trainer's state (weights, optimizer, replay reservoir, per-partition positions) is written
+    # this often; messages are acked to the broker only once a checkpoint covers them.
+    checkpoint_every_s: float = Field(default=30.0, gt=0)
+    # Training messages decoded and waiting for the training thread (the agent pauses beyond).
+    queue_messages: int = Field(default=64, ge=1)
+    # Event ids remembered to drop an example sent twice (a crash replay of the ingest agent).
+    dedupe_event_ids: int = Field(default=200_000, ge=0)
+    # Where versions and checkpoints go: "redis" (settings.redis_url, chunked) or a "directory".
+    store: Literal["redis", "directory"] = "redis"
+    store_dir: Path = Path(".ripplerec/models")
+    chunk_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Versions kept in the store (older ones are deleted once a newer one is announced).
+    keep_versions: int = Field(default=5, ge=1)
+    # How often trainer and scorer look for catalog items they do not know yet (in Redis).
+    catalog_refresh_s: float = Field(default=2.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -205,6 +230,8 @@ class Settings(BaseSettings):
     model_path: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     snapshot_dir: Path = Path(".ripplerec/snapshots")
+    # Trainer role and model store (issue 13).
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
 
     @field_validator("kafka_api_version")
     @classmethod
