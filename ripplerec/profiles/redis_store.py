@@ -864,6 +864,20 @@ class RedisProfileStore:
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def forget_user(self, user_id: str) -> int:
+        """Delete every key that names ``user_id`` (``ripplerec forget``); how many existed.
+
+        Those are the profile hash ``P:u:{user}`` (history, counts, event id digests, the training
+        histories ``ah``/``al``/``ak``), the consumed set ``P:seen:{user}`` and the proactive rate
+        limit ``P:rl:{user}``, deleted in one call. Nothing else in the key layout names a user:
+        popularity (``P:pop``, ``P:popd``) and co-occurrence (``P:co:{item}``) are sums over all
+        users keyed by item, the catalog is per item, the watermarks per partition and ``P:users``
+        a count. Those sums keep the user's past contribution (they cannot tell it apart). Events of
+        the user that arrive later create a new profile.
+        """
+        p = self.prefix
+        return int(await self.client.delete(f"{p}:u:{user_id}", f"{p}:seen:{user_id}", f"{p}:rl:{user_id}"))
+
 
 # ENTRY_SEP is part of the key layout the scripts parse ('\31' in Lua), and so is the digest width.
 assert ENTRY_SEP == "\x1f" and LIST_SEP == "\x1e" and DIGEST_LENGTH == 12  # noqa: S101

@@ -107,4 +107,9 @@ class ProfileStore(Protocol):
 
     async def count_profiles(self) -> int: ...
 
+    async def forget_user(self, user_id: str) -> int:
+        """Delete everything kept about ``user_id`` (its id as stored: the pseudonym when the
+        clients pseudonymise); how many records existed. See :mod:`ripplerec.streams.forgetting`."""
+        ...
+
     async def close(self) -> None: ...
