@@ -1,0 +1,57 @@
+"""infra/ parses and keeps its safe defaults (no Docker engine or cluster here: the files are read as YAML).
+
+Compose: Redis has a password and is not published; every published port is bound to loopback;
+workers reach Redis with the password and listen on 0.0.0.0 inside the network. Kubernetes: the
+workers listen on 0.0.0.0 and take the Redis URL from a Secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+
+
+def _compose() -> dict:
+    return yaml.safe_load((INFRA / "compose.yaml").read_text())
+
+
+def test_every_infra_yaml_parses() -> None:
+    files = sorted(INFRA.rglob("*.yaml")) + sorted(INFRA.rglob("*.yml"))
+    assert len(files) >= 3
+    for path in files:
+        assert list(yaml.safe_load_all(path.read_text())), path
+
+
+def test_compose_publishes_nothing_beyond_the_host_and_redis_needs_a_password() -> None:
+    services = _compose()["services"]
+    assert "ports" not in services["redis"]
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_workers_use_the_password_and_listen_on_the_network() -> None:
+    services = _compose()["services"]
+    for name in ("ingest", "scorer", "scorer-gpu"):
+        env = services[name]["environment"]
+        assert env["RIPPLEREC_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?"), name
+        assert env["RIPPLEREC_WEB_BIND"] == "0.0.0.0", name  # noqa: S104 - containers must listen on the network
+
+
+def test_k8s_workers_listen_on_the_network_and_read_redis_from_a_secret() -> None:
+    documents = list(yaml.safe_load_all((INFRA / "k8s" / "workers.yaml").read_text()))
+    config = next(d for d in documents if d["kind"] == "ConfigMap")
+    assert config["data"]["RIPPLEREC_WEB_BIND"] == "0.0.0.0"  # noqa: S104
+    assert not any("REDIS" in key for key in config["data"])
+    for deployment in (d for d in documents if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert "secretKeyRef" in env["RIPPLEREC_REDIS_URL"]["valueFrom"]
+            assert container["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]
