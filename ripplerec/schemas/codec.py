@@ -165,7 +165,7 @@ class AvroCodec:
         from .registry import ConfluentSchemaRegistry, FileSchemaRegistry, RedisSchemaRegistry
 
         if settings.schema_registry_url:
-            return cls(ConfluentSchemaRegistry(settings.schema_registry_url))
+            return cls(ConfluentSchemaRegistry.from_settings(settings))
         if settings.schema_registry_path is not None:
             return cls(FileSchemaRegistry(settings.schema_registry_path))
         if redis_client is not None:
