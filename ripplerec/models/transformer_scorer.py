@@ -8,6 +8,14 @@ Construct it from plain data::
     scorer.recommend(UserState(user_id, history), k=10, exclude=seen, now=now)
     scorer.explain(UserState(user_id, history), item_id, now)  # -> list[Influence]
     scorer.save(folder); TransformerScorer.load(folder, encoder=...)
+
+A trainer process that learns from a stream of ready-made examples (``ripple.training``) and serves
+its weights to other processes uses the second half::
+
+    report = scorer.learn_examples(examples)                   # test-then-learn, with metrics
+    blob = scorer.export_head({"version_name": ...})           # one safetensors blob: a head version
+    served = other.with_head(blob)                              # a scorer process loads it, by item id
+    state = scorer.checkpoint({...}); TransformerScorer.restore(state, encoder=...)
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import struct
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,7 +63,14 @@ from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConf
 from ripplerec.models.serialization import FORMAT_VERSION, check_shapes, read_manifest, write_json
 from ripplerec.models.trainer import OnlineTrainer, TrainerConfig
 
-__all__ = ["TransformerScorerConfig", "TransformerScorer", "item_text"]
+__all__ = [
+    "TransformerScorerConfig", "TransformerScorer", "item_text", "Example", "LearnReport", "HEAD_FORMAT",
+    "CHECKPOINT_FORMAT",
+]
+
+#: ``format`` of an exported head version (:meth:`TransformerScorer.export_head`) and of a checkpoint.
+HEAD_FORMAT = "ripplerec.head"
+CHECKPOINT_FORMAT = "ripplerec.checkpoint"
 
 _PER_ITEM = ("item_bias", "item_ids", "item_counts")  # head tensors with one row per catalog item
 _ACTION_INDEX = {action: i for i, action in enumerate(ACTIONS)}
@@ -70,6 +86,54 @@ def item_text(item: Item) -> str:
         return item.text if item.title in item.text else f"{item.title}. {item.text}"
     details = ". ".join(f"{key}: {value}" for key, value in sorted(item.attributes.items()) if value)
     return f"{item.title}. {details}" if details else item.title
+
+
+@dataclass(frozen=True)
+class Example:
+    """One ready-made training example: the user's history *before* the positive, oldest first.
+
+    ``ts`` and the history's timestamps are in seconds, as everywhere in the models; ``negatives`` are
+    item ids the user did not pick, used for the example's AUC (training samples its own negatives).
+    """
+
+    user_id: str
+    item_id: str
+    action: str
+    value: float | None
+    ts: float
+    history: tuple[Behavior, ...] = ()
+    negatives: tuple[str, ...] = ()
+
+
+@dataclass
+class LearnReport:
+    """What :meth:`TransformerScorer.learn_examples` did, and how well the model ranked each positive
+    *before* learning it (test-then-learn): sums, so reports of several calls add up."""
+
+    trained: int = 0  # examples learned
+    unknown: int = 0  # examples whose positive is not in the catalog (not learned)
+    hits: float = 0.0  # positives ranked in the top 10 of the full catalog (ties counted against them)
+    ndcg: float = 0.0  # sum of NDCG@10
+    auc: float = 0.0  # sum over examples with negatives of the share of them scored below the positive
+    auc_examples: int = 0
+    loss: float = 0.0  # sum of the training loss of each step
+    steps: int = 0
+
+    def add(self, other: LearnReport) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def metrics(self) -> dict[str, float]:
+        """Means (``hr@10``, ``ndcg@10``, ``auc``, ``loss``) of the examples reported; empty when none."""
+        out: dict[str, float] = {}
+        if self.trained:
+            out["hr@10"] = self.hits / self.trained
+            out["ndcg@10"] = self.ndcg / self.trained
+        if self.auc_examples:
+            out["auc"] = self.auc / self.auc_examples
+        if self.steps:
+            out["loss"] = self.loss / self.steps
+        return out
 
 
 @dataclass(frozen=True)
@@ -142,10 +206,15 @@ class TransformerScorer(RankingModel):
         # first _cosine_rows items
         self._text_cosines = np.zeros((0, 0), dtype=np.float32)
         self._cosine_rows = 0
+        # the name of the head version loaded with with_head (a trainer's announced version), if any
+        self.version_name: str | None = None
 
     # -- identity ---------------------------------------------------------------------------------
     @property
     def version(self) -> str:
+        """The loaded head version's name when there is one, else config digest and training steps."""
+        if self.version_name is not None:
+            return self.version_name
         payload = json.dumps([self.config.to_dict(), self.encoder_version], sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
         return f"{self.name}-{digest}-s{self.trainer.steps}"
@@ -365,8 +434,13 @@ class TransformerScorer(RankingModel):
                     0, torch.tensor(list(rows)), torch.ones(len(rows), dtype=self.head.item_counts.dtype)
                 )
 
-    def _train_examples(self, examples: list[tuple[NDArray[np.float64], int, float]]) -> None:
-        """One trainer step on ``examples`` plus replayed past ones; then remember them for replay."""
+    def _train_examples(
+        self, examples: list[tuple[NDArray[np.float64], int, float]], features: torch.Tensor | None = None
+    ) -> float:
+        """One trainer step on ``examples`` plus replayed past ones; then remember them for replay.
+
+        ``features``: the examples' count features when the caller computed them already. Returns the loss.
+        """
         config = self.config.trainer
         batch = list(examples)
         if config.replay and self._replay:
@@ -383,12 +457,11 @@ class TransformerScorer(RankingModel):
                 )
             self._active[rows] = True
             active = self._active
-        features = None
-        if self.config.head.count_features:
+        if features is None and self.config.head.count_features:
             # only the new examples carry features: theirs are the counts before they were learned, as at
             # scoring time; a replayed example's would include itself and what came after it
             features = self._count_features(encoded, len(examples))
-        self.trainer.step(encoded, rows, len(self._item_ids), active, features, self._affinity_cosines())
+        loss = self.trainer.step(encoded, rows, len(self._item_ids), active, features, self._affinity_cosines())
         if config.replay:
             for example in examples:  # reservoir sampling keeps a uniform sample of the whole stream
                 self._replay_seen += 1
@@ -398,6 +471,7 @@ class TransformerScorer(RankingModel):
                     slot = int(torch.randint(0, self._replay_seen, (1,), generator=self.trainer.generator))
                     if slot < config.replay_capacity:
                         self._replay[slot] = example
+        return loss
 
     def fit(self, users: Sequence[UserState], positives: Sequence[str], now: float) -> float:
         """One training step on explicit examples (a trainer that holds user states elsewhere)."""
@@ -411,6 +485,78 @@ class TransformerScorer(RankingModel):
         self._count(rows)
         self._vectors = None
         return loss
+
+    def learn_examples(self, examples: Sequence[Example], top: int = 10) -> LearnReport:
+        """Test, then learn, ready-made examples in order (a trainer fed by ``ripple.training``).
+
+        Each chunk of ``config.trainer.batch_size`` examples is first scored with the current weights (rank of
+        the positive among the whole catalog less the example's history, ties counted against it: HR and
+        NDCG at ``top``; AUC against the example's negatives), then learned in one trainer step (plus replay),
+        after which the count features learn it. Examples on unknown items are counted, not learned; history
+        entries on unknown items are dropped.
+        """
+        report = LearnReport()
+        index = self._index_of
+        pending: list[tuple[NDArray[np.float64], int, float, str, tuple[str, ...]]] = []
+        for example in examples:
+            row = index.get(example.item_id)
+            if row is None:
+                report.unknown += 1
+                continue
+            encoded = np.asarray(self._encode(example.history), dtype=np.float64).reshape(-1, 4)
+            pending.append((encoded, row, example.ts, example.user_id, example.negatives))
+        size = self.config.trainer.batch_size
+        for start in range(0, len(pending), size):
+            chunk = pending[start : start + size]
+            histories = [c[0] for c in chunk]
+            rows = [c[1] for c in chunk]
+            batch = self._batch_from_encoded(histories, [c[2] for c in chunk])
+            features = self._count_features(batch) if self.config.head.count_features else None
+            self._test(report, batch, rows, [c[4] for c in chunk], features, top)
+            learned = list(zip(histories, rows, [c[2] for c in chunk], strict=True))
+            report.loss += self._train_examples(learned, features)
+            report.steps += 1
+            report.trained += len(chunk)
+            if len(self._counts):  # counts learn after the step: it saw the features a scorer saw before
+                self._counts.add_many([(c[3], c[1]) for c in chunk])
+            self._count(rows)
+            self._vectors = None
+        return report
+
+    def _test(
+        self,
+        report: LearnReport,
+        batch: HistoryBatch,
+        rows: Sequence[int],
+        negatives: Sequence[Sequence[str]],
+        features: torch.Tensor | None,
+        top: int,
+    ) -> None:
+        """Add the ranking metrics of the positives ``rows`` under the current weights to ``report``."""
+        n = len(self._item_ids)
+        with torch.no_grad():
+            vectors = self._item_vectors()
+            users, _ = self.head.user_vectors(batch, vectors)
+            scores = users @ vectors.T + self.head.biases(slice(0, n))
+            if features is not None:
+                scores = scores + self.head.feature_scores(features)
+        positives = torch.tensor(list(rows))
+        picked = torch.arange(len(rows))
+        own = scores[picked, positives].clone()
+        seen = batch.mask & (batch.items != positives.unsqueeze(1))  # the history, except a repeat of the positive
+        owners = picked.unsqueeze(1).expand_as(batch.items)
+        scores[owners[seen], batch.items[seen]] = -torch.inf
+        rank = (scores >= own.unsqueeze(1)).sum(dim=1) - 1  # pessimistic: a tie ranks above the positive
+        hit = rank < top
+        report.hits += float(hit.sum())
+        report.ndcg += float((hit / torch.log2(rank.to(torch.float64) + 2.0)).sum())
+        index = self._index_of
+        for b, ids in enumerate(negatives):
+            known = [index[i] for i in ids if i in index and i != self._item_ids[rows[b]]]
+            if known:
+                against = scores[b, known]
+                report.auc += float((against < own[b]).sum() + 0.5 * (against == own[b]).sum()) / len(known)
+                report.auc_examples += 1
 
     # -- scoring ----------------------------------------------------------------------------------
     def score_many(self, users: Sequence[UserState], now: float | Sequence[float] | None = None) -> NDArray[np.float32]:
@@ -667,6 +813,261 @@ class TransformerScorer(RankingModel):
                 )
                 scorer._encoded[user] = _EncodedHistory(length, scorer._encode(list(scorer._histories[user])))
         return scorer
+
+    # -- head versions and checkpoints (bytes, for a model store) --------------------------------------
+    def export_head(self, extra: Mapping[str, Any] | None = None) -> bytes:
+        """This head as one safetensors blob: what another process needs to score like this one.
+
+        Holds the learned head weights (no item text: a scorer encodes its items itself, with the
+        same encoder) and the count features, one row per item of this scorer's catalog, and in the
+        safetensors metadata a JSON manifest (format, config, encoder version, item ids, steps, and
+        ``extra``: e.g. the version's name). :meth:`with_head` reads it back by item id.
+        """
+        from safetensors.torch import save
+
+        n = len(self._item_ids)
+        tensors = {f"head.{key}": value for key, value in self.head_state().items()}
+        for key, value in self._counts.state(n).items():
+            tensors[f"counts.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+        manifest = {**self._manifest(), "format": HEAD_FORMAT, "item_ids": list(self._item_ids), **(extra or {})}
+        return bytes(save(tensors, metadata={"manifest": json.dumps(manifest)}))
+
+    def with_head(self, blob: bytes, source: str = "head version") -> TransformerScorer:
+        """A new scorer with this one's config, encoder and catalog and the weights of an exported head.
+
+        Rows are matched by item id, so the exporting scorer's catalog may be in another order, lack
+        some of this one's items (they keep fresh weights) or hold items this one lacks (left out).
+        Raises :class:`ModelLoadError` when ``blob`` is not an exported head, was made for another head
+        config or encoder, or holds tensors of the wrong shapes or non-finite values; ``self`` is never
+        changed, so a caller keeps serving it. Safe to run in a thread while ``self`` serves.
+        """
+        from safetensors.torch import load
+
+        manifest = _manifest_of(blob, source)
+        if manifest.get("format") != HEAD_FORMAT:
+            raise ModelLoadError(f"{source}: format {manifest.get('format')!r}, expected {HEAD_FORMAT!r}")
+        self._check_compatible(manifest, source)
+        try:
+            tensors = load(blob)
+        except Exception as error:  # safetensors raises its own error types
+            raise ModelLoadError(f"{source}: unreadable tensors: {error}") from error
+        saved_ids = [str(i) for i in manifest.get("item_ids", [])]
+        n_saved = len(saved_ids)
+        expected = {f"head.{key}": (n_saved,) + tuple(v.shape[1:]) if key in _PER_ITEM else tuple(v.shape)
+                    for key, v in self.head_state().items()}
+        expected.update({f"counts.{key}": (n_saved,) * v.ndim for key, v in self._counts.state(0).items()})
+        check_shapes(source, expected, {key: tuple(v.shape) for key, v in tensors.items()})
+        bad = [key for key, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ModelLoadError(f"{source}: non-finite values in {', '.join(sorted(bad))}")
+
+        n = len(self._item_ids)
+        ids = list(self._item_ids[:n])
+        new = TransformerScorer(self.config, self.encoder, self.cache, self.name)
+        new.encoder_version = self.encoder_version
+        embeddings = self.head.item_text[:n].numpy().copy() if self.config.head.uses_text else None
+        new.add_items([Item(item_id, item_id) for item_id in ids], embeddings)
+        index = new._index_of
+        mine = [(row, index[item_id]) for row, item_id in enumerate(saved_ids) if item_id in index]
+        from_rows = torch.tensor([a for a, _ in mine], dtype=torch.long)
+        to_rows = torch.tensor([b for _, b in mine], dtype=torch.long)
+        with torch.no_grad():
+            state = new.head.state_dict()
+            for key in self.head_state():
+                value = tensors[f"head.{key}"]
+                if key in _PER_ITEM:
+                    getattr(new.head, key)[to_rows] = value[from_rows].to(getattr(new.head, key).dtype)
+                else:
+                    state[key].copy_(value)
+        if len(new._counts):
+            src, dst = from_rows.numpy(), to_rows.numpy()
+            mapped: dict[str, NDArray[np.float32]] = {}
+            for key, saved in tensors.items():
+                if not key.startswith("counts."):
+                    continue
+                array = saved.numpy()
+                grid: NDArray[np.float32] = np.zeros((n,) * array.ndim, dtype=np.float32)
+                if array.ndim == 2:
+                    grid[np.ix_(dst, dst)] = array[np.ix_(src, src)]
+                else:
+                    grid[dst] = array[src]
+                mapped[key[len("counts.") :]] = grid
+            new._counts.restore(mapped, {name: {} for name, _ in new._counts.enabled}, n)
+        new.trainer.steps = int(manifest.get("steps", 0))
+        new.trainer.examples = int(manifest.get("examples", 0))
+        name = manifest.get("version_name")
+        new.version_name = str(name) if name is not None else None
+        new._item_vectors()  # ready before the first request
+        if self.config.head.text_feature and n <= TEXT_COSINES_MAX_ITEMS:
+            new._cosines(n)
+        return new
+
+    def _check_compatible(self, manifest: Mapping[str, Any], source: str) -> None:
+        if manifest.get("class") != type(self).__name__:
+            raise ModelLoadError(f"{source} holds a {manifest.get('class')!r}, not a {type(self).__name__!r}")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelLoadError(
+                f"{source} has format_version {manifest.get('format_version')!r}; this ripplerec reads {FORMAT_VERSION}"
+            )
+        head = (manifest.get("config") or {}).get("head")
+        if head != asdict(self.config.head):
+            raise ModelLoadError(f"{source}: made for head config {head}, this scorer has {asdict(self.config.head)}")
+        if self.config.head.uses_text and manifest.get("encoder_version") != self.encoder_version:
+            raise ModelLoadError(
+                f"{source}: made with encoder {manifest.get('encoder_version')!r}, this scorer encodes items with "
+                f"{self.encoder_version!r}"
+            )
+
+    def checkpoint(self, extra: Mapping[str, Any] | None = None) -> bytes:
+        """Everything a trainer needs to continue exactly where it stopped, as one safetensors blob.
+
+        Head weights (item texts included), the anchor of the L2 pull, the optimizer state, the
+        random generators, the replay reservoir, the active-item mask and the count features with their
+        per-user windows; ``extra`` (JSON) rides along in the manifest. Per-user learning histories of
+        :meth:`learn` are not kept: a trainer fed ready-made examples does not use them.
+        """
+        from safetensors.torch import save
+
+        n = len(self._item_ids)
+        tensors: dict[str, torch.Tensor] = {}
+        per_item = set(_PER_ITEM) | {"item_text"}
+        for key, value in self.head.state_dict().items():
+            tensors[f"head.{key}"] = (value[:n] if key in per_item else value).detach().clone().contiguous()
+        if not self.config.head.gated:  # not in the state dict then, but the gate of a later config may read it
+            tensors["head.item_counts"] = self.head.item_counts[:n].clone().contiguous()
+        for key, value in self.trainer.anchor.items():
+            tensors[f"anchor.{key}"] = value.contiguous()
+        params = dict(self.head.named_parameters())
+        for name, param in params.items():
+            for key, value in self.trainer.optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value):
+                    rows = value[:n] if name in _PER_ITEM and value.dim() > 0 else value
+                    tensors[f"opt.{name}.{key}"] = rows.detach().clone().contiguous()
+        tensors["rng.trainer"] = self.trainer.generator.get_state()
+        tensors["rng.head"] = self.head._generator.get_state()
+        active = torch.zeros(n, dtype=torch.uint8)
+        active[: min(n, self._active.shape[0])] = self._active[:n].to(torch.uint8)
+        tensors["active"] = active
+        if self._replay:
+            lengths = [len(h) for h, _, _ in self._replay]
+            tensors["replay.history"] = torch.from_numpy(
+                np.concatenate([np.asarray(h, dtype=np.float64).reshape(-1, 4) for h, _, _ in self._replay])
+            )
+            tensors["replay.lengths"] = torch.tensor(lengths, dtype=torch.int64)
+            tensors["replay.rows"] = torch.tensor([r for _, r, _ in self._replay], dtype=torch.int64)
+            tensors["replay.ts"] = torch.tensor([ts for _, _, ts in self._replay], dtype=torch.float64)
+        for key, value in self._counts.state(n).items():
+            tensors[f"counts.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+        manifest = {
+            **self._manifest(),
+            "format": CHECKPOINT_FORMAT,
+            "item_ids": list(self._item_ids),
+            "replay_seen": self._replay_seen,
+            "count_recent": self._counts.recent(),
+            "extra": dict(extra or {}),
+        }
+        return bytes(save(tensors, metadata={"manifest": json.dumps(manifest)}))
+
+    @classmethod
+    def restore(
+        cls,
+        blob: bytes,
+        encoder: TextEncoder | None = None,
+        cache: EmbeddingCache | None = None,
+        source: str = "checkpoint",
+    ) -> tuple[TransformerScorer, dict[str, Any]]:
+        """A scorer rebuilt from :meth:`checkpoint`, and the ``extra`` saved with it.
+
+        With ``encoder``, its version must be the one the checkpoint was made with.
+        """
+        from safetensors.torch import load
+
+        manifest = _manifest_of(blob, source)
+        if manifest.get("format") != CHECKPOINT_FORMAT:
+            raise ModelLoadError(f"{source}: format {manifest.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+        config = TransformerScorerConfig.from_dict(manifest["config"])
+        saved_encoder = manifest.get("encoder_version")
+        if encoder is not None and config.head.uses_text and encoder.version != saved_encoder:
+            raise ModelLoadError(f"{source} was made with encoder {saved_encoder!r}, not {encoder.version!r}")
+        try:
+            tensors = load(blob)
+        except Exception as error:
+            raise ModelLoadError(f"{source}: unreadable tensors: {error}") from error
+        scorer = cls(config, encoder, cache, manifest.get("name"))
+        scorer.encoder_version = saved_encoder
+        item_ids = [str(i) for i in manifest.get("item_ids", [])]
+        n = len(item_ids)
+        text = tensors.get("head.item_text")
+        embeddings = text.numpy() if config.head.uses_text and text is not None else None
+        scorer.add_items([Item(item_id, item_id) for item_id in item_ids], embeddings)
+        per_item = set(_PER_ITEM) | {"item_text"}
+        head = scorer.head
+        with torch.no_grad():
+            state = head.state_dict()
+            for key, value in tensors.items():
+                if not key.startswith("head."):
+                    continue
+                name = key[len("head.") :]
+                if name in per_item:
+                    getattr(head, name)[:n] = value
+                elif name in state:
+                    state[name].copy_(value)
+        scorer.trainer.set_anchor({key[len("anchor.") :]: v for key, v in tensors.items() if key.startswith("anchor.")})
+        params = dict(head.named_parameters())
+        optimizer_state: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                name, _, field_name = key[len("opt.") :].rpartition(".")
+                optimizer_state.setdefault(name, {})[field_name] = value
+        for name, fields in optimizer_state.items():
+            param = params.get(name)
+            if param is None:
+                raise ModelLoadError(f"{source}: optimizer state for unknown parameter {name!r}")
+            restored = {}
+            for field_name, value in fields.items():
+                if name in _PER_ITEM and value.dim() > 0 and value.shape[0] < param.shape[0]:
+                    pad = value.new_zeros((param.shape[0] - value.shape[0],) + tuple(value.shape[1:]))
+                    value = torch.cat([value, pad])
+                restored[field_name] = value
+            scorer.trainer.optimizer.state[param] = restored
+        scorer.trainer.generator.set_state(tensors["rng.trainer"])
+        head._generator.set_state(tensors["rng.head"])
+        scorer._active = tensors["active"].bool() if "active" in tensors else scorer._active
+        if "replay.rows" in tensors:
+            lengths = tensors["replay.lengths"].tolist()
+            history = tensors["replay.history"].numpy()
+            ends = np.cumsum(lengths)
+            scorer._replay = [
+                (history[end - length : end].copy(), int(row), float(ts))
+                for end, length, row, ts in zip(
+                    ends, lengths, tensors["replay.rows"].tolist(), tensors["replay.ts"].tolist(), strict=True
+                )
+            ]
+        scorer._replay_seen = int(manifest.get("replay_seen", len(scorer._replay)))
+        if len(scorer._counts):
+            arrays = {key[len("counts.") :]: v.numpy() for key, v in tensors.items() if key.startswith("counts.")}
+            scorer._counts.restore(arrays, manifest.get("count_recent", {}), n)
+        scorer.trainer.steps = int(manifest.get("steps", 0))
+        scorer.trainer.examples = int(manifest.get("examples", 0))
+        scorer._vectors = None
+        return scorer, dict(manifest.get("extra") or {})
+
+
+def _manifest_of(blob: bytes, source: str) -> dict[str, Any]:
+    """The JSON manifest in a safetensors blob's metadata (:class:`ModelLoadError` when there is none)."""
+    if len(blob) < 8:
+        raise ModelLoadError(f"{source}: {len(blob)} bytes is not a safetensors blob")
+    (size,) = struct.unpack("<Q", blob[:8])
+    if size > len(blob) - 8 or size > 100 * 1024 * 1024:
+        raise ModelLoadError(f"{source}: not a safetensors blob (header of {size} bytes in {len(blob)})")
+    try:
+        header = json.loads(blob[8 : 8 + size])
+        manifest = json.loads(header["__metadata__"]["manifest"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{source}: no ripplerec manifest in the safetensors header ({error})") from error
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(f"{source}: the manifest is not a JSON object")
+    return manifest
 
 
 class _EncodedHistory:
