@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["StreamMetrics", "parse_metrics", "CONTENT_TYPE"]
@@ -73,6 +73,50 @@ class StreamMetrics:
             buckets=_REQUEST_BUCKETS, registry=r,
         )
         self.scoring_errors = Counter("ripplerec_scoring_errors", "Requests answered with an error", registry=r)
+        # Trainer role and model versions (issue 13)
+        self.trainer_examples = Counter(
+            "ripplerec_trainer_examples", "Training examples learned by the trainer (each event id once)", registry=r
+        )
+        self.trainer_examples_duplicate = Counter(
+            "ripplerec_trainer_examples_duplicate",
+            "Training examples dropped because their event_id was learned before (a replay of the ingest agent)",
+            registry=r,
+        )
+        self.trainer_examples_unknown_item = Counter(
+            "ripplerec_trainer_examples_unknown_item",
+            "Training examples not learned because their item is in no catalog the trainer can read", registry=r,
+        )
+        self.trainer_messages_redelivered = Counter(
+            "ripplerec_trainer_messages_redelivered",
+            "ripple.training messages skipped because the trainer's state already holds them (at or below its "
+            "checkpointed position)", registry=r,
+        )
+        self.trainer_versions = Counter(
+            "ripplerec_trainer_versions", "Head versions the trainer published", registry=r
+        )
+        self.trainer_checkpoints = Counter(
+            "ripplerec_trainer_checkpoints", "Trainer checkpoints written", registry=r
+        )
+        self.trainer_examples_seen = Gauge(
+            "ripplerec_trainer_examples_seen", "Examples in the trainer's model (restored checkpoints included)",
+            registry=r,
+        )
+        self.trainer_step_seconds = Histogram(
+            "ripplerec_trainer_step_seconds", "Time to test and learn one ripple.training message",
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.model_versions_loaded = Counter(
+            "ripplerec_model_versions_loaded", "Announced model versions a scorer loaded and serves", registry=r
+        )
+        self.model_versions_refused = Counter(
+            "ripplerec_model_versions_refused",
+            "Announced model versions a scorer refused (hash, shapes, format or config did not match, or the "
+            "blob was missing); it kept serving the previous one", ["reason"], registry=r,
+        )
+        self.model_version_examples = Gauge(
+            "ripplerec_model_version_examples", "Examples learned by the model version this scorer serves",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,511 @@
+"""The trainer role: ``ripple.training`` -> the transformer's online head -> versions on ``ripple.model-updates``.
+
+:class:`StreamTrainer` holds the model and everything a restart needs, and does the work; every one of
+its methods runs in one training thread (a single-thread executor), one at a time and in the order
+they were submitted, so the event loop never waits for a step and the model is never touched by two
+threads. :class:`TrainerAgent` is the Faust side: it takes messages, hands them to the thread (at
+most ``settings.trainer.queue_messages`` waiting), publishes a version every ``publish_every_s``
+seconds or ``publish_every_examples`` examples, whichever comes first, and writes a checkpoint every
+``checkpoint_every_s``.
+
+Exactly the examples of the log, each once:
+
+* a message at or below the offset up to which its partition was trained is skipped (a redelivery);
+* messages are acked to the broker only once a checkpoint covers them, so the position the consumer
+  group restarts from is never past what the last checkpoint holds: a trainer killed between two
+  checkpoints restarts from the last one and trains the messages after it again, once;
+* an example whose ``event_id`` was learned before (the ingest agent resends examples after its own
+  crash) is dropped (the last ``dedupe_event_ids`` ids are kept, in the checkpoint too);
+* when a rebalance waits for the messages held, a checkpoint is written at once, so it waits one
+  checkpoint, not a whole interval.
+
+A version is one safetensors blob in the model store (:mod:`ripplerec.modelstore`), named by its
+sha256, and a ``ModelUpdate`` (key: the model's name) whose ``location`` ends with that sha256 and
+whose ``metrics`` hold ``examples_seen`` and the trainer's own test-then-learn figures on the
+examples since the previous version (``hr@10``, ``ndcg@10``, ``auc``, ``loss``). One trainer per
+model: two would train two models under one name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ripplerec.config import Settings
+from ripplerec.models.base import Behavior, Item
+from ripplerec.models.store import ModelStore
+from ripplerec.models.transformer_scorer import Example, LearnReport, TransformerScorer
+from ripplerec.monitoring import StreamMetrics
+from ripplerec.schemas import AvroCodec
+from ripplerec.schemas.records import ModelUpdate
+from ripplerec.schemas.training import decode_training
+from ripplerec.streams.log_identity import fingerprint
+
+__all__ = ["StreamTrainer", "TrainerAgent", "TrainingJob", "JobResult", "checkpoint_ref", "to_example",
+           "register_trainer"]
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_ref(model_name: str) -> str:
+    """The model store reference that names ``model_name``'s latest trainer checkpoint."""
+    return f"checkpoint.{model_name}"
+
+
+def to_example(record: Mapping[str, Any]) -> Example:
+    """A ``TrainingExample`` record (times in ms) as a model :class:`Example` (times in seconds)."""
+    return Example(
+        record["user_id"],
+        record["positive_item_id"],
+        record["action"],
+        record.get("value"),
+        record["ts"] / 1000.0,
+        tuple(Behavior(h["item_id"], h["action"], h.get("value"), h["ts"] / 1000.0) for h in record["history"]),
+        tuple(record.get("negatives") or ()),
+    )
+
+
+def _event_key(event_id: str) -> str:
+    """What the dedupe window keeps per event id (16 hex characters)."""
+    return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class TrainingJob:
+    """Messages taken together (each has ``topic``, ``partition``, ``offset``, ``key``, ``value``)."""
+
+    seq: int
+    messages: Sequence[Any]
+    resets: frozenset[int] = frozenset()  # partitions whose log is a new one: forget their positions first
+
+
+@dataclass
+class JobResult:
+    seq: int
+    report: LearnReport = field(default_factory=LearnReport)
+    redelivered: int = 0  # messages skipped: the model holds them already
+    duplicates: int = 0
+    invalid: list[tuple[Any, str, str]] = field(default_factory=list)  # (message, error type, error)
+    seconds: float = 0.0
+
+
+class StreamTrainer:
+    """The model, its position in ``ripple.training`` and its version history; used from one thread.
+
+    ``items_for(ids)`` returns catalog records (``title``, ``text``, ...) of the ids the catalog holds
+    and ``catalog_ids()`` every id it holds (the profile store's items, read through the event loop).
+    """
+
+    def __init__(
+        self,
+        scorer: TransformerScorer,
+        settings: Settings,
+        codec: AvroCodec,
+        store: ModelStore,
+        *,
+        items_for: Callable[[Sequence[str]], Mapping[str, Mapping[str, Any]]] | None = None,
+        catalog_ids: Callable[[], Sequence[str]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scorer = scorer
+        self.settings = settings
+        self.codec = codec
+        self.store = store
+        self.items_for = items_for
+        self.catalog_ids = catalog_ids
+        self.clock = clock
+        self.model_name = settings.trainer.model_name
+        self.run_id = uuid.uuid4().hex[:6]  # versions of a restarted trainer never share a name with earlier ones
+        self.offsets: dict[int, int] = {}  # partition -> last offset trained
+        self.anchors: dict[int, tuple[int, str]] = {}  # partition -> (offset, fingerprint) of that message
+        self.recent: OrderedDict[str, None] = OrderedDict()
+        self.examples_seen = 0
+        self.duplicates = 0
+        self.unknown = 0
+        self.seq = 0  # versions published
+        self.parent: str | None = None
+        self.versions: list[tuple[str, str]] = []  # (name, digest), oldest first, still in the store
+        self.window = LearnReport()
+        self.published_at = clock()
+        self.trained_job = 0  # seq of the last job trained
+        self.checkpointed_job = 0
+        self.catalog_checked_at = float("-inf")
+
+    # -- restart -----------------------------------------------------------------------------------
+    @classmethod
+    def resume(
+        cls, build: Callable[[], TransformerScorer], settings: Settings, codec: AvroCodec, store: ModelStore,
+        **kwargs: Any,
+    ) -> StreamTrainer:
+        """The trainer of the latest checkpoint in ``store``, else a fresh one on ``build()``.
+
+        A checkpoint that cannot be read is an error: silently starting over would retrain what the
+        served versions hold and announce a worse model.
+        """
+        fresh = build()
+        digest = store.get_ref(checkpoint_ref(settings.trainer.model_name))
+        if digest is None:
+            log.info("trainer %s: no checkpoint, starting from untrained weights", settings.trainer.model_name)
+            return cls(fresh, settings, codec, store, **kwargs)
+        blob = store.get(digest)
+        scorer, extra = TransformerScorer.restore(blob, fresh.encoder, fresh.cache, source=f"checkpoint {digest[:12]}")
+        if scorer.config != fresh.config:
+            log.warning("trainer %s: the checkpoint's config differs from the configured one; the checkpoint's "
+                        "is kept (scorers built from these settings will refuse its versions)", scorer.name)
+        trainer = cls(scorer, settings, codec, store, **kwargs)
+        trainer._load_state(extra)
+        log.info("trainer %s: resumed checkpoint %s (%d examples, positions %s)", trainer.model_name, digest[:12],
+                 trainer.examples_seen, trainer.offsets)
+        return trainer
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "anchors": {str(p): [o, f] for p, (o, f) in self.anchors.items()},
+            "recent": list(self.recent),
+            "examples_seen": self.examples_seen,
+            "duplicates": self.duplicates,
+            "unknown": self.unknown,
+            "seq": self.seq,
+            "parent": self.parent,
+            "versions": [list(v) for v in self.versions],
+        }
+
+    def _load_state(self, extra: Mapping[str, Any]) -> None:
+        self.offsets = {int(p): int(o) for p, o in extra.get("offsets", {}).items()}
+        self.anchors = {int(p): (int(a[0]), str(a[1])) for p, a in extra.get("anchors", {}).items()}
+        self.recent = OrderedDict((str(k), None) for k in extra.get("recent", []))
+        self.examples_seen = int(extra.get("examples_seen", 0))
+        self.duplicates = int(extra.get("duplicates", 0))
+        self.unknown = int(extra.get("unknown", 0))
+        self.seq = int(extra.get("seq", 0))
+        self.parent = extra.get("parent")
+        self.versions = [(str(n), str(d)) for n, d in extra.get("versions", [])]
+
+    # -- training ----------------------------------------------------------------------------------
+    def train(self, job: TrainingJob) -> JobResult:
+        """Decode, dedupe and learn one job's messages (test-then-learn); positions advance with them."""
+        started = time.perf_counter()
+        result = JobResult(job.seq)
+        for partition in job.resets:
+            self.offsets.pop(partition, None)
+            self.anchors.pop(partition, None)
+        examples: list[Example] = []
+        window = self.settings.trainer.dedupe_event_ids
+        for message in job.messages:
+            partition, offset = message.partition, message.offset
+            if offset <= self.offsets.get(partition, -1):
+                result.redelivered += 1
+                continue
+            try:
+                records = decode_training(self.codec, message.value)
+            except Exception as exc:  # undecodable: a dead letter, and the position moves past it
+                result.invalid.append((message, type(exc).__name__, str(exc)))
+                records = []
+            for record in records:
+                key = _event_key(record["event_id"])
+                if key in self.recent:
+                    result.duplicates += 1
+                    continue
+                if window:
+                    self.recent[key] = None
+                    if len(self.recent) > window:
+                        self.recent.popitem(last=False)
+                try:
+                    examples.append(to_example(record))
+                except (KeyError, TypeError) as exc:
+                    result.invalid.append((message, type(exc).__name__, f"bad training example: {exc}"))
+            self.offsets[partition] = offset
+            self.anchors[partition] = (offset, fingerprint(message.key, message.value))
+        self._add_unknown_items(examples)
+        result.report = self.scorer.learn_examples(examples)
+        self.window.add(result.report)
+        self.examples_seen += result.report.trained
+        self.duplicates += result.duplicates
+        self.unknown += result.report.unknown
+        self.trained_job = job.seq
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _add_unknown_items(self, examples: Sequence[Example]) -> None:
+        """Add the catalog items these examples name that the model does not know yet (and, every
+        ``catalog_refresh_s``, any other new item of the catalog)."""
+        from ripplerec.streams.transformer_setup import to_item
+
+        known = set(self.scorer.item_ids)
+        wanted = {e.item_id for e in examples if e.item_id not in known}
+        wanted.update(b.item_id for e in examples for b in e.history if b.item_id not in known)
+        now = self.clock()
+        if self.catalog_ids is not None and now - self.catalog_checked_at >= self.settings.trainer.catalog_refresh_s:
+            self.catalog_checked_at = now
+            wanted.update(i for i in self.catalog_ids() if i not in known)
+        if not wanted or self.items_for is None:
+            return
+        found = self.items_for(sorted(wanted))
+        items: list[Item] = [to_item(found[i]) for i in sorted(found)]
+        if items:
+            self.scorer.add_items(items)
+
+    # -- versions ----------------------------------------------------------------------------------
+    def publish_due(self) -> bool:
+        """Whether examples were learned since the last version and its time or count has come."""
+        trained = self.window.trained
+        if not trained:
+            return False
+        every = self.settings.trainer
+        return trained >= every.publish_every_examples or self.clock() - self.published_at >= every.publish_every_s
+
+    def publish(self) -> tuple[ModelUpdate, list[str]]:
+        """Write a new head version to the store; its ``ModelUpdate``, and the digests of versions now
+        beyond ``keep_versions`` (to delete once the new one is announced)."""
+        self.seq += 1
+        name = f"{self.model_name}-h{self.seq}-{self.run_id}"
+        blob = self.scorer.export_head({"version_name": name, "parent": self.parent})
+        digest = self.store.put(blob)
+        metrics = {
+            "examples_seen": float(self.examples_seen),
+            "examples": float(self.window.trained),
+            "duplicates": float(self.duplicates),
+            "unknown_items": float(self.unknown),
+            "items": float(len(self.scorer.item_ids)),
+            "steps": float(self.scorer.trainer.steps),
+            "bytes": float(len(blob)),
+            **self.window.metrics(),
+        }
+        record: ModelUpdate = {
+            "model_name": self.model_name,
+            "version": name,
+            "kind": "head",
+            "location": self.store.location(digest),
+            "parent": self.parent,
+            "metrics": metrics,
+            "created_at": int(time.time() * 1000),
+        }
+        self.parent = name
+        self.versions.append((name, digest))
+        keep = self.settings.trainer.keep_versions
+        stale = [d for _, d in self.versions[:-keep]]
+        self.versions = self.versions[-keep:]
+        self.window = LearnReport()
+        self.published_at = self.clock()
+        return record, stale
+
+    def forget(self, digests: Sequence[str]) -> None:
+        kept = {d for _, d in self.versions}
+        for digest in digests:
+            if digest not in kept:
+                self.store.delete(digest)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Write the state to the store and point the checkpoint reference at it; the seq of the last job
+        it holds (every message of that job and before may be acked)."""
+        ref = checkpoint_ref(self.model_name)
+        blob = self.scorer.checkpoint(self._state())
+        digest = self.store.put(blob)
+        previous = self.store.get_ref(ref)
+        self.store.set_ref(ref, digest)
+        if previous and previous != digest:
+            self.store.delete(previous)
+        self.checkpointed_job = self.trained_job
+        return self.trained_job
+
+
+class TrainerAgent:
+    """The Faust side of the trainer: feeds the training thread, publishes, checkpoints, acks."""
+
+    def __init__(self, runtime: Any, settings: Settings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.metrics: StreamMetrics = runtime.metrics
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ripple-trainer")
+        self.trainer: StreamTrainer | None = None
+        self.seq = 0
+        self.jobs: deque[tuple[int, asyncio.Future[JobResult], list[Any]]] = deque()  # submitted, not settled
+        self.trained: deque[tuple[int, list[Any]]] = deque()  # settled, waiting for a checkpoint to be acked
+        self.untrained = 0  # messages submitted and not trained yet
+        self.checkpointed_at = time.monotonic()
+        self.verified: set[int] = set()  # partitions whose log identity was checked in this process
+        self._stream: Any = None
+        self._dead_letters: Any = None
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self.executor.submit(fn, *args))
+
+    async def start(self) -> StreamTrainer:
+        if self.trainer is None:
+            from ripplerec.modelstore import open_model_store
+            from ripplerec.streams.ingest import DeadLetterSink
+            from ripplerec.streams.transformer_setup import build_transformer
+
+            loop = asyncio.get_running_loop()
+            profiles = await self.runtime.store()
+
+            def items_for(ids: Sequence[str]) -> Mapping[str, Mapping[str, Any]]:
+                found: Mapping[str, Mapping[str, Any]] = asyncio.run_coroutine_threadsafe(
+                    profiles.get_items(list(ids)), loop).result(timeout=60)
+                return found
+
+            def catalog_ids() -> Sequence[str]:
+                ids: Sequence[str] = asyncio.run_coroutine_threadsafe(profiles.item_ids(), loop).result(timeout=60)
+                return ids
+
+            store = open_model_store(self.settings)
+            self.trainer = await self._in_thread(
+                lambda: StreamTrainer.resume(lambda: build_transformer(self.settings), self.settings,
+                                             self.runtime.codec, store, items_for=items_for, catalog_ids=catalog_ids)
+            )
+            self.metrics.trainer_examples_seen.set(self.trainer.examples_seen)
+            self._dead_letters = DeadLetterSink(self.settings, self.runtime.codec, self.runtime.send, self.metrics,
+                                                "trainer")
+        return self.trainer
+
+    async def run(self, stream: Any) -> None:
+        """Take messages until cancelled; raises when the training thread or a publish fails."""
+        await self.start()
+        self._stream = stream
+        self.jobs.clear()  # what an earlier run held comes again (redelivered) and is skipped or trained then
+        self.trained.clear()
+        self.untrained = 0
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            async for batch in stream.noack_take(max(1, self.settings.trainer.queue_messages), within=0.05):
+                if ticker.done():
+                    ticker.result()
+                    raise RuntimeError("trainer ticker stopped")
+                await self._submit(list(batch))
+        finally:
+            ticker.cancel()
+
+    async def _submit(self, events: list[Any]) -> None:
+        assert self.trainer is not None
+        self.runtime.health.taken("trainer")
+        resets = await self._verify_logs([e.message for e in events])
+        self.seq += 1
+        job = TrainingJob(self.seq, [e.message for e in events], resets)
+        future = asyncio.wrap_future(self.executor.submit(self.trainer.train, job))
+        self.jobs.append((job.seq, future, events))
+        self.untrained += len(events)
+        await self._settle(wait=self.untrained > self.settings.trainer.queue_messages)
+
+    async def _verify_logs(self, messages: Sequence[Any]) -> frozenset[int]:
+        """Partitions read for the first time in this process whose log is not the one the checkpoint's
+        positions came from (topic recreated, fresh broker): their positions are reset."""
+        from ripplerec.streams.log_identity import KafkaLogProbe, log_change
+
+        assert self.trainer is not None
+        fresh = sorted({m.partition for m in messages} - self.verified)
+        if not fresh:
+            return frozenset()
+        self.verified.update(fresh)
+        known = [p for p in fresh if p in self.trainer.offsets]
+        if not known:
+            return frozenset()
+        topic = messages[0].topic
+        probe = KafkaLogProbe(self.settings)
+        bounds = await probe.bounds(topic, known)
+        resets = set()
+        for partition in known:
+            reason = await log_change(probe, topic, partition, self.trainer.offsets.get(partition),
+                                      self.trainer.anchors.get(partition), bounds[partition])
+            if reason is not None:
+                log.warning("trainer: %s; its training position is reset", reason)
+                self.metrics.log_resets.labels(topic).inc()
+                self.runtime.health.degrade(f"trainer: {topic}[{partition}] is a new log; position reset")
+                resets.add(partition)
+        return frozenset(resets)
+
+    async def _settle(self, wait: bool = False) -> None:
+        """Handle the results of trained jobs, in order (dead letters, metrics); with ``wait``, wait for
+        jobs until no more than ``queue_messages`` messages wait for the thread."""
+        limit = self.settings.trainer.queue_messages
+        while self.jobs and (self.jobs[0][1].done() or (wait and self.untrained > limit)):
+            seq, future, events = self.jobs[0]
+            result = await future  # a failed step raises here: the agent fails, nothing more is acked
+            self.jobs.popleft()
+            self.untrained -= len(events)
+            pending = [await self._dead_letters.publish(m, kind, error) for m, kind, error in result.invalid]
+            for delivery in pending:
+                await delivery
+            report = result.report
+            self.metrics.trainer_examples.inc(report.trained)
+            self.metrics.trainer_examples_duplicate.inc(result.duplicates)
+            self.metrics.trainer_examples_unknown_item.inc(report.unknown)
+            self.metrics.trainer_messages_redelivered.inc(result.redelivered)
+            if events:
+                self.metrics.trainer_step_seconds.observe(result.seconds / len(events))
+            assert self.trainer is not None
+            self.metrics.trainer_examples_seen.set(self.trainer.examples_seen)
+            self.trained.append((seq, events))
+
+    async def _tick(self) -> None:
+        """Publish versions and write checkpoints when due (and at once when a rebalance waits for acks)."""
+        trainer = self.trainer
+        assert trainer is not None
+        every = self.settings.trainer
+        while True:
+            await asyncio.sleep(0.1)
+            await self._settle()
+            if trainer.publish_due():
+                await self.publish()
+            held = bool(self.trained) or bool(self.jobs)
+            if held and (time.monotonic() - self.checkpointed_at >= every.checkpoint_every_s or self._rebalancing()):
+                await self.checkpoint()
+
+    def _rebalancing(self) -> bool:
+        """Whether the consumer stopped its flow: a rebalance waits for every message taken to be acked."""
+        consumer = getattr(self.runtime.app, "_consumer", None)
+        return consumer is not None and not getattr(consumer, "flow_active", True)
+
+    async def publish(self) -> ModelUpdate:
+        """Publish a version now (after the jobs already submitted); returns its ``ModelUpdate``."""
+        assert self.trainer is not None
+        record, stale = await self._in_thread(self.trainer.publish)
+        key = record["model_name"].encode()
+        value = self.runtime.codec.encode("ModelUpdate", record)
+        await (await self.runtime.send(self.settings.topics.model_updates, key, value))
+        self.metrics.trainer_versions.inc()
+        log.info("trainer: published %s (%d examples seen, %s)", record["version"],
+                 int(record["metrics"]["examples_seen"]),
+                 ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items() if k in ("hr@10", "ndcg@10", "auc")))
+        if stale:
+            await self._in_thread(self.trainer.forget, stale)
+        return record
+
+    async def checkpoint(self) -> None:
+        """Write a checkpoint (after the jobs already submitted) and ack every message it holds."""
+        assert self.trainer is not None
+        covered = await self._in_thread(self.trainer.checkpoint)
+        self.checkpointed_at = time.monotonic()
+        self.metrics.trainer_checkpoints.inc()
+        await self._settle()
+        while self.trained and self.trained[0][0] <= covered:
+            _, events = self.trained.popleft()
+            for event in events:
+                await self._stream.ack(event)
+            self.runtime.health.settled("trainer")
+
+
+def register_trainer(app: Any, runtime: Any, settings: Settings) -> TrainerAgent:
+    """The trainer agent on ``ripple.training``, crash-only like every agent."""
+    agent = TrainerAgent(runtime, settings)
+    runtime.trainer = agent
+    topic = app.topic(settings.topics.training, key_type=bytes, value_type=bytes)
+
+    @app.agent(topic, name="ripple-trainer")
+    async def trainer(stream: Any) -> None:
+        async def body() -> None:
+            await agent.run(stream)
+
+        await runtime.supervise("trainer", body)
+
+    return agent
