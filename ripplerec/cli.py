@@ -23,7 +23,7 @@ def eval_(ctx: typer.Context) -> None:
 
 @app.command()
 def worker(
-    role: str = typer.Option("all", help="ingest | scorer | all (trainer and monitor come later)"),
+    role: str = typer.Option("all", help="ingest | scorer | trainer | all (monitor comes later)"),
     loglevel: str = typer.Option("warning", help="Faust/worker log level"),
     web: bool = typer.Option(True, help="Serve /metrics and /health on RIPPLEREC_WEB_PORT"),
 ) -> None:

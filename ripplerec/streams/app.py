@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 ROLES: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest", "catalog"),
     "scorer": ("scorer",),
-    "all": ("ingest", "catalog", "scorer"),
-    # Later issues: "trainer": ("trainer",), "monitor": ("monitor",)
+    "trainer": ("trainer",),
+    # "all" trains only when it serves the transformer (see ripplerec.streams.model_roles)
+    "all": ("ingest", "catalog", "scorer", "trainer"),
+    # Later issues: "monitor": ("monitor",)
 }
 
 
@@ -392,6 +394,11 @@ def create_app(
                 await run_scorer(stream, processor, settings.scorer_batch_size, runtime.health)
 
             await runtime.supervise("scorer", body)
+
+    if groups & {"trainer", "scorer"}:  # the trainer agent, and the scorers' following of its versions
+        from ripplerec.streams.model_roles import register_model_roles
+
+        register_model_roles(app, runtime, settings, groups, all_role="all" in roles)
 
     if web:
         _add_pages(app, runtime)

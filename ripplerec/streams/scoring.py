@@ -5,19 +5,33 @@ A :class:`ScoringBackend` turns (user, k, exclude) into scored items. Two ship h
 * :class:`HeuristicBackend` reads the user's history, consumed items, popular items and the
   co-occurrence rows of recent items in one Redis round trip and ranks with the pure
   :func:`ripplerec.models.heuristic.rank`;
-* :class:`ModelBackend` wraps any :class:`~ripplerec.models.base.Scorer` (the transformer scorer
-  plugs in here): it reads the profile, builds a ``UserState`` and calls ``recommend``.
+* :class:`ModelBackend` wraps any :class:`~ripplerec.models.base.Scorer`: it reads the profile,
+  builds a ``UserState`` and calls ``recommend``;
+* :class:`VersionedModelBackend` is the served transformer: a :class:`ModelBackend` whose model is
+  swapped, between requests, for each head version the trainer announces on
+  ``ripple.model-updates`` (:meth:`~VersionedModelBackend.follow`), with the heuristic answering
+  until the first version is loaded.
 
 ``settings.scorer`` (``RIPPLEREC_SCORER``) picks one; :func:`make_backend` builds it.
+
+Following versions: each announced version is read from the model store, its sha256 verified, and
+loaded into a new scorer in a thread (:meth:`TransformerScorer.with_head
+<ripplerec.models.transformer_scorer.TransformerScorer.with_head>` checks format, config, encoder,
+shapes and values), then swapped in on the event loop in one assignment: a request is scored by one
+model from start to end, and its ``Recommendation`` carries that model's version. A version that does
+not load is refused with a log line and ``ripplerec_model_versions_refused_total{reason}``, and the
+scorer keeps serving the one it had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ripplerec.config import Settings
 from ripplerec.models.base import Behavior, Item, ScoredItem, Scorer, UserState
@@ -29,7 +43,11 @@ from ripplerec.schemas.records import Recommendation, RecommendedItem
 from ripplerec.streams.ingest import TRIGGER_CONTEXT_KEY, DeadLetterSink, RawMessage, Send
 from ripplerec.streams.validation import InvalidRecord, validate_request
 
-__all__ = ["ScoringBackend", "HeuristicBackend", "ModelBackend", "RequestProcessor", "make_backend", "COLD_START"]
+if TYPE_CHECKING:
+    from ripplerec.models.transformer_scorer import TransformerScorer
+
+__all__ = ["ScoringBackend", "HeuristicBackend", "ModelBackend", "VersionedModelBackend", "RequestProcessor",
+           "make_backend", "register_version_follower", "COLD_START"]
 
 log = logging.getLogger(__name__)
 
@@ -180,23 +198,239 @@ def make_backend(settings: Settings, store: ProfileStore) -> ScoringBackend:
         )
     if settings.scorer == "transformer":
         try:
-            from ripplerec.models import TransformerScorer
-            from ripplerec.models.encoder import EncoderConfig, TransformerEncoder
+            from ripplerec.streams.transformer_setup import build_transformer
         except ImportError as exc:
             raise RuntimeError(f"RIPPLEREC_SCORER=transformer needs the models package: {exc}") from exc
-        if hasattr(TransformerScorer, "from_settings"):
-            return ModelBackend(store, TransformerScorer.from_settings(settings))
-        # Fresh head on the configured encoder; loading snapshots and head updates is the learning
-        # issue's part (ModelUpdate on ripple.model-updates).
-        from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
-        from ripplerec.models.embedding_cache import EmbeddingCache
-
-        model = str(settings.model_path) if settings.model_path is not None else settings.model_name
-        encoder = TransformerEncoder(EncoderConfig(model=model, device=settings.device))
-        zoo = ZooConfig(encoder=model)
-        config, _ = scorer_configs(zoo)  # the configuration `ripplerec eval` measures
-        return ModelBackend(store, TransformerScorer(config, encoder, EmbeddingCache(zoo.cache_dir)))
+        # the configuration `ripplerec eval` measures; the heuristic answers until a head version is loaded
+        fallback = HeuristicBackend(
+            store,
+            HeuristicConfig(
+                half_life_s=settings.popularity_half_life_s, cooccurrence_window=settings.cooccurrence_window
+            ),
+        )
+        return VersionedModelBackend(store, build_transformer(settings), fallback=fallback)
     raise ValueError(f"unknown scorer {settings.scorer!r}")
+
+
+#: A model store digest at the end of a ``ModelUpdate``'s ``location`` (``redis:...:blob:<sha256>``, a file URI).
+_DIGEST_AT_END = re.compile(r"([0-9a-f]{64})$")
+
+
+class VersionedModelBackend(ModelBackend):
+    """The transformer scorer, swapped for each head version the trainer announces.
+
+    Until a version is loaded, ``fallback`` (the heuristic) answers and names the version. Catalog
+    items (from the catalog agent through :meth:`add_items`, and from the profile store's catalog)
+    are encoded in a thread and added between requests.
+    """
+
+    def __init__(
+        self, store: ProfileStore, scorer: TransformerScorer, *, fallback: ScoringBackend | None = None
+    ) -> None:
+        super().__init__(store, scorer)
+        self.scorer: TransformerScorer = scorer
+        self.fallback = fallback
+        self.loaded: str | None = None  # the version being served (None: none loaded yet)
+        self.refused: dict[str, str] = {}  # version -> why it was refused (the latest few)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ripple-model")
+        self._pending_items: list[Item] = []
+        self._items_arrived = asyncio.Event()
+        self._catalog_ready = asyncio.Event()
+        self._model_store: Any = None
+        self._codec: AvroCodec | None = None
+
+    @property
+    def version(self) -> str:
+        if self.loaded is None and self.fallback is not None:
+            return self.fallback.version
+        return self.scorer.version
+
+    async def recommend_many(self, asks: Sequence[Ask], now: float) -> list[tuple[list[ScoredItem], bool]]:
+        # one model for the whole call, whatever is swapped in meanwhile (the caller read its version before)
+        if self.loaded is None and self.fallback is not None:
+            return await self.fallback.recommend_many(asks, now)
+        scorer = self.scorer
+        all_signals = await self.store.scoring_signals_many(
+            [user_id for user_id, _, _ in asks], recent_items=0, popular=0, neighbours=0
+        )
+        out = []
+        for (user_id, k, exclude), signals in zip(asks, all_signals, strict=True):
+            excluded = set(signals.consumed)
+            excluded.update(exclude)
+            state = UserState(user_id, to_behaviors(signals.history))
+            out.append((scorer.recommend(state, k, excluded, now), not signals.history))
+        return out
+
+    async def recommend(
+        self, user_id: str, k: int, exclude: Sequence[str], now: float
+    ) -> tuple[list[ScoredItem], bool]:
+        return (await self.recommend_many([(user_id, k, exclude)], now))[0]
+
+    def add_items(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """Queue catalog items for encoding in the model thread (:meth:`follow` adds them)."""
+        from ripplerec.streams.transformer_setup import to_item
+
+        self._pending_items.extend(to_item(i) for i in items if not i.get("deleted"))
+        self._items_arrived.set()
+
+    # -- following the catalog and the versions -----------------------------------------------------
+    async def follow(self, settings: Settings, metrics: StreamMetrics, codec: AvroCodec) -> None:
+        """Keep the catalog and the served version current until cancelled."""
+        from ripplerec.modelstore import open_model_store
+
+        self._codec = codec
+        model_store = open_model_store(settings)
+        catalog = asyncio.ensure_future(self._follow_catalog(settings.trainer.catalog_refresh_s))
+        versions = asyncio.ensure_future(self._follow_versions(settings, metrics, model_store))
+        try:
+            done, _ = await asyncio.wait({catalog, versions}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            catalog.cancel()
+            versions.cancel()
+
+    async def _follow_catalog(self, every_s: float) -> None:
+        while True:
+            await self.sync_catalog()
+            self._catalog_ready.set()
+            try:
+                await asyncio.wait_for(self._items_arrived.wait(), every_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def sync_catalog(self) -> int:
+        """Add the items queued by :meth:`add_items` and the profile store's items the model lacks; how many."""
+        self._items_arrived.clear()
+        items, self._pending_items = self._pending_items, []
+        known = set(self.scorer.item_ids)
+        queued = {item.item_id for item in items}
+        item_ids = getattr(self.store, "item_ids", None)
+        if item_ids is not None:
+            missing = [i for i in await item_ids() if i not in known and i not in queued]
+            if missing:
+                from ripplerec.streams.transformer_setup import to_item
+
+                found = await self.store.get_items(missing)
+                items.extend(to_item(found[i]) for i in missing if i in found)
+        fresh = list({item.item_id: item for item in items if item.item_id not in known}.values())
+        if not fresh:
+            return 0
+        embeddings = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, fresh)
+        self.scorer.add_items(fresh, embeddings)  # the scorer serving now (a swap carries its items over)
+        return len(fresh)
+
+    def _encode(self, items: Sequence[Item]) -> Any:
+        from ripplerec.models.transformer_scorer import item_text
+
+        scorer = self.scorer
+        if not scorer.config.head.uses_text or scorer.encoder is None:
+            return None
+        return scorer.cache.encode(scorer.encoder, [item_text(item) for item in items])
+
+    async def _follow_versions(self, settings: Settings, metrics: StreamMetrics, model_store: Any) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        topic = settings.topics.model_updates
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers.split(","), enable_auto_commit=False,
+            auto_offset_reset="earliest", **settings.kafka.aiokafka_kwargs(),
+        )
+        codec = self._codec or AvroCodec()
+        await consumer.start()
+        try:
+            await consumer.topics()  # metadata, for the partitions
+            partitions = sorted(consumer.partitions_for_topic(topic) or {0})
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            await self._catalog_ready.wait()  # a version's rows go to the items the model knows
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                latest: dict[str, Any] | None = None
+                for records in batches.values():
+                    for message in records:
+                        try:
+                            update = dict(codec.decode("ModelUpdate", message.value))
+                        except Exception as exc:
+                            log.error("model update at %s[%d]@%d does not decode (%s); skipped", topic,
+                                      message.partition, message.offset, exc)
+                            metrics.model_versions_refused.labels("undecodable").inc()
+                            continue
+                        if update["model_name"] == settings.trainer.model_name and update["kind"] == "head":
+                            if latest is None or update["created_at"] >= latest["created_at"]:
+                                latest = update
+                if latest is not None and latest["version"] != self.loaded and latest["version"] not in self.refused:
+                    await self.load(latest, model_store, metrics)
+        finally:
+            await consumer.stop()
+
+    async def load(self, update: Mapping[str, Any], model_store: Any, metrics: StreamMetrics) -> bool:
+        """Load an announced version in the model thread and swap it in; False (and the old one kept
+        serving) when it is refused."""
+        from ripplerec.models.base import ModelLoadError
+        from ripplerec.models.store import BlobNotFoundError, CorruptBlobError
+
+        version = str(update["version"])
+        self._model_store = model_store
+        match = _DIGEST_AT_END.search(str(update["location"]))
+        loop = asyncio.get_running_loop()
+        try:
+            if match is None:
+                raise ValueError(f"location {update['location']!r} names no sha256")
+            new = await loop.run_in_executor(self._executor, self._build, match.group(1), version)
+        except Exception as exc:
+            reasons = {BlobNotFoundError: "missing", CorruptBlobError: "hash", ModelLoadError: "format",
+                       ValueError: "location"}
+            reason = next((name for kind, name in reasons.items() if isinstance(exc, kind)), "error")
+            self.refused[version] = f"{reason}: {exc}"
+            while len(self.refused) > 100:
+                self.refused.pop(next(iter(self.refused)))
+            metrics.model_versions_refused.labels(reason).inc()
+            log.error("refused model version %s (%s): %s; still serving %s", version, reason, exc, self.version)
+            return False
+        self._swap(new, version)
+        metrics.model_versions_loaded.inc()
+        metrics.model_version_examples.set(float(new.trainer.examples))
+        log.info("serving model version %s (%d examples)", version, new.trainer.examples)
+        return True
+
+    def _build(self, digest: str, version: str) -> TransformerScorer:
+        """In the model thread: the verified blob, loaded into a new scorer on the current catalog."""
+        from ripplerec.models.base import ModelLoadError
+
+        blob: bytes = self._model_store.get(digest)  # verified: raises when it does not hash to the digest
+        new = self.scorer.with_head(blob, source=f"model version {version}")
+        if new.version_name != version:
+            raise ModelLoadError(f"announced as {version!r}, but the stored blob is {new.version_name!r}")
+        return new
+
+    def _swap(self, new: TransformerScorer, version: str) -> None:
+        """Serve ``new`` from the next request on (event loop: no request is in the middle of scoring)."""
+        old = self.scorer
+        missing = [item_id for item_id in old.item_ids if item_id not in set(new.item_ids)]
+        if missing:  # items added to the old model while the new one loaded: carried over with their text
+            rows = [old.item_ids.index(item_id) for item_id in missing]
+            embeddings = old.head.item_text[rows].numpy().copy() if old.config.head.uses_text else None
+            new.add_items([Item(item_id, item_id) for item_id in missing], embeddings)
+        self.scorer = new
+        self.loaded = version
+
+
+def register_version_follower(app: Any, runtime: Any, settings: Settings) -> None:
+    """A worker task that keeps the served transformer's catalog and version current (crash-only)."""
+
+    @app.task
+    async def follow_versions() -> None:
+        processor = await runtime.requests()
+        backend = processor.backend
+        if not isinstance(backend, VersionedModelBackend):
+            return
+
+        async def body() -> None:
+            await backend.follow(settings, runtime.metrics, runtime.codec)
+
+        await runtime.supervise("versions", body)
 
 
 def to_record_items(items: Sequence[ScoredItem]) -> list[RecommendedItem]:
@@ -248,6 +482,7 @@ class RequestProcessor:
         valid = [r for r in requests if r is not None]
         now = time.time()
         error = None
+        version = self.backend.version  # read with the call: a version swapped in meanwhile did not score these
         try:
             results = await self.backend.recommend_many([(r["user_id"], r["k"], r["exclude"]) for r in valid], now)
         except Exception as exc:  # answer with the error rather than let the clients time out
@@ -265,7 +500,7 @@ class RequestProcessor:
                 "trigger_event_id": trigger,
                 "user_id": request["user_id"],
                 "items": to_record_items(items),
-                "model_version": self.backend.version + (COLD_START if cold and error is None else ""),
+                "model_version": version + (COLD_START if cold and error is None else ""),
                 "produced_at": produced_at,
                 "error": error,
             }
