@@ -391,8 +391,9 @@ class VersionedModelBackend(ModelBackend):
             return False
         self._swap(new, version)
         metrics.model_versions_loaded.inc()
-        metrics.model_version_examples.set(float(new.trainer.examples))
-        log.info("serving model version %s (%d examples)", version, new.trainer.examples)
+        seen = float((update.get("metrics") or {}).get("examples_seen", new.trainer.examples))
+        metrics.model_version_examples.set(seen)
+        log.info("serving model version %s (%d examples seen)", version, seen)
         return True
 
     def _build(self, digest: str, version: str) -> TransformerScorer:
