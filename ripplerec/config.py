@@ -130,6 +130,10 @@ class TrainerSettings(BaseModel):
     keep_versions: int = Field(default=5, ge=1)
     # How often trainer and scorer look for catalog items they do not know yet (in Redis).
     catalog_refresh_s: float = Field(default=2.0, gt=0)
+    # A trainer further behind than this (the age of the messages it takes) learns only a sample of
+    # them, the share max_lag_s / lag, so it catches up instead of falling further behind (counted in
+    # ripplerec_trainer_examples_sampled_out_total and the versions' metrics). 0: learn every example.
+    max_lag_s: float = Field(default=60.0, ge=0)
 
 
 class Settings(BaseSettings):

@@ -113,6 +113,11 @@ class StreamMetrics:
             "Announced model versions a scorer refused (hash, shapes, format or config did not match, or the "
             "blob was missing); it kept serving the previous one", ["reason"], registry=r,
         )
+        self.trainer_examples_sampled_out = Counter(
+            "ripplerec_trainer_examples_sampled_out",
+            "Training examples left out because the trainer was more than max_lag_s behind (it learns a sample "
+            "to catch up)", registry=r,
+        )
         self.model_version_examples = Gauge(
             "ripplerec_model_version_examples", "Examples learned by the model version this scorer serves",
             registry=r,

@@ -19,6 +19,10 @@ Exactly the examples of the log, each once:
 * when a rebalance waits for the messages held, a checkpoint is written at once, so it waits one
   checkpoint, not a whole interval.
 
+A trainer slower than ingest would fall ever further behind; once the messages it takes are older than
+``max_lag_s``, it learns the share ``max_lag_s / lag`` of their examples (chosen by event id) and
+counts the others as sampled out, so its lag stays bounded and the versions keep coming.
+
 A version is one safetensors blob in the model store (:mod:`ripplerec.modelstore`), named by its
 sha256, and a ``ModelUpdate`` (key: the model's name) whose ``location`` ends with that sha256 and
 whose ``metrics`` hold ``examples_seen`` and the trainer's own test-then-learn figures on the
@@ -93,6 +97,7 @@ class JobResult:
     report: LearnReport = field(default_factory=LearnReport)
     redelivered: int = 0  # messages skipped: the model holds them already
     duplicates: int = 0
+    sampled_out: int = 0  # examples left out to catch up (the trainer was more than max_lag_s behind)
     invalid: list[tuple[Any, str, str]] = field(default_factory=list)  # (message, error type, error)
     seconds: float = 0.0
 
@@ -130,6 +135,7 @@ class StreamTrainer:
         self.examples_seen = 0
         self.duplicates = 0
         self.unknown = 0
+        self.sampled_out = 0
         self.seq = 0  # versions published
         self.parent: str | None = None
         self.versions: list[tuple[str, str]] = []  # (name, digest), oldest first, still in the store
@@ -175,6 +181,7 @@ class StreamTrainer:
             "examples_seen": self.examples_seen,
             "duplicates": self.duplicates,
             "unknown": self.unknown,
+            "sampled_out": self.sampled_out,
             "seq": self.seq,
             "parent": self.parent,
             "versions": [list(v) for v in self.versions],
@@ -187,6 +194,7 @@ class StreamTrainer:
         self.examples_seen = int(extra.get("examples_seen", 0))
         self.duplicates = int(extra.get("duplicates", 0))
         self.unknown = int(extra.get("unknown", 0))
+        self.sampled_out = int(extra.get("sampled_out", 0))
         self.seq = int(extra.get("seq", 0))
         self.parent = extra.get("parent")
         self.versions = [(str(n), str(d)) for n, d in extra.get("versions", [])]
@@ -201,6 +209,7 @@ class StreamTrainer:
             self.anchors.pop(partition, None)
         examples: list[Example] = []
         window = self.settings.trainer.dedupe_event_ids
+        keep = self._share_to_learn(job.messages)
         for message in job.messages:
             partition, offset = message.partition, message.offset
             if offset <= self.offsets.get(partition, -1):
@@ -220,6 +229,9 @@ class StreamTrainer:
                     self.recent[key] = None
                     if len(self.recent) > window:
                         self.recent.popitem(last=False)
+                if keep < 1.0 and int(key[:8], 16) >= keep * 0x1_0000_0000:
+                    result.sampled_out += 1
+                    continue
                 try:
                     examples.append(to_example(record))
                 except (KeyError, TypeError) as exc:
@@ -232,9 +244,19 @@ class StreamTrainer:
         self.examples_seen += result.report.trained
         self.duplicates += result.duplicates
         self.unknown += result.report.unknown
+        self.sampled_out += result.sampled_out
         self.trained_job = job.seq
         result.seconds = time.perf_counter() - started
         return result
+
+    def _share_to_learn(self, messages: Sequence[Any]) -> float:
+        """1.0, or ``max_lag_s / lag`` when the oldest message (its broker timestamp, seconds) is older."""
+        limit = self.settings.trainer.max_lag_s
+        stamps = [t for t in (getattr(m, "timestamp", None) for m in messages) if isinstance(t, int | float) and t > 0]
+        if not limit or not stamps:
+            return 1.0
+        lag = time.time() - min(stamps)
+        return 1.0 if lag <= limit else limit / lag
 
     def _add_unknown_items(self, examples: Sequence[Example]) -> None:
         """Add the catalog items these examples name that the model does not know yet (and, every
@@ -276,6 +298,7 @@ class StreamTrainer:
             "examples": float(self.window.trained),
             "duplicates": float(self.duplicates),
             "unknown_items": float(self.unknown),
+            "sampled_out": float(self.sampled_out),
             "items": float(len(self.scorer.item_ids)),
             "steps": float(self.scorer.trainer.steps),
             "bytes": float(len(blob)),
@@ -441,6 +464,7 @@ class TrainerAgent:
             self.metrics.trainer_examples_duplicate.inc(result.duplicates)
             self.metrics.trainer_examples_unknown_item.inc(report.unknown)
             self.metrics.trainer_messages_redelivered.inc(result.redelivered)
+            self.metrics.trainer_examples_sampled_out.inc(result.sampled_out)
             if events:
                 self.metrics.trainer_step_seconds.observe(result.seconds / len(events))
             assert self.trainer is not None

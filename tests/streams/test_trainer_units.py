@@ -131,3 +131,24 @@ def test_a_resumed_trainer_has_the_checkpointed_state(settings, codec) -> None:
     assert trainer.store.get_ref(checkpoint_ref("transformer")) != first
     with pytest.raises(Exception, match="no blob"):
         trainer.store.get(first)  # the previous checkpoint is deleted
+
+
+def test_a_trainer_far_behind_learns_a_sample_to_catch_up(settings, codec) -> None:
+    import time
+
+    settings = settings.model_copy(update={"trainer": settings.trainer.model_copy(update={"max_lag_s": 60.0})})
+    trainer = _trainer(settings, codec)
+    events = [_event(i, f"u{i % 9}", f"i{i % 40}") for i in range(400)]
+    fresh = _batch_message(codec, 0, 0, events[:200])
+    fresh.timestamp = time.time() - 5.0
+    late = _batch_message(codec, 0, 1, events[200:])
+    late.timestamp = time.time() - 240.0  # 4 times max_lag_s behind: a quarter is learned
+    a = trainer.train(TrainingJob(1, [fresh]))
+    b = trainer.train(TrainingJob(2, [late]))
+    assert a.sampled_out == 0 and a.report.trained == 200
+    assert b.report.trained + b.sampled_out == 200 and 25 <= b.report.trained <= 80
+    assert trainer.examples_seen == 200 + b.report.trained and trainer.sampled_out == b.sampled_out
+    resent = trainer.train(TrainingJob(3, [_example_message(codec, 1, 0, events[399])]))
+    assert resent.duplicates == 1  # learned or sampled out, an event counts once
+    record, _ = trainer.publish()
+    assert record["metrics"]["sampled_out"] == b.sampled_out
