@@ -427,6 +427,11 @@ def replayed_examples(
     return out, missing
 
 
+def _is_store_error(exc: BaseException) -> bool:
+    """A failure of Redis or the network to it, which a retry may get past."""
+    return isinstance(exc, ConnectionError | OSError | TimeoutError) or type(exc).__module__.startswith("redis")
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedBatch:
     """A decoded, validated batch waiting for its write."""
@@ -567,13 +572,10 @@ class IngestProcessor:
                         if offset > self._delivered.get(partition, -1):
                             self._delivered[partition] = offset
                     raise
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                log.warning("profile store failed (%s); retrying in %.1fs", exc, delay)
             except Exception as exc:
-                if type(exc).__module__.startswith("redis"):
-                    log.warning("profile store failed (%r); retrying in %.1fs", exc, delay)
-                else:
+                if not _is_store_error(exc):
                     raise
+                log.warning("profile store failed (%r); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -603,41 +605,46 @@ class IngestProcessor:
         """Reset the watermarks of those ``partitions`` whose log is not the one they came from.
 
         Runs before a write, after every earlier write finished (see :mod:`.log_identity`); returns
-        the partitions reset. Broker errors are retried for a while, then raised (the agent stops:
-        it must not apply events it cannot place).
+        the partitions reset. Redis failures are retried until they pass, as the write's are; broker
+        errors for a while, then raised (the agent stops: it must not apply events it cannot place).
         """
-        probe = self.log_probe
-        if probe is None or not partitions:
+        if self.log_probe is None or not partitions:
             return []
+        delay, broker_failures = self.retry_delay_s, 0
+        while True:
+            try:
+                return await self._check_logs_once(partitions)
+            except Exception as exc:
+                if not _is_store_error(exc):
+                    broker_failures += 1
+                    if broker_failures >= 8:
+                        raise
+                log.warning("could not check the logs of partitions %s (%r); retrying in %.1fs", list(partitions),
+                            exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _check_logs_once(self, partitions: Sequence[int]) -> list[int]:
+        probe = self.log_probe
+        assert probe is not None
         topic = self.settings.topics.events
         marks = {p: await self.store.partition_marks(p) for p in partitions}
         marked = [p for p, (applied, anchor) in marks.items() if applied is not None or anchor is not None]
         if not marked:
             return []
-        delay, attempts = self.retry_delay_s, 0
-        while True:
-            try:
-                bounds = await probe.bounds(topic, marked)
-                changed = []
-                for partition in marked:
-                    applied, anchor = marks[partition]
-                    reason = await log_change(probe, topic, partition, applied, anchor, bounds[partition])
-                    if reason is not None:
-                        changed.append((partition, reason))
-                break
-            except Exception as exc:
-                attempts += 1
-                if attempts >= 8:
-                    raise
-                log.warning("could not check the log of %s %s (%r); retrying in %.1fs", topic, marked, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        bounds = await probe.bounds(topic, marked)
+        changed = []
+        for partition in marked:
+            applied, anchor = marks[partition]
+            reason = await log_change(probe, topic, partition, applied, anchor, bounds[partition])
+            if reason is not None:
+                changed.append((partition, reason))
         for partition, reason in changed:
+            await self.store.reset_partition(partition)
             log.error("%s: its watermarks are reset and its events will be applied", reason)
             self.metrics.log_resets.labels(topic).inc()
             if self.health is not None:
                 self.health.degrade(reason)
-            await self.store.reset_partition(partition)
             self._delivered.pop(partition, None)
         return [p for p, _ in changed]
 
