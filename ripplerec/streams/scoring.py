@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ripplerec.models.transformer_scorer import TransformerScorer
 
 __all__ = ["ScoringBackend", "HeuristicBackend", "ModelBackend", "VersionedModelBackend", "RequestProcessor",
-           "make_backend", "register_version_follower", "COLD_START"]
+           "make_backend", "register_version_follower", "COLD_START", "CLOCK_CONTEXT_KEY", "request_clock"]
 
 log = logging.getLogger(__name__)
 
@@ -449,6 +449,24 @@ def to_record_items(items: Sequence[ScoredItem]) -> list[RecommendedItem]:
     ]
 
 
+#: Context key of a RecommendationRequest that sets the clock it is scored at (epoch milliseconds),
+#: for replays of old events (``ripplerec eval --through-stream``): a model's recency features then
+#: measure ages from the replayed event's time, not from today. Without it: the scorer's wall clock.
+CLOCK_CONTEXT_KEY = "ripple.clock_ms"
+
+
+def request_clock(request: Mapping[str, Any], now: float) -> float:
+    """The clock (seconds) to score ``request`` at: its ``CLOCK_CONTEXT_KEY``, else ``now``.
+
+    >>> request_clock({"context": {CLOCK_CONTEXT_KEY: "874724710000"}}, 1.0), request_clock({"context": {}}, 1.0)
+    (874724710.0, 1.0)
+    """
+    raw = (request.get("context") or {}).get(CLOCK_CONTEXT_KEY)
+    if raw is None or not raw.isdigit():
+        return now
+    return int(raw) / 1000.0
+
+
 class RequestProcessor:
     """Decode a request, score it, publish the Recommendation (or a dead letter)."""
 
@@ -484,8 +502,15 @@ class RequestProcessor:
         now = time.time()
         error = None
         version = self.backend.version  # read with the call: a version swapped in meanwhile did not score these
+        asks = [(r["user_id"], r["k"], r["exclude"]) for r in valid]
+        clocks = [request_clock(r, now) for r in valid]
         try:
-            results = await self.backend.recommend_many([(r["user_id"], r["k"], r["exclude"]) for r in valid], now)
+            if all(clock == now for clock in clocks):
+                results = await self.backend.recommend_many(asks, now)
+            else:  # replayed requests carry their own clock: one call each
+                results = []
+                for ask, clock in zip(asks, clocks, strict=True):
+                    results.extend(await self.backend.recommend_many([ask], clock))
         except Exception as exc:  # answer with the error rather than let the clients time out
             log.exception("scoring failed for %d requests", len(valid))
             self.metrics.scoring_errors.inc(len(valid))

@@ -26,7 +26,9 @@ counts the others as sampled out, so its lag stays bounded and the versions keep
 A version is one safetensors blob in the model store (:mod:`ripplerec.modelstore`), named by its
 sha256, and a ``ModelUpdate`` (key: the model's name) whose ``location`` ends with that sha256 and
 whose ``metrics`` hold ``examples_seen`` and the trainer's own test-then-learn figures on the
-examples since the previous version (``hr@10``, ``ndcg@10``, ``auc``, ``loss``). One trainer per
+examples since the previous version (``hr@10``, ``ndcg@10``, ``auc``, ``loss``), and ``offset.<partition>``:
+the last ``ripple.training`` offset of each partition it learned (a version holds the events of the
+messages at or below them; ``bench/freshness.py`` reads them). One trainer per
 model: two would train two models under one name.
 """
 
@@ -303,6 +305,8 @@ class StreamTrainer:
             "steps": float(self.scorer.trainer.steps),
             "bytes": float(len(blob)),
             **self.window.metrics(),
+            # how far each partition of ripple.training is learned: which events a version holds
+            **{f"offset.{partition}": float(offset) for partition, offset in sorted(self.offsets.items())},
         }
         record: ModelUpdate = {
             "model_name": self.model_name,
