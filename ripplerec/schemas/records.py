@@ -133,6 +133,8 @@ class ModelUpdate(TypedDict):
     parent: str | None
     metrics: dict[str, float]
     created_at: int
+    sha256: str | None
+    examples_seen: int | None
 
 
 class DriftAlert(TypedDict):

@@ -374,11 +374,12 @@ class VersionedModelBackend(ModelBackend):
         version = str(update["version"])
         self._model_store = model_store
         match = _DIGEST_AT_END.search(str(update["location"]))
+        digest = update.get("sha256") or (match.group(1) if match is not None else None)
         loop = asyncio.get_running_loop()
         try:
-            if match is None:
-                raise ValueError(f"location {update['location']!r} names no sha256")
-            new = await loop.run_in_executor(self._executor, self._build, match.group(1), version)
+            if digest is None:
+                raise ValueError(f"version {version} names no sha256 (neither the field nor its location)")
+            new = await loop.run_in_executor(self._executor, self._build, str(digest), version)
         except Exception as exc:
             reasons = {BlobNotFoundError: "missing", CorruptBlobError: "hash", ModelLoadError: "format",
                        ValueError: "location"}
@@ -391,9 +392,11 @@ class VersionedModelBackend(ModelBackend):
             return False
         self._swap(new, version)
         metrics.model_versions_loaded.inc()
-        seen = float((update.get("metrics") or {}).get("examples_seen", new.trainer.examples))
+        seen = update.get("examples_seen")
+        if seen is None:
+            seen = (update.get("metrics") or {}).get("examples_seen", new.trainer.examples)
         metrics.model_version_examples.set(seen)
-        log.info("serving model version %s (%d examples seen)", version, seen)
+        log.info("serving model version %s (%d examples seen)", version, int(seen))
         return True
 
     def _build(self, digest: str, version: str) -> TransformerScorer:

@@ -316,6 +316,8 @@ class StreamTrainer:
             "parent": self.parent,
             "metrics": metrics,
             "created_at": int(time.time() * 1000),
+            "sha256": digest,
+            "examples_seen": self.examples_seen,
         }
         self.parent = name
         self.versions.append((name, digest))

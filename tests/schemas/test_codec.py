@@ -95,6 +95,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "parent": "v1",
         "metrics": {"auc": 0.8},
         "created_at": 5,
+        "sha256": "ab" * 32,
+        "examples_seen": 1200,
     },
     "DriftAlert": {
         "metric": "ndcg@10",

@@ -132,8 +132,8 @@ def test_a_corrupt_or_mismatched_version_is_refused_and_the_old_one_keeps_servin
     for version, digest in (("transformer-corrupt", corrupt_digest),
                             ("transformer-wrong-shape", store.put(wrong_shape)),
                             ("transformer-missing", sha256_hex(missing))):  # announced, never stored
-        record = {**good, "version": version, "location": store.location(digest), "parent": serving,
-                  "created_at": int(time.time() * 1000)}
+        record = {**good, "version": version, "location": store.location(digest), "sha256": digest,
+                  "parent": serving, "created_at": int(time.time() * 1000)}
         publisher.raw(settings.topics.model_updates, good["model_name"].encode(),
                       stream_codec.encode("ModelUpdate", record))
         publisher.flush()
