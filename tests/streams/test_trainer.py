@@ -36,8 +36,10 @@ def _events(start: int, count: int, seed: int) -> list[dict]:
 
 
 def _trainer_settings(settings: Settings, model_name: str, **overrides) -> Settings:
+    # max_lag_s: a loaded machine can leave a trainer more than a minute behind the first events, and
+    # sampling to catch up would make "every example learned once" untestable
     trainer = TrainerSettings(model_name=model_name, publish_every_s=0.5, checkpoint_every_s=4.0,
-                              catalog_refresh_s=0.5, queue_messages=8)
+                              catalog_refresh_s=0.5, queue_messages=8, max_lag_s=86_400.0)
     return settings.model_copy(update={"trainer": trainer, "web_port": free_port(), **overrides})
 
 
