@@ -40,6 +40,7 @@ from ripplerec.monitoring import StreamMetrics
 from ripplerec.profiles import ProfileEntry, ProfileStore
 from ripplerec.schemas import AvroCodec
 from ripplerec.schemas.records import Recommendation, RecommendedItem
+from ripplerec.streams.disclosure import disclose
 from ripplerec.streams.ingest import TRIGGER_CONTEXT_KEY, DeadLetterSink, RawMessage, Send
 from ripplerec.streams.validation import InvalidRecord, validate_request
 
@@ -528,7 +529,7 @@ class RequestProcessor:
                 "request_id": None if trigger else request["request_id"],
                 "trigger_event_id": trigger,
                 "user_id": request["user_id"],
-                "items": to_record_items(items),
+                "items": disclose(to_record_items(items), self.settings.influences),  # RIPPLEREC_INFLUENCES
                 "model_version": version + (COLD_START if cold and error is None else ""),
                 "produced_at": produced_at,
                 "error": error,
