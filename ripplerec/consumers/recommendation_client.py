@@ -11,6 +11,11 @@ caller's future when the reply arrives. One loop instead of kafka-python's produ
 I/O threads halves the client's CPU per request and its idle polling cost (``bench/recommend.py``).
 Many threads may call :meth:`request` at once, and :meth:`submit` returns a future so callers can
 pipeline.
+
+With ``settings.pseudonymize_key`` set, the request carries the user's pseudonym (record and key,
+:mod:`ripplerec.producers.pseudonyms`) and the reply is handed back with the caller's own id in
+``user_id``: the raw id never leaves the app. ``exclude`` item ids and ``context`` values are sent as
+they are.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from aiokafka import errors as kafka_errors
 
 from ripplerec.config import Settings, get_settings
 from ripplerec.producers.errors import InvalidValueError, PublishError
+from ripplerec.producers.pseudonyms import Pseudonymizer
 from ripplerec.producers.uuid7 import uuid7
 from ripplerec.producers.validation import RecordValidator
 from ripplerec.schemas import AvroCodec, DecodeError
@@ -44,11 +50,15 @@ _POLL_MS = 50
 
 
 class PendingRecommendation(Future):  # type: ignore[type-arg]
-    """A ``Future`` of one reply; ``request_id`` correlates it (what :meth:`~RecommendationClient.submit` returns)."""
+    """A ``Future`` of one reply; ``request_id`` correlates it (what :meth:`~RecommendationClient.submit` returns).
 
-    def __init__(self, request_id: str, timeout: float) -> None:
+    ``user_id`` is the caller's id, which the reply carries (whatever was sent in its place).
+    """
+
+    def __init__(self, request_id: str, timeout: float, user_id: str | None = None) -> None:
         super().__init__()
         self.request_id = request_id
+        self.user_id = user_id
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
 
@@ -76,6 +86,9 @@ class RecommendationClient:
         How long to wait for the connection, the replies topic's partitions and end offsets at start.
     producer_kwargs, consumer_kwargs:
         Extra aiokafka arguments.
+
+    With ``settings.pseudonymize_key`` set, requests carry the user's pseudonym and replies come
+    back with the caller's raw id (see the module docstring).
     """
 
     def __init__(
@@ -92,6 +105,7 @@ class RecommendationClient:
         self.requests_topic = self.settings.topics.rec_requests
         self.replies_topic = self.settings.topics.recommendations
         self._validator = RecordValidator(self.settings.limits)
+        self._pseudonymize = Pseudonymizer.from_settings(self.settings)
         self._pending: dict[str, PendingRecommendation] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -202,6 +216,8 @@ class RecommendationClient:
                     if reply.get("error"):
                         pending._settle(error=RecommendationError(request_id, str(reply["error"])))
                     else:
+                        if pending.user_id is not None:  # the caller's own id, not its pseudonym
+                            reply["user_id"] = pending.user_id
                         pending._settle(reply)
             now = time.monotonic()
             if now >= next_sweep:
@@ -273,9 +289,13 @@ class RecommendationClient:
                 or not math.isfinite(timeout):
             raise InvalidValueError("timeout", f"must be a positive number of seconds, got {timeout!r}")
         record = self._validator.recommendation_request(uuid7(), user_id, k, exclude, context)
+        caller_id: str | None = None
+        if self._pseudonymize is not None:
+            caller_id = record["user_id"]
+            record["user_id"] = self._pseudonymize(caller_id)
         value = self.codec.encode("RecommendationRequest", record)
         request_id: str = record["request_id"]
-        pending = PendingRecommendation(request_id, float(timeout))
+        pending = PendingRecommendation(request_id, float(timeout), caller_id)
         with self._lock:  # registered before sending: the reply cannot overtake its waiter
             self._pending[request_id] = pending
         try:

@@ -19,6 +19,7 @@ from .errors import (
     ValidationError,
 )
 from .event_producer import DEFAULT_PRODUCER_KWARGS, EventProducer
+from .pseudonyms import Pseudonymizer, looks_pseudonymous, pseudonymize
 from .uuid7 import uuid7, uuid7_time_ms
 from .validation import RecordValidator, timestamp_ms
 
@@ -36,6 +37,9 @@ __all__ = [
     "InvalidTimestampError",
     "InvalidValueError",
     "PublishError",
+    "Pseudonymizer",
+    "pseudonymize",
+    "looks_pseudonymous",
     "RecordValidator",
     "timestamp_ms",
     "uuid7",

@@ -5,7 +5,9 @@ errors naming the field) and Avro-encoded before it is handed to the producer, w
 sends in its own I/O thread. ``acks="all"``; records are keyed by user id (events) or item id
 (items), so one user's events stay in order on one partition. No message is larger than
 ``settings.max_message_bytes``: envelopes are cut by bytes, and a record too large for a message
-of its own is refused before anything is sent.
+of its own is refused before anything is sent. With ``settings.pseudonymize_key`` set, user ids
+(the record's ``user_id`` and the key) are replaced by their pseudonyms once validated
+(:mod:`ripplerec.producers.pseudonyms`); item ids and context values are sent as they are.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ripplerec.config import Settings, get_settings
 from ripplerec.schemas import HEADER_SIZE, AvroCodec
 
 from .errors import MessageTooLargeError, PublishError, ValidationError
+from .pseudonyms import Pseudonymizer
 from .uuid7 import uuid7
 from .validation import EVENT_FIELDS, RecordValidator
 
@@ -80,6 +83,10 @@ class EventProducer:
     max_envelope_events:
         The most events one ``EventBatch`` carries.
 
+    With ``settings.pseudonymize_key`` set, every user id is checked as given, then replaced by its
+    pseudonym (:func:`~ripplerec.producers.pseudonyms.pseudonymize`) in the record and the key:
+    nothing sent carries the raw id. Item ids, event ids and context values are not pseudonymised.
+
     No message carries more than :attr:`max_record_bytes` of key and value: the smaller of
     ``settings.max_message_bytes`` and ``max_request_size``, less a margin for Kafka's framing
     (128 B and 1%). ``batch_size`` is capped to it too, as the broker's limit applies to a batch.
@@ -109,6 +116,7 @@ class EventProducer:
         self.events_topic = self.settings.topics.events
         self.items_topic = self.settings.topics.items
         self._validator = RecordValidator(self.settings.limits)
+        self._pseudonymize = Pseudonymizer.from_settings(self.settings)
         config: dict[str, Any] = {
             **self.settings.kafka_client_kwargs(),
             "api_version": self.settings.api_version_tuple,
@@ -175,6 +183,8 @@ class EventProducer:
         validator = self._validator
         event_id = uuid7() if event_id is None else validator.check_id("event_id", event_id)
         record = validator.behavior_event(event_id, user_id, item_id, action, value, ts, context, now_ms)
+        if self._pseudonymize is not None:
+            record["user_id"] = self._pseudonymize(record["user_id"])
         user: str = record["user_id"]
         key = user.encode("utf-8")
         value = self._encode_event(record)
@@ -237,6 +247,10 @@ class EventProducer:
                 )
             except ValidationError as exc:
                 raise exc.at(index) from None
+        pseudonymize = self._pseudonymize
+        if pseudonymize is not None:
+            for record in records:
+                record["user_id"] = pseudonymize(record["user_id"])
         return records
 
     def _plain_messages(self, records: list[dict[str, Any]]) -> list[tuple[int, str, bytes]]:
