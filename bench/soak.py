@@ -1,6 +1,6 @@
 """Soak: a sustained load with faults on a schedule; nothing lost, nothing applied twice, flat memory.
 
-    python bench/soak.py [--minutes 10] [--rate 1000] [--role ingest] [--cycle 60]
+    python bench/soak.py [--minutes 10] [--rate 200] [--role ingest] [--cycle 60]
 
 Starts the embedded broker and its own redis-server (AOF on, so a Redis restart keeps what it
 acknowledged), runs one worker (``--role``; static group membership, as a deployment with a
@@ -133,9 +133,14 @@ def _dead_letters(settings: Settings) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=1000.0)
+    # The embedded broker's fetches cost time in proportion to what a topic holds (it cannot delete
+    # old records; bench/tansu_fetch_cost.py): at 1,000 events/s it saturated its core after about
+    # 150,000 events and the worker starved. 200/s keeps ten minutes (120,000 events) below that.
+    parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--role", default="ingest")
     parser.add_argument("--cycle", type=float, default=60.0)
+    parser.add_argument("--loglevel", default="warning", help="the worker's log level")
+    parser.add_argument("--log", default=None, help="where the worker logs (default: a temporary folder)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedStack(start_redis=False) as stack:
@@ -149,13 +154,14 @@ def main() -> None:
                             group_instance_id="soak-worker-0", health_stall_s=30.0,
                             schema_registry_path=Path(tmp) / "schemas.json")
         client = redis.Redis.from_url(redis_url)
-        log = str(Path(tmp) / "worker.log")
-        worker = WorkerProcess(settings, args.role, log_path=log).start()
+        log = args.log or str(Path(tmp) / "worker.log")
+        worker = WorkerProcess(settings, args.role, log_path=log, loglevel=args.loglevel).start()
         load = Load(settings, args.rate)
         load.start()
         injected = {"oversize": 0, "garbage": 0, "resent": 0, "sigkill": 0, "redis_restart": 0}
         samples: list[tuple[float, float, int, float]] = []  # t, rss, lag, duplicates seen by this incarnation
         duplicates_before = 0.0
+        stopped: list[int] = []  # exit statuses of workers that stopped on their own
         started = time.perf_counter()
         end = started + args.minutes * 60
         schedule: list[tuple[float, str]] = []
@@ -184,7 +190,7 @@ def main() -> None:
                 elif what == "sigkill":
                     duplicates_before += worker.read_metrics().get("ripplerec_events_duplicate_total", 0)
                     worker.kill()
-                    worker = WorkerProcess(settings, args.role, log_path=log).start()
+                    worker = WorkerProcess(settings, args.role, log_path=log, loglevel=args.loglevel).start()
                     injected["sigkill"] += 1
                 elif what == "redis":
                     redis_proc.terminate()
@@ -193,6 +199,9 @@ def main() -> None:
                     redis_proc, _ = start_redis_server(redis_dir, port=redis_port)
                     client = redis.Redis.from_url(redis_url)
                     injected["redis_restart"] += 1
+            if not worker.alive():  # what a supervisor does: a worker that stopped itself is restarted
+                stopped.append(worker.proc.returncode)
+                worker = WorkerProcess(settings, args.role, log_path=log, loglevel=args.loglevel).start()
             if time.perf_counter() >= next_sample:
                 next_sample += 5.0
                 try:
@@ -244,6 +253,7 @@ def main() -> None:
         print(f"dead letters                            {letters} (bad messages injected "
               f"{injected['oversize'] + injected['garbage']})")
         print(f"max lag                                 {max(s[2] for s in samples)} events")
+        print(f"workers that stopped on their own       {len(stopped)} (exit statuses {stopped}; restarted)")
         warm_mb, last_mb = statistics.median(warm), statistics.median(last)
         print(f"worker RSS: after warm-up {warm_mb:.0f} MB, at the end {last_mb:.0f} MB ({last_mb / warm_mb:.2f}x)")
         print("RSS by minute (MB):", " ".join(f"{rss:.0f}" for t, rss, _, _ in samples if int(t) % 60 < 5))
