@@ -115,6 +115,29 @@ def recommend(
     Console().print(table)
 
 
+@app.command()
+def forget(
+    user: str = typer.Argument(..., help="User id (the raw one; see --pseudonym)"),
+    pseudonym: bool = typer.Option(False, "--pseudonym", help="USER is already a pseudonym (p:...), use it as is"),
+) -> None:
+    """Delete every trace of USER that the workers keep (GDPR erasure).
+
+    Removes the user's profile (history, counts, dedupe ids, training histories), consumed set and
+    rate limit from Redis, and whatever every store registered in
+    ripplerec.streams.forgetting.FORGETTERS keeps. With RIPPLEREC_PSEUDONYMIZE_KEY set, USER is
+    hashed with the key first. Tombstones go to compacted topics keyed by user id; the default
+    topics have none (ripple.items and ripple.model-updates are keyed by item and model), so past
+    records on the other topics stay until their retention removes them.
+    """
+    from ripplerec.config import get_settings
+    from ripplerec.streams.forgetting import forget_user
+
+    settings = get_settings()
+    report = forget_user(settings, user, pseudonym=pseudonym)
+    for line in report.lines(settings.topics):
+        typer.echo(line)
+
+
 def main() -> None:
     app()
 
