@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -50,6 +51,22 @@ def evaluate(
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: leave torch's default)"),
     seed: int = typer.Option(0, help="seed of every model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    through_stream: bool = typer.Option(
+        False, "--through-stream",
+        help="run the protocol through an embedded broker + Redis and the ingest, trainer and scorer roles (the "
+        "served transformer, learning only from the stream); the model options above do not apply",
+    ),
+    rate: float = typer.Option(200.0, min=0.0, help="--through-stream: events/s replayed (0: as fast as it goes)"),
+    publish_every_s: float = typer.Option(
+        1.0, min=0.01, help="--through-stream: the trainer's version cadence (RIPPLEREC_TRAINER__PUBLISH_EVERY_S)"
+    ),
+    full_ranking: bool = typer.Option(
+        False, help="--through-stream: ask for the whole catalog (default: the top k+1, which decides HR/NDCG@10 "
+        "exactly)"
+    ),
+    in_process: bool = typer.Option(
+        True, help="--through-stream: also run the served model in-process on the same events, for the ratio"
+    ),
 ) -> None:
     """Run the prequential protocol and write result.json, results.md and rolling_ndcg.png."""
     from rich.console import Console
@@ -83,6 +100,11 @@ def evaluate(
         raise typer.Exit(2) from error
     if limit:
         data = data.head(limit)
+    if through_stream:
+        _through_stream(data, console, every=every, rate=rate, publish_every_s=publish_every_s,
+                        full_ranking=full_ranking, encoder=encoder, history_length=history_length,
+                        in_process=in_process, limit=limit, out=out)
+        return
     try:
         zoo = ZooConfig(
             encoder=encoder,
@@ -121,6 +143,33 @@ def evaluate(
         result = prequential(built, data, config, progress=lambda n: bar.advance(task, n))
     paths = write_report(result, folder)
     typer.echo(markdown_table(result))
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+
+
+def _through_stream(data: Any, console: Any, *, every: int, rate: float, publish_every_s: float, full_ranking: bool,
+                    encoder: str, history_length: int, in_process: bool, limit: int, out: Path | None) -> None:
+    from ripplerec.evaluation.through_stream import (
+        ThroughStreamConfig,
+        in_process_command,
+        in_process_metrics,
+        markdown_report,
+        through_stream,
+        write_result,
+    )
+
+    config = ThroughStreamConfig(every=every, rate=rate, publish_every_s=publish_every_s, full_ranking=full_ranking,
+                                 model=encoder, history_length=history_length)
+    folder = out or Path("runs") / time.strftime("eval-stream-%Y%m%d-%H%M%S")
+    console.print(f"{data.name}: {len(data.items):,} items, {len(data.interactions):,} events, through the stream "
+                  f"(logs: {folder / 'workers.log'})")
+    result = through_stream(data, config, workdir=folder, progress=lambda line: console.print(line))
+    result.in_process_command = in_process_command(data.name, config, limit)
+    if in_process:
+        console.print(f"the same model in-process ({result.in_process_command})")
+        result.in_process = in_process_metrics(data, config)
+    paths = write_result(result, folder)
+    typer.echo(markdown_report(result))
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 
