@@ -188,7 +188,9 @@ class Settings(BaseSettings):
     proactive_min_events: int = Field(default=5, ge=0)
     proactive_interval_s: float = Field(default=60.0, gt=0)
     proactive_k: int = Field(default=10, ge=1)
-    scorer: Literal["heuristic", "transformer"] = "heuristic"
+    # What the scorer agent serves: the transformer (its head learns online in the trainer role; the
+    # heuristic answers until the first head version is loaded) or the heuristic alone.
+    scorer: Literal["heuristic", "transformer"] = "transformer"
     # Requests a scorer worker handles at once (their Redis reads overlap).
     scorer_concurrency: int = Field(default=2, ge=1)
     # The scorer answers a lone request at once and, under load, the requests that queued up while

@@ -33,7 +33,11 @@ def unique_topics(prefix: str = "t") -> TopicNames:
 
 @pytest.fixture
 def settings(embedded_stack: EmbeddedStack) -> Settings:
-    """Settings pointing at the embedded stack, with fresh topic names and a fresh Redis db key space."""
+    """Settings pointing at the embedded stack, with fresh topic names and a fresh Redis db key space.
+
+    The served transformer (the default scorer) encodes items with the hashed bag of words
+    (``model_name="hashing"``): a test that means the language model asks for it.
+    """
     from ripplerec.embedded import create_topics
 
     topics = unique_topics()
@@ -44,6 +48,7 @@ def settings(embedded_stack: EmbeddedStack) -> Settings:
         topics=topics,
         app_id=f"ripplerec-test-{uuid.uuid4().hex[:8]}",
         rebalance_timeout_s=3.0,
+        model_name="hashing",
     )
 
 

@@ -18,6 +18,9 @@ T0 = 874_724_710_000  # MovieLens-era timestamps: must be accepted
 
 
 def make_settings(stack: Any, tmp_path: Any, **overrides: Any) -> Settings:
+    """Settings on fresh topics of ``stack``. The served transformer (the default scorer, trainer
+    included in role ``all``) encodes with the hashed bag of words unless ``model_name`` says otherwise;
+    a test that expects the heuristic's answers says ``scorer="heuristic"``."""
     topics = unique_topics("s")
     create_topics(stack.bootstrap_servers, topics.all().values(), topics.partitions, topics.compacted())
     values: dict[str, Any] = dict(
@@ -30,6 +33,7 @@ def make_settings(stack: Any, tmp_path: Any, **overrides: Any) -> Settings:
         web_port=free_port(),
         schema_registry_path=tmp_path / "schemas.json",
         ingest_batch_within_s=0.02,
+        model_name="hashing",
     )
     values.update(overrides)
     return Settings(**values)

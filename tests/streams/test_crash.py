@@ -16,8 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_sigkill_and_restart_loses_nothing_and_counts_nothing_twice(embedded_stack, tmp_path, stream_codec):
+    # the heuristic: a trainer (tests/streams/test_trainer.py has its own SIGKILL test) would only take
+    # the CPU the ingest agent's restart is measured on
     settings = make_settings(embedded_stack, tmp_path, ingest_batch_size=100, proactive_min_events=0,
-                             emit_training=True)
+                             emit_training=True, scorer="heuristic")
     rng = random.Random(11)
     events = [event(i, f"u{rng.randrange(200)}", f"i{rng.randrange(300)}", rng.choice(["view", "click", "rate"]),
                     4.0) for i in range(8000)]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def running(embedded_stack, tmp_path_factory, stream_codec):
     tmp = tmp_path_factory.mktemp("worker")
     settings = make_settings(embedded_stack, tmp, proactive_min_events=40, proactive_interval_s=600,
-                             history_length=10)
+                             history_length=10, scorer="heuristic")  # its replies are the heuristic's
     worker = WorkerProcess(settings, "all", log_path=str(tmp / "worker.log"), loglevel="info").start()
     publisher = Publisher(settings, stream_codec)
     yield settings, worker, publisher
