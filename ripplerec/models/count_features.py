@@ -3,11 +3,13 @@
 Counts react to a new interaction at once, where a head's weights move one optimizer step per batch;
 the transformer scorer adds them to its learned scores with learned weights (a hybrid head). Each
 feature is standardised per user over the catalog (zero mean, unit variance; all zeros when the user's
-history gives it nothing), so one weight per feature is on a fixed scale.
+history gives it nothing), so one weight per feature is on a fixed scale. Each feature's item x item counts
+keep every item's ``FEATURE_NEIGHBOURS`` strongest neighbours only
+(:class:`~ripplerec.models.top_neighbours.TopNeighbours`): memory in proportion to the catalog, not its square.
 
-A new feature needs its counts (``grow``, ``add``, ``scores``, ``state``, ``restore``), a field and an entry in
-:attr:`CountFeatures.enabled`, and optionally a function in ``_BATCH_SCORES`` that scores a whole batch of
-histories at once (without one, its ``scores`` runs history by history).
+A new feature needs its counts (``grow``, ``add``, ``row_sums``, ``scores``, ``state``, ``restore``), a field
+and an entry in :attr:`CountFeatures.enabled`, and optionally a function in ``_BATCH_SCORES`` that scores a
+whole batch of histories at once (without one, its ``scores`` runs history by history).
 """
 
 from __future__ import annotations
@@ -17,18 +19,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch import nn
 
 from ripplerec.models.base import ModelLoadError
 from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNNConfig
+from ripplerec.models.top_neighbours import remapped_state, weighted_row_sums
 from ripplerec.models.transition import TransitionConfig, TransitionCounts
 
 __all__ = [
     "AlignedHistories",
     "CountFeatures",
     "FEATURE_NAMES",
+    "FEATURE_NEIGHBOURS",
     "Histories",
     "HistoryRows",
     "recent_rows",
@@ -39,6 +41,9 @@ __all__ = [
 FEATURE_NAMES = ("cooccurrence", "transition")
 # the transition feature looks at the short range (item-kNN's co-occurrence covers the long one)
 FEATURE_TRANSITIONS = TransitionConfig(window=10, distance_decay=0.7, history=10, recency_decay=0.7, alpha=0.5)
+# each item keeps its strongest 256 co-occurring items and 256 followers (memory in proportion to the catalog,
+# ~8 KB an item a feature at most; see models.top_neighbours)
+FEATURE_NEIGHBOURS = 256
 # transition scores are compared in log space: a first transition counts, not its size
 _LOG_SCALED = frozenset({"transition"})
 _LOG_FLOOR = 1e-4
@@ -127,30 +132,13 @@ def recent_rows(histories: Histories, length: int, decay: float) -> tuple[NDArra
     return rows, weights
 
 
-def weighted_row_sums(
-    matrix: NDArray[np.float32], rows: NDArray[np.int64], weights: NDArray[np.float32], n: int
-) -> NDArray[np.float32]:
-    """``sum_h weights[b, h] * matrix[rows[b, h], :n]`` for every ``b``, ``(B, n)``.
-
-    An ``embedding_bag``: the ``(B, H, n)`` gather is never materialised, and torch keeps to its thread
-    setting where numpy's BLAS would start threads of its own. The bag reads whole rows of ``matrix``
-    (a matrix grown beyond ``n`` columns would otherwise be copied into a contiguous ``(rows, n)`` table on
-    every call) and keeps the first ``n`` columns of the sums.
-    """
-    table = torch.from_numpy(np.ascontiguousarray(matrix))
-    sums = nn.functional.embedding_bag(
-        torch.from_numpy(rows), table, per_sample_weights=torch.from_numpy(weights), mode="sum"
-    )
-    return sums.numpy()[:, :n]
-
-
 def _cooccurrence_scores(counts: CooccurrenceCounts, histories: Histories, n: int) -> NDArray[np.float32]:
     """:meth:`CooccurrenceCounts.scores` of many histories at once."""
     config = counts.config
     rows, weights = recent_rows(histories, config.history, config.recency_decay)
     weights /= np.power(np.maximum(counts.counts[rows], 1.0), config.alpha)
     scale = np.power(np.maximum(counts.counts[:n], 1.0), 1.0 - config.alpha)
-    sums = weighted_row_sums(counts.matrix, rows, weights, n)
+    sums = counts.row_sums(rows, weights, n)
     return np.divide(sums, scale, out=sums) if scale.dtype == sums.dtype else (sums / scale).astype(np.float32)
 
 
@@ -160,7 +148,7 @@ def _transition_scores(counts: TransitionCounts, histories: Histories, n: int) -
     rows, weights = recent_rows(histories, config.history, config.recency_decay)
     if config.alpha:
         weights /= np.power(np.maximum(counts.outgoing[rows], 1.0), config.alpha)
-    out = weighted_row_sums(counts.matrix, rows, weights, n)
+    out = counts.row_sums(rows, weights, n)
     if config.beta:
         out /= np.power(np.maximum(counts.counts[:n], 1.0), config.beta)
     return out
@@ -182,10 +170,11 @@ class CountFeatures:
     transition: TransitionCounts | None = None
 
     @classmethod
-    def build(cls, cooccurrence: bool, transition: bool) -> CountFeatures:
+    def build(cls, cooccurrence: bool, transition: bool, neighbours: int | None = FEATURE_NEIGHBOURS) -> CountFeatures:
+        """``neighbours``: each item's strongest neighbours kept per feature; None keeps dense item x item counts."""
         return cls(
-            CooccurrenceCounts(ItemKNNConfig()) if cooccurrence else None,
-            TransitionCounts(FEATURE_TRANSITIONS) if transition else None,
+            CooccurrenceCounts(ItemKNNConfig(), neighbours) if cooccurrence else None,
+            TransitionCounts(FEATURE_TRANSITIONS, neighbours) if transition else None,
         )
 
     @property
@@ -251,14 +240,52 @@ class CountFeatures:
                 raw[b] = counts.scores([int(row) for row in rows], n)
         return raw
 
-    def state(self, n: int) -> dict[str, NDArray[np.float32]]:
+    def state(self, n: int) -> dict[str, NDArray[Any]]:
         return {f"{name}.{key}": value for name, counts in self.enabled for key, value in counts.state(n).items()}
+
+    def shapes(self, n: int, found: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """The shapes of :meth:`state`'s arrays over ``n`` items; a sparse feature's entries (``*.columns``,
+        ``*.values``) as many as its ``*.values`` in ``found`` (saved shapes) hold."""
+        out: dict[str, tuple[int, ...]] = {}
+        for key, value in self.state(0).items():
+            if key.endswith(".indptr"):
+                out[key] = (n + 1,)
+            elif key.endswith((".columns", ".values")):
+                saved = found.get(key.rsplit(".", 1)[0] + ".values", ())
+                out[key] = (saved[0],) if len(saved) == 1 else (-1,)
+            else:
+                out[key] = (n,) * value.ndim
+        return out
+
+    def remapped(
+        self, arrays: Mapping[str, NDArray[Any]], to_rows: NDArray[np.int64], n: int
+    ) -> dict[str, NDArray[Any]]:
+        """:meth:`state`'s arrays over ``len(to_rows)`` items moved to ``n`` items: item ``i``'s row (and column)
+        becomes ``to_rows[i]``; items with ``to_rows[i] < 0`` are left out (:class:`ModelLoadError` when a
+        sparse feature's rows are inconsistent)."""
+        known = to_rows >= 0
+        src, dst = np.flatnonzero(known), to_rows[known]
+        out: dict[str, NDArray[Any]] = {}
+        for key, value in arrays.items():
+            if key.endswith(".indptr"):
+                out.update(remapped_state(arrays, key[: -len(".indptr")], to_rows, n))
+            elif key.endswith((".columns", ".values")):
+                continue  # moved with their indptr
+            elif value.ndim == 2:  # dense counts
+                grid = np.zeros((n, n), dtype=value.dtype)
+                grid[np.ix_(dst, dst)] = value[np.ix_(src, src)]
+                out[key] = grid
+            else:
+                moved = np.zeros(n, dtype=value.dtype)
+                moved[dst] = value[src]
+                out[key] = moved
+        return out
 
     def recent(self) -> dict[str, dict[str, list[int]]]:
         return {name: {user: list(rows) for user, rows in counts.recent.items()} for name, counts in self.enabled}
 
     def restore(
-        self, arrays: Mapping[str, NDArray[np.float32]], recent: Mapping[str, dict[str, list[int]]], n: int
+        self, arrays: Mapping[str, NDArray[Any]], recent: Mapping[str, dict[str, list[int]]], n: int
     ) -> None:
         for name, counts in self.enabled:
             prefix = f"{name}."

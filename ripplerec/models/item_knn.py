@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from ripplerec.models.base import Interaction, Item, ModelLoadError, UserState
 from ripplerec.models.catalog import IndexedModel, grown, load_arrays, save_arrays
+from ripplerec.models.top_neighbours import DenseCounts, PairCounts, TopNeighbours
 
 __all__ = ["ItemKNNConfig", "CooccurrenceCounts", "RecentCountsModel", "ItemKNN"]
 
@@ -40,16 +41,28 @@ class ItemKNNConfig:
 
 class CooccurrenceCounts:
     """Symmetric co-occurrence counts within users' recent windows, and the item-kNN score from them; shared by
-    :class:`ItemKNN` and the transformer scorer's count features. The caller grows it with the catalog."""
+    :class:`ItemKNN` and the transformer scorer's count features. The caller grows it with the catalog.
 
-    def __init__(self, config: ItemKNNConfig | None = None) -> None:
+    ``neighbours``: keep only each item's strongest ``neighbours`` co-occurring items
+    (:class:`~ripplerec.models.top_neighbours.TopNeighbours`, memory in proportion to the items); None keeps
+    the whole item x item matrix (:class:`~ripplerec.models.top_neighbours.DenseCounts`, ``matrix``).
+    """
+
+    def __init__(self, config: ItemKNNConfig | None = None, neighbours: int | None = None) -> None:
         self.config = config or ItemKNNConfig()
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.pairs: PairCounts = DenseCounts() if neighbours is None else TopNeighbours(neighbours)
         self.counts = np.zeros(0, dtype=np.float32)
         self.recent: dict[str, deque[int]] = {}
 
+    @property
+    def matrix(self) -> NDArray[np.float32]:
+        """The dense matrix (counts kept dense only)."""
+        if not isinstance(self.pairs, DenseCounts):
+            raise AttributeError("sparse co-occurrence counts have no dense matrix: use pairs.dense(n)")
+        return self.pairs.matrix
+
     def grow(self, n: int) -> None:
-        self.matrix = grown(self.matrix, n, axes=(0, 1))
+        self.pairs.grow(n)
         self.counts = grown(self.counts, n)
 
     def add(self, user_id: str, row: int) -> None:
@@ -59,18 +72,17 @@ class CooccurrenceCounts:
             recent = self.recent[user_id] = deque(maxlen=self.config.window)
         others = np.fromiter((other for other in set(recent) if other != row), dtype=np.int64)
         if others.size:
-            self.matrix[row, others] += 1.0
-            self.matrix[others, row] += 1.0
+            rows = np.full(others.size, row, dtype=np.int64)
+            self.pairs.add(np.concatenate([rows, others]), np.concatenate([others, rows]), _ones(2 * others.size))
         self.counts[row] += 1.0
         recent.append(row)
 
     def add_many(self, interactions: Sequence[tuple[str, int]]) -> None:
-        """:meth:`add` for ``(user_id, row)`` pairs in order, with one scatter into the matrix (counts are
+        """:meth:`add` for ``(user_id, row)`` pairs in order, with one scatter into the pair counts (counts are
         whole numbers: the sums are exact in any order).
 
         The ones added are float32: a Python ``1.0`` makes ``np.add.at`` cast every element it touches to
-        float64 and back (the same sums, several times slower); and they go through flat indices into the
-        matrix, which ``np.add.at`` handles five times faster than a pair of index arrays.
+        float64 and back (the same sums, several times slower).
         """
         rows: list[int] = []
         others: list[int] = []
@@ -83,14 +95,15 @@ class CooccurrenceCounts:
             others.extend(co_occurring)
             rows.extend(repeat(row, len(co_occurring)))
             recent.append(row)
-        one = np.float32(1.0)
         if rows:
             first = np.fromiter(rows, dtype=np.int64, count=len(rows))
             second = np.fromiter(others, dtype=np.int64, count=len(others))
-            width = self.matrix.shape[1]
-            both_ways = np.concatenate([first * width + second, second * width + first])
-            np.add.at(self.matrix.reshape(-1, copy=False), both_ways, one)
-        np.add.at(self.counts, np.fromiter((row for _, row in interactions), dtype=np.int64), one)
+            self.pairs.add(np.concatenate([first, second]), np.concatenate([second, first]), _ones(2 * first.size))
+        np.add.at(self.counts, np.fromiter((row for _, row in interactions), dtype=np.int64), np.float32(1.0))
+
+    def row_sums(self, rows: NDArray[np.int64], weights: NDArray[np.float32], n: int) -> NDArray[np.float32]:
+        """``sum_h weights[b, h] * counts(rows[b, h], :n)``, ``(B, n)``: see ``DenseCounts.row_sums``."""
+        return self.pairs.row_sums(rows, weights, n)
 
     def scores(self, rows: Sequence[int], n: int) -> NDArray[np.float32]:
         """Item-kNN scores over the first ``n`` catalog rows from a user's items ``rows`` (oldest first), before
@@ -103,19 +116,27 @@ class CooccurrenceCounts:
         weights = self.config.recency_decay ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
         history = np.asarray(recent)
         norms = np.power(np.maximum(counts[history], 1.0), self.config.alpha)
-        sims = self.matrix[history, :n] / norms[:, None]
-        return ((weights @ sims) / scale).astype(np.float32, copy=False)
+        if isinstance(self.pairs, DenseCounts):
+            sims = self.pairs.matrix[history, :n] / norms[:, None]
+            return ((weights @ sims) / scale).astype(np.float32, copy=False)
+        sums = self.pairs.row_sums(history[None, :], (weights / norms).astype(np.float32)[None, :], n)[0]
+        return (sums / scale).astype(np.float32, copy=False)
 
-    def state(self, n: int) -> dict[str, NDArray[np.float32]]:
-        return {"cooccurrence": self.matrix[:n, :n], "counts": self.counts[:n]}
+    def state(self, n: int) -> dict[str, NDArray[Any]]:
+        return {**self.pairs.state("cooccurrence", n), "counts": self.counts[:n]}
 
-    def restore(self, arrays: dict[str, NDArray[np.float32]], recent: dict[str, list[int]], n: int) -> None:
-        if arrays.get("cooccurrence", np.zeros(0)).shape != (n, n) or arrays.get("counts", np.zeros(0)).shape != (n,):
+    def restore(self, arrays: dict[str, NDArray[Any]], recent: dict[str, list[int]], n: int) -> None:
+        if arrays.get("counts", np.zeros(0)).shape != (n,):
             raise ModelLoadError(f"saved co-occurrence arrays do not match {n} items")
+        self.pairs.restore(arrays, "cooccurrence", n)
+        self.counts = np.zeros(0, dtype=np.float32)
         self.grow(n)
-        self.matrix[:n, :n] = arrays["cooccurrence"]
         self.counts[:n] = arrays["counts"]
         self.recent = {user: deque((int(r) for r in rows), maxlen=self.config.window) for user, rows in recent.items()}
+
+
+def _ones(size: int) -> NDArray[np.float32]:
+    return np.ones(size, dtype=np.float32)
 
 
 _M = TypeVar("_M", bound="RecentCountsModel")

@@ -855,8 +855,10 @@ class TransformerScorer(RankingModel):
         n_saved = len(saved_ids)
         expected = {f"head.{key}": (n_saved,) + tuple(v.shape[1:]) if key in _PER_ITEM else tuple(v.shape)
                     for key, v in self.head_state().items()}
-        expected.update({f"counts.{key}": (n_saved,) * v.ndim for key, v in self._counts.state(0).items()})
-        check_shapes(source, expected, {key: tuple(v.shape) for key, v in tensors.items()})
+        found = {key: tuple(v.shape) for key, v in tensors.items()}
+        saved_counts = {key[len("counts.") :]: shape for key, shape in found.items() if key.startswith("counts.")}
+        expected.update({f"counts.{key}": shape for key, shape in self._counts.shapes(n_saved, saved_counts).items()})
+        check_shapes(source, expected, found)
         bad = [key for key, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             raise ModelLoadError(f"{source}: non-finite values in {', '.join(sorted(bad))}")
@@ -880,18 +882,10 @@ class TransformerScorer(RankingModel):
                 else:
                     state[key].copy_(value)
         if len(new._counts):
-            src, dst = from_rows.numpy(), to_rows.numpy()
-            mapped: dict[str, NDArray[np.float32]] = {}
-            for key, saved in tensors.items():
-                if not key.startswith("counts."):
-                    continue
-                array = saved.numpy()
-                grid: NDArray[np.float32] = np.zeros((n,) * array.ndim, dtype=np.float32)
-                if array.ndim == 2:
-                    grid[np.ix_(dst, dst)] = array[np.ix_(src, src)]
-                else:
-                    grid[dst] = array[src]
-                mapped[key[len("counts.") :]] = grid
+            moved = np.full(n_saved, -1, dtype=np.int64)  # each saved row's row here (-1: not in this catalog)
+            moved[from_rows.numpy()] = to_rows.numpy()
+            saved = {key[len("counts.") :]: v.numpy() for key, v in tensors.items() if key.startswith("counts.")}
+            mapped = new._counts.remapped(saved, moved, n)  # ModelLoadError when the rows are inconsistent
             new._counts.restore(mapped, {name: {} for name, _ in new._counts.enabled}, n)
         new.trainer.steps = int(manifest.get("steps", 0))
         new.trainer.examples = int(manifest.get("examples", 0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,6 +20,7 @@ from numpy.typing import NDArray
 from ripplerec.models.base import ModelLoadError
 from ripplerec.models.catalog import grown
 from ripplerec.models.item_knn import RecentCountsModel
+from ripplerec.models.top_neighbours import DenseCounts, PairCounts, TopNeighbours
 
 __all__ = ["TransitionConfig", "TransitionCounts", "Transition"]
 
@@ -50,19 +52,31 @@ class TransitionConfig:
 
 
 class TransitionCounts:
-    """The growing directed count matrix and per-user recent rows; shared by :class:`Transition` and the
-    transformer scorer's count features. Rows are catalog rows; the caller grows it with the catalog."""
+    """The growing directed counts and per-user recent rows; shared by :class:`Transition` and the
+    transformer scorer's count features. Rows are catalog rows; the caller grows it with the catalog.
 
-    def __init__(self, config: TransitionConfig | None = None) -> None:
+    ``neighbours``: keep only each item's ``neighbours`` strongest followers
+    (:class:`~ripplerec.models.top_neighbours.TopNeighbours`; ``outgoing`` still sums every transition); None
+    keeps the whole item x item matrix (:class:`~ripplerec.models.top_neighbours.DenseCounts`, ``matrix``).
+    """
+
+    def __init__(self, config: TransitionConfig | None = None, neighbours: int | None = None) -> None:
         self.config = config or TransitionConfig()
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
-        self.outgoing = np.zeros(0, dtype=np.float32)  # row sums of matrix
+        self.pairs: PairCounts = DenseCounts() if neighbours is None else TopNeighbours(neighbours)
+        self.outgoing = np.zeros(0, dtype=np.float32)  # row sums of the transitions
         self.counts = np.zeros(0, dtype=np.float32)  # interactions per item
         self.recent: dict[str, deque[int]] = {}
         self._weights = self.config.distance_decay ** np.arange(self.config.window, dtype=np.float32)
 
+    @property
+    def matrix(self) -> NDArray[np.float32]:
+        """The dense matrix (counts kept dense only)."""
+        if not isinstance(self.pairs, DenseCounts):
+            raise AttributeError("sparse transition counts have no dense matrix: use pairs.dense(n)")
+        return self.pairs.matrix
+
     def grow(self, n: int) -> None:
-        self.matrix = grown(self.matrix, n, axes=(0, 1))
+        self.pairs.grow(n)
         self.outgoing = grown(self.outgoing, n)
         self.counts = grown(self.counts, n)
 
@@ -75,13 +89,13 @@ class TransitionCounts:
             sources = np.fromiter(reversed(recent), dtype=np.int64)  # most recent first: distance 1, 2, ...
             weights = self._weights[: sources.size]
             keep = sources != row
-            np.add.at(self.matrix[:, row], sources[keep], weights[keep])
+            self.pairs.add(sources[keep], np.full(int(keep.sum()), row, dtype=np.int64), weights[keep])
             np.add.at(self.outgoing, sources[keep], weights[keep])
         self.counts[row] += 1.0
         recent.append(row)
 
     def add_many(self, interactions: Sequence[tuple[str, int]]) -> None:
-        """:meth:`add` for ``(user_id, row)`` pairs in order, with one scatter into the matrix (the same
+        """:meth:`add` for ``(user_id, row)`` pairs in order, with one scatter into the pair counts (the same
         sums, added in the same order)."""
         window = self.config.window
         weights = self._weights.tolist()  # Python floats: indexing the array would make a numpy scalar each time
@@ -102,11 +116,14 @@ class TransitionCounts:
             values = np.asarray(added, dtype=np.float32)
             source_rows = np.fromiter(sources, dtype=np.int64, count=len(sources))
             target_rows = np.fromiter(targets, dtype=np.int64, count=len(targets))
-            # flat indices: np.add.at is five times faster with them than with a pair of index arrays (same order)
-            np.add.at(self.matrix.reshape(-1, copy=False), source_rows * self.matrix.shape[1] + target_rows, values)
+            self.pairs.add(source_rows, target_rows, values)
             np.add.at(self.outgoing, source_rows, values)
         # a float32 one: a Python 1.0 makes np.add.at cast each element to float64 and back (same sums, slower)
         np.add.at(self.counts, np.fromiter((row for _, row in interactions), dtype=np.int64), np.float32(1.0))
+
+    def row_sums(self, rows: NDArray[np.int64], weights: NDArray[np.float32], n: int) -> NDArray[np.float32]:
+        """``sum_h weights[b, h] * transitions(rows[b, h], :n)``, ``(B, n)``: see ``DenseCounts.row_sums``."""
+        return self.pairs.row_sums(rows, weights, n)
 
     def scores(self, rows: Sequence[int], n: int) -> NDArray[np.float32]:
         """Transition scores over the first ``n`` catalog rows from a user's items ``rows`` (oldest first)."""
@@ -117,19 +134,24 @@ class TransitionCounts:
         weights = config.recency_decay ** np.arange(recent.size - 1, -1, -1, dtype=np.float32)
         if config.alpha:
             weights = weights / np.power(np.maximum(self.outgoing[recent], 1.0), config.alpha)
-        out = weights @ self.matrix[recent, :n]
+        if isinstance(self.pairs, DenseCounts):
+            out = weights @ self.pairs.matrix[recent, :n]
+        else:
+            out = self.pairs.row_sums(recent[None, :], weights.astype(np.float32)[None, :], n)[0]
         if config.beta:
             out = out / np.power(np.maximum(self.counts[:n], 1.0), config.beta)
         return out.astype(np.float32, copy=False)
 
-    def state(self, n: int) -> dict[str, NDArray[np.float32]]:
-        return {"transitions": self.matrix[:n, :n], "outgoing": self.outgoing[:n], "counts": self.counts[:n]}
+    def state(self, n: int) -> dict[str, NDArray[Any]]:
+        return {**self.pairs.state("transitions", n), "outgoing": self.outgoing[:n], "counts": self.counts[:n]}
 
-    def restore(self, arrays: dict[str, NDArray[np.float32]], recent: dict[str, list[int]], n: int) -> None:
-        if arrays["transitions"].shape != (n, n) or arrays["outgoing"].shape != (n,) or arrays["counts"].shape != (n,):
+    def restore(self, arrays: dict[str, NDArray[Any]], recent: dict[str, list[int]], n: int) -> None:
+        if arrays["outgoing"].shape != (n,) or arrays["counts"].shape != (n,):
             raise ModelLoadError(f"saved transition arrays do not match {n} items")
+        self.pairs.restore(arrays, "transitions", n)
+        self.outgoing = np.zeros(0, dtype=np.float32)
+        self.counts = np.zeros(0, dtype=np.float32)
         self.grow(n)
-        self.matrix[:n, :n] = arrays["transitions"]
         self.outgoing[:n] = arrays["outgoing"]
         self.counts[:n] = arrays["counts"]
         self.recent = {user: deque((int(r) for r in rows), maxlen=self.config.window) for user, rows in recent.items()}

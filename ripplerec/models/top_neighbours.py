@@ -1,0 +1,381 @@
+"""Item x item counts kept two ways: the whole matrix, or each item's strongest neighbours only.
+
+:class:`DenseCounts` holds the whole matrix (4 bytes per pair of items: fine for a few thousand
+items, 40 GB at 100,000). :class:`TopNeighbours` keeps at most ``limit`` columns a row, cut back to the
+``keep`` largest counts when a row would hold more; beyond a couple of thousand items each row is a small
+open-addressing hash table of ``width`` slots (8 bytes a slot), so memory is ``8 * width`` bytes per item
+whatever the catalog size. Until a row is cut, its counts are exactly the dense matrix's (the same
+additions in the same order).
+
+Both answer the same calls: ``grow``, ``add`` (increments in order), ``row_sums`` (weighted sums of
+rows for a batch of histories, vectorised), ``dense``, ``state`` and ``restore``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from ripplerec.models.base import ModelLoadError
+from ripplerec.models.catalog import grown
+
+__all__ = ["DenseCounts", "TopNeighbours", "PairCounts", "remapped_state", "weighted_row_sums", "DENSE_ITEMS"]
+
+# up to this many items TopNeighbours keeps its counts in one dense matrix (16 MB): a catalog's count
+# updates and feature sums then cost what the dense matrix's do; beyond, hashed rows (8 bytes a slot)
+DENSE_ITEMS = 2048
+_FIBONACCI = np.uint32(2654435769)  # 2**32 / golden ratio: spreads consecutive columns over a row's slots
+_KEY_SHIFT = 32  # (row << 32) | column: one sortable key per cell
+_COLUMN_MASK = (1 << _KEY_SHIFT) - 1
+
+
+def weighted_row_sums(
+    matrix: NDArray[np.float32], rows: NDArray[np.int64], weights: NDArray[np.float32], n: int
+) -> NDArray[np.float32]:
+    """``sum_h weights[b, h] * matrix[rows[b, h], :n]`` for every ``b``, ``(B, n)``.
+
+    An ``embedding_bag``: the ``(B, H, n)`` gather is never materialised, and torch keeps to its thread
+    setting where numpy's BLAS would start threads of its own. The bag reads whole rows of ``matrix``
+    (a matrix grown beyond ``n`` columns would otherwise be copied into a contiguous ``(rows, n)`` table on
+    every call) and keeps the first ``n`` columns of the sums.
+    """
+    table = torch.from_numpy(np.ascontiguousarray(matrix))
+    sums = nn.functional.embedding_bag(
+        torch.from_numpy(rows), table, per_sample_weights=torch.from_numpy(weights), mode="sum"
+    )
+    return sums.numpy()[:, :n]
+
+
+class DenseCounts:
+    """The whole item x item matrix, float32, grown with the catalog (the count baselines keep this)."""
+
+    def __init__(self) -> None:
+        self.matrix = np.zeros((0, 0), dtype=np.float32)
+
+    def grow(self, n: int) -> None:
+        self.matrix = grown(self.matrix, n, axes=(0, 1))
+
+    def add(self, rows: NDArray[np.int64], columns: NDArray[np.int64], values: NDArray[np.float32]) -> None:
+        """Add ``values[k]`` to cell ``(rows[k], columns[k])``, in order (flat indices: ``np.add.at`` is five times
+        faster with them than with a pair of index arrays)."""
+        np.add.at(self.matrix.reshape(-1, copy=False), rows * self.matrix.shape[1] + columns, values)
+
+    def row_sums(self, rows: NDArray[np.int64], weights: NDArray[np.float32], n: int) -> NDArray[np.float32]:
+        return weighted_row_sums(self.matrix, rows, weights, n)
+
+    def dense(self, n: int) -> NDArray[np.float32]:
+        return self.matrix[:n, :n]
+
+    def state(self, name: str, n: int) -> dict[str, NDArray[Any]]:
+        return {name: self.matrix[:n, :n]}
+
+    def restore(self, arrays: Mapping[str, NDArray[Any]], name: str, n: int) -> None:
+        saved = arrays[name]
+        if saved.shape != (n, n):
+            raise ModelLoadError(f"saved {name} holds {saved.shape}, expected {(n, n)}")
+        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.grow(n)
+        self.matrix[:n, :n] = saved
+
+
+class TopNeighbours:
+    """Each row's strongest columns: at most ``limit`` of them, cut back to the ``keep`` largest counts when a
+    row would hold more (ties: the later column, the newer item, stays). ``cut`` counts the rows cut back
+    so far (0: every count is exactly the dense matrix's).
+
+    Two layouts, the same counts bit for bit: up to ``dense_items`` items (default ``DENSE_ITEMS``), one
+    dense float32 ``matrix`` (16 MB at 2,048 items; the dense matrix's speed); beyond, each row is an
+    open-addressing hash table of ``width`` slots (the smallest power of two >= ``2 * keep``; ``limit`` is
+    halfway between ``keep`` and ``width``, so a table is never more than 3/4 full): ``slots`` holds column
+    + 1 (0: empty), ``values`` the counts; 8 bytes a slot, ``8 * width`` bytes an item at most, whatever the
+    catalog size.
+    """
+
+    def __init__(self, keep: int = 256, dense_items: int | None = None) -> None:
+        self.dense_items = DENSE_ITEMS if dense_items is None else dense_items
+        if keep < 1 or self.dense_items < 0:
+            raise ValueError("keep must be >= 1 and dense_items >= 0")
+        self.keep = keep
+        self.width = 1 << (2 * keep - 1).bit_length()
+        self.limit = (keep + self.width) // 2
+        self._shift = np.uint32(32 - (self.width.bit_length() - 1))
+        self._clear()
+
+    def _clear(self) -> None:
+        self.matrix: NDArray[np.float32] | None = np.zeros((0, 0), dtype=np.float32)  # None: hashed rows
+        self.slots = np.zeros((0, self.width), dtype=np.int32)
+        self.values = np.zeros((0, self.width), dtype=np.float32)
+        self.sizes = np.zeros(0, dtype=np.int32)  # columns held per row
+        self.cut = 0
+
+    @property
+    def nbytes(self) -> int:
+        held = self.matrix.nbytes if self.matrix is not None else self.slots.nbytes + self.values.nbytes
+        return int(held + self.sizes.nbytes)
+
+    def grow(self, n: int) -> None:
+        self.sizes = grown(self.sizes, n)
+        if self.matrix is None:
+            # zero-padded (calloc'd) rows: a row's memory pages are touched only once it holds a column
+            self.slots = grown(self.slots, n)
+            self.values = grown(self.values, n)
+        elif n <= self.dense_items:
+            if self.matrix.shape[0] < n:
+                size = min(max(n, 2 * self.matrix.shape[0], 64), self.dense_items)
+                matrix = np.zeros((size, size), dtype=np.float32)
+                matrix[: self.matrix.shape[0], : self.matrix.shape[1]] = self.matrix
+                self.matrix = matrix
+        else:  # past dense_items: the rows move into hash tables (each fits: it holds at most limit columns)
+            rows, columns = np.nonzero(self.matrix)
+            values = self.matrix[rows, columns]
+            self.matrix = None
+            self.slots = grown(self.slots, n)
+            self.values = grown(self.values, n)
+            self.sizes[:] = 0
+            self.values.reshape(-1)[self._insert(rows.astype(np.int64), columns.astype(np.int64))] = values
+
+    def add(self, rows: NDArray[np.int64], columns: NDArray[np.int64], values: NDArray[np.float32]) -> None:
+        """Add ``values[k]`` (> 0) to cell ``(rows[k], columns[k])``, in order: each cell's sum is the dense
+        matrix's, bit for bit. A row that then holds more than ``limit`` columns keeps its ``keep`` largest sums."""
+        if rows.size == 0:
+            return
+        if self.matrix is not None:
+            self._add_dense(self.matrix, rows, columns, values)
+        else:
+            self._add_hashed(rows, columns, values)
+
+    # -- the dense layout -------------------------------------------------------------------------------
+    def _add_dense(
+        self,
+        matrix: NDArray[np.float32],
+        rows: NDArray[np.int64],
+        columns: NDArray[np.int64],
+        values: NDArray[np.float32],
+    ) -> None:
+        size = matrix.shape[1]
+        flat = matrix.reshape(-1)
+        cells = rows * size + columns
+        fresh = np.unique(cells[flat[cells] == 0])  # counts are positive: 0 is an empty cell
+        np.add.at(flat, cells, values)
+        if fresh.size:
+            fresh_rows, fresh_counts = np.unique(fresh // size, return_counts=True)
+            self.sizes[fresh_rows] += fresh_counts.astype(np.int32)
+            over = fresh_rows[self.sizes[fresh_rows] > self.limit]
+            if over.size:
+                block = matrix[over]
+                # largest first; among equal counts the later column first (a stable sort of the reversed row)
+                order = np.argsort(-block[:, ::-1], axis=1, kind="stable")[:, self.keep :]
+                block[np.arange(over.size)[:, None], size - 1 - order] = 0.0
+                matrix[over] = block
+                self.sizes[over] = np.count_nonzero(block, axis=1)
+                self.cut += int(over.size)
+
+    # -- the hashed layout: lookups and inserts, vectorised over (row, column) pairs -------------------
+    def _probes(self, rows: NDArray[np.int64], columns: NDArray[np.int64]) -> tuple[NDArray[np.int64], ...]:
+        """Where each ``(row, column)``'s probing starts (flat slot index), its row's first slot, and its step:
+        double hashing, an odd step (so a probe visits every slot of a power-of-two row) from the column."""
+        hashed = columns.astype(np.uint32) * _FIBONACCI
+        start = (hashed >> self._shift).astype(np.int64)
+        step = ((hashed >> np.uint32(8)) & np.uint32(self.width - 1)).astype(np.int64) | 1
+        base = rows * self.width
+        return base + start, base, step
+
+    def _find(self, rows: NDArray[np.int64], columns: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Flat slot index (``row * width + slot``) of each ``(row, column)``; -1 where the row lacks it."""
+        flat = self.slots.reshape(-1)
+        found = np.full(rows.size, -1, dtype=np.int64)
+        at, base, step = self._probes(rows, columns)
+        wanted = (columns + 1).astype(np.int32)
+        pending = np.arange(rows.size)
+        mask = self.width - 1
+        while pending.size:  # stop at the column or at an empty slot (a row is never full)
+            held = flat[at]
+            hit = held == wanted
+            found[pending[hit]] = at[hit]
+            go_on = ~hit & (held != 0)
+            pending, at, base, step, wanted = pending[go_on], at[go_on], base[go_on], step[go_on], wanted[go_on]
+            at = base + ((at - base + step) & mask)
+        return found
+
+    def _insert(self, rows: NDArray[np.int64], columns: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Claim a slot for each ``(row, column)`` (distinct pairs the rows lack, with room for them): flat indices.
+
+        Pairs probing the same free slot at once all write their column there; the one that stays has it
+        (which one does not matter: a row's slot order changes no count or score), the others probe on.
+        """
+        flat = self.slots.reshape(-1)
+        taken = np.empty(rows.size, dtype=np.int64)
+        at, base, step = self._probes(rows, columns)
+        wanted = (columns + 1).astype(np.int32)
+        pending = np.arange(rows.size)
+        mask = self.width - 1
+        while pending.size:
+            free = flat[at] == 0
+            flat[at[free]] = wanted[free]
+            won = np.zeros(pending.size, dtype=bool)
+            won[free] = flat[at[free]] == wanted[free]
+            taken[pending[won]] = at[won]
+            on = ~won
+            pending, at, base, step, wanted = pending[on], at[on], base[on], step[on], wanted[on]
+            at = base + ((at - base + step) & mask)
+        np.add.at(self.sizes, rows, np.int32(1))
+        return taken
+
+    def _entries(
+        self, rows: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+        """The cells held by ``rows`` (distinct): their rows, columns and counts, row by row."""
+        if self.matrix is not None:
+            which, columns = np.nonzero(self.matrix[rows])
+            return rows[which], columns.astype(np.int64), self.matrix[rows[which], columns]
+        held = self.slots[rows]
+        which, slot = np.nonzero(held)
+        return rows[which], held[which, slot].astype(np.int64) - 1, self.values[rows[which], slot]
+
+    def _add_hashed(self, rows: NDArray[np.int64], columns: NDArray[np.int64], values: NDArray[np.float32]) -> None:
+        keys = (rows << _KEY_SHIFT) | columns
+        cells, inverse = np.unique(keys, return_inverse=True)
+        cell_rows, cell_columns = cells >> _KEY_SHIFT, cells & _COLUMN_MASK
+        at = self._find(cell_rows, cell_columns)
+        absent = at < 0
+        fresh_rows, fresh_counts = np.unique(cell_rows[absent], return_counts=True)
+        over = fresh_rows[self.sizes[fresh_rows] + fresh_counts > self.limit]
+        if not over.size:
+            at[absent] = self._insert(cell_rows[absent], cell_columns[absent])
+            np.add.at(self.values.reshape(-1), at[inverse], values)
+            return
+        overflowing = np.isin(cell_rows, over)
+        fits = absent & ~overflowing
+        at[fits] = self._insert(cell_rows[fits], cell_columns[fits])
+        stays = ~overflowing[inverse]
+        np.add.at(self.values.reshape(-1), at[inverse[stays]], values[stays])
+        self._cut_hashed(over, keys[~stays], values[~stays])
+
+    def _cut_hashed(self, rows: NDArray[np.int64], keys: NDArray[np.int64], values: NDArray[np.float32]) -> None:
+        """Add the increments ``keys``/``values`` (in order) to ``rows`` (sorted, distinct), then keep each row's
+        ``keep`` largest sums (ties: the later column), as :meth:`_add_dense` does."""
+        held_rows, held_columns, held_values = self._entries(rows)
+        held_keys = (held_rows << _KEY_SHIFT) | held_columns
+        cells, inverse = np.unique(np.concatenate([held_keys, keys]), return_inverse=True)
+        sums = np.zeros(cells.size, dtype=np.float32)
+        sums[inverse[: held_keys.size]] = held_values  # each held cell once: its count, then the new increments
+        np.add.at(sums, inverse[held_keys.size :], values)
+        cell_rows, cell_columns = cells >> _KEY_SHIFT, cells & _COLUMN_MASK
+        order = np.lexsort((-cell_columns, -sums, cell_rows))  # by row; largest sum, then later column, first
+        ranked_rows = cell_rows[order]
+        starts = np.searchsorted(ranked_rows, ranked_rows, side="left")
+        kept = order[np.arange(order.size) - starts < self.keep]
+        self.slots[rows] = 0
+        self.values[rows] = 0.0
+        self.sizes[rows] = 0
+        self.values.reshape(-1)[self._insert(cell_rows[kept], cell_columns[kept])] = sums[kept]
+        self.cut += int(rows.size)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def row_sums(self, rows: NDArray[np.int64], weights: NDArray[np.float32], n: int) -> NDArray[np.float32]:
+        """``sum_h weights[b, h] * row(rows[b, h])[:n]`` for every ``b``, ``(B, n)``.
+
+        The dense layout: :func:`weighted_row_sums` of the matrix. Hashed rows: their entries are scattered into
+        the sums in history order, work in proportion to the entries, not to the catalog (each product is
+        rounded before it is added, where the ``embedding_bag`` fuses the two: the last bit may differ).
+        """
+        if self.matrix is not None:
+            return weighted_row_sums(self.matrix, rows, weights, n)
+        batch = rows.shape[0]
+        read, local = np.unique(rows, return_inverse=True)
+        local = local.reshape(rows.shape)
+        columns = self.slots[read].astype(np.int64)[local] - 1  # (B, H, width); -1: an empty slot
+        real = (columns >= 0) & (columns < n)
+        products = (self.values[read][local] * weights[:, :, None])[real]
+        targets = (columns + (np.arange(batch) * n)[:, None, None])[real]
+        out = np.zeros(batch * n, dtype=np.float32)
+        np.add.at(out, targets, products)  # in order: each (user, column)'s products in history order
+        return out.reshape(batch, n)
+
+    def dense(self, n: int) -> NDArray[np.float32]:
+        """The first ``n`` rows and columns as a dense matrix (tests and small catalogs)."""
+        out = np.zeros((n, n), dtype=np.float32)
+        rows, columns, values = self._entries(np.arange(min(n, self.sizes.shape[0])))
+        inside = columns < n
+        out[rows[inside], columns[inside]] = values[inside]
+        return out
+
+    def state(self, name: str, n: int) -> dict[str, NDArray[Any]]:
+        """The first ``n`` rows as CSR arrays (``{name}.indptr``, ``.columns``, ``.values``; columns ascending)."""
+        rows, columns, values = self._entries(np.arange(min(n, self.sizes.shape[0])))
+        inside = columns < n
+        rows, columns, values = rows[inside], columns[inside], values[inside]
+        order = np.lexsort((columns, rows))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+        return {
+            f"{name}.indptr": indptr,
+            f"{name}.columns": columns[order].astype(np.int32),
+            f"{name}.values": values[order],
+        }
+
+    def restore(self, arrays: Mapping[str, NDArray[Any]], name: str, n: int) -> None:
+        """Rows from :meth:`state`, or from a dense ``(n, n)`` matrix saved under ``name`` (cut back to ``keep``
+        columns where a row holds more than ``limit``)."""
+        if name in arrays:
+            saved = np.asarray(arrays[name])
+            if saved.shape != (n, n):
+                raise ModelLoadError(f"saved {name} holds {saved.shape}, expected {(n, n)}")
+            rows, columns = np.nonzero(saved)
+            values = saved[rows, columns].astype(np.float32)
+        else:
+            rows, columns, values = _checked_csr(arrays, name, n)
+        self._clear()
+        self.grow(n)
+        self.add(rows.astype(np.int64), columns.astype(np.int64), values)
+
+
+PairCounts = DenseCounts | TopNeighbours
+
+
+def _checked_csr(
+    arrays: Mapping[str, NDArray[Any]], name: str, n: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+    """The ``(row, column, value)`` cells of CSR arrays saved by :meth:`TopNeighbours.state` over ``n`` items;
+    :class:`ModelLoadError` when they are missing or inconsistent."""
+    try:
+        indptr = np.asarray(arrays[f"{name}.indptr"], dtype=np.int64)
+        columns = np.asarray(arrays[f"{name}.columns"], dtype=np.int64)
+        values = np.asarray(arrays[f"{name}.values"], dtype=np.float32)
+    except KeyError as error:
+        raise ModelLoadError(f"saved counts lack {error}") from error
+    if indptr.shape != (n + 1,) or columns.ndim != 1 or values.shape != columns.shape:
+        raise ModelLoadError(
+            f"saved {name} rows do not fit {n} items: indptr {indptr.shape}, columns {columns.shape}, "
+            f"values {values.shape}"
+        )
+    if indptr[0] != 0 or indptr[-1] != columns.size or (np.diff(indptr) < 0).any():
+        raise ModelLoadError(f"saved {name} rows: indptr is not a CSR index of {columns.size} entries")
+    if columns.size and (columns.min() < 0 or columns.max() >= n):
+        raise ModelLoadError(f"saved {name} rows: columns outside 0..{n - 1}")
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    return rows, columns, values
+
+
+def remapped_state(
+    arrays: Mapping[str, NDArray[Any]], name: str, to_rows: NDArray[np.int64], n: int
+) -> dict[str, NDArray[Any]]:
+    """CSR rows saved by :meth:`TopNeighbours.state` over ``len(to_rows)`` items, moved to ``n`` items: old row
+    (and column) ``i`` becomes ``to_rows[i]``; cells of items with ``to_rows[i] < 0`` are left out."""
+    rows, columns, values = _checked_csr(arrays, name, to_rows.size)
+    new_rows, new_columns = to_rows[rows], to_rows[columns]
+    inside = (new_rows >= 0) & (new_columns >= 0)
+    new_rows, new_columns, values = new_rows[inside], new_columns[inside], values[inside]
+    order = np.lexsort((new_columns, new_rows))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(new_rows, minlength=n), out=indptr[1:])
+    return {
+        f"{name}.indptr": indptr,
+        f"{name}.columns": new_columns[order].astype(np.int32),
+        f"{name}.values": values[order],
+    }
