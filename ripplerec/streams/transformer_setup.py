@@ -27,10 +27,12 @@ from ripplerec.config import Settings
 from ripplerec.models.base import Item
 
 if TYPE_CHECKING:
+    from ripplerec.models.embedding_cache import EmbeddingCache
     from ripplerec.models.encoder import EncoderConfig, TextEncoder
     from ripplerec.models.transformer_scorer import TransformerScorer
 
-__all__ = ["build_transformer", "build_encoder", "to_item", "catalog_texts", "HASHING_ENCODER", "LazyEncoder"]
+__all__ = ["build_transformer", "build_encoder", "embedding_cache", "to_item", "catalog_texts", "HASHING_ENCODER",
+           "LazyEncoder"]
 
 #: ``RIPPLEREC_MODEL_NAME`` that selects the hashed bag-of-words encoder (no language model).
 HASHING_ENCODER = "hashing"
@@ -64,14 +66,20 @@ def build_encoder(settings: Settings) -> TextEncoder:
 def build_transformer(settings: Settings) -> TransformerScorer:
     """A fresh transformer scorer (untrained head, empty catalog) on the configured encoder."""
     from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
-    from ripplerec.models.embedding_cache import shared_cache
     from ripplerec.models.transformer_scorer import TransformerScorer
 
     zoo = ZooConfig(encoder=_model(settings))
-    encoder = build_encoder(settings)
-    cache = shared_cache(None if _model(settings) == HASHING_ENCODER else zoo.cache_dir)
     config, _ = scorer_configs(zoo)
-    return TransformerScorer(config, encoder, cache)
+    return TransformerScorer(config, build_encoder(settings), embedding_cache(settings))
+
+
+def embedding_cache(settings: Settings) -> EmbeddingCache:
+    """The process's embedding cache: ``.ripplerec/cache`` under the working folder (memory only for
+    the hashing encoder, which costs less than reading a file)."""
+    from ripplerec.evaluation.zoo import ZooConfig
+    from ripplerec.models.embedding_cache import shared_cache
+
+    return shared_cache(None if _model(settings) == HASHING_ENCODER else ZooConfig().cache_dir)
 
 
 class LazyEncoder:
