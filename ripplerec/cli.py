@@ -138,6 +138,36 @@ def forget(
         typer.echo(line)
 
 
+@app.command()
+def explain(
+    user: str = typer.Argument(..., help="User id (the raw one; see --pseudonym)"),
+    item: str = typer.Argument(..., help="Item id"),
+    k: int = typer.Option(100, "-k", help="How many items to ask the running stack for"),
+    ask: bool = typer.Option(True, help="Ask the running stack first (--no-ask: only the model store and Redis)"),
+    timeout: float = typer.Option(10.0, help="Seconds to wait for the running stack"),
+    influences: int = typer.Option(10, help="How many influencing past behaviours to list"),
+    pseudonym: bool = typer.Option(False, "--pseudonym", help="USER is already a pseudonym (p:...), use it as is"),
+) -> None:
+    """Why ITEM is (or is not) recommended to USER: score, rank and the past behaviours that influence it.
+
+    Asks the running stack which version serves USER (and ITEM's place among the top K), then loads
+    that head version from the model store, with the catalog and USER's profile from Redis, and prints
+    ITEM's score, its rank among the items USER has not consumed, and each past behaviour's attention
+    weight and leave-one-out delta (score with it minus score without it).
+    """
+    from rich.console import Console
+
+    from ripplerec.config import get_settings
+    from ripplerec.streams.explain import explain_item, render
+
+    found = explain_item(get_settings(), user, item, ask=ask, k=k, timeout_s=timeout, pseudonym=pseudonym)
+    console = Console()
+    for part in render(found, limit=influences):
+        console.print(part)
+    if not found.known_item:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 
