@@ -83,17 +83,99 @@ class DenseCounts:
         self.matrix[:n, :n] = saved
 
 
+class _Tables:
+    """Open-addressing hash tables of one ``width`` (a power of two), one per row that holds one; handed out
+    and taken back (a free list). ``slots`` holds column + 1 (0: empty), ``values`` the counts."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.slots = np.zeros((0, width), dtype=np.int32)
+        self.values = np.zeros((0, width), dtype=np.float32)
+        self.free = np.zeros(0, dtype=np.int64)  # tables taken back, handed out again first
+        self.used = 0  # tables handed out from the end so far
+        self._shift = np.uint32(32 - (width.bit_length() - 1))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.slots.nbytes + self.values.nbytes + self.free.nbytes)
+
+    def take(self, count: int) -> NDArray[np.int64]:
+        reused = min(count, self.free.size)
+        fresh = np.arange(self.used, self.used + count - reused)
+        tables = np.concatenate([self.free[self.free.size - reused :], fresh])
+        self.free = self.free[: self.free.size - reused]
+        self.used += count - reused
+        # zero-padded (calloc'd): the pages of tables never handed out are never touched
+        self.slots = grown(self.slots, self.used)
+        self.values = grown(self.values, self.used)
+        return tables
+
+    def give_back(self, tables: NDArray[np.int64]) -> None:
+        self.slots[tables] = 0
+        self.values[tables] = 0.0
+        self.free = np.concatenate([self.free, tables])
+
+    def _probes(
+        self, tables: NDArray[np.int64], columns: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """Where each ``(table, column)``'s probing starts (flat slot index), its table's first slot, and its step:
+        double hashing, an odd step (so a probe visits every slot of a power-of-two table) from the column."""
+        hashed = columns.astype(np.uint32) * _FIBONACCI
+        start = (hashed >> self._shift).astype(np.int64)
+        step = ((hashed >> np.uint32(8)) & np.uint32(self.width - 1)).astype(np.int64) | 1
+        base = tables * self.width
+        return base + start, base, step
+
+    def find(self, tables: NDArray[np.int64], columns: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Flat slot index (``table * width + slot``) of each ``(table, column)``; -1 where the table lacks it."""
+        flat = self.slots.reshape(-1)
+        found = np.full(tables.size, -1, dtype=np.int64)
+        at, base, step = self._probes(tables, columns)
+        wanted = (columns + 1).astype(np.int32)
+        pending = np.arange(tables.size)
+        mask = self.width - 1
+        while pending.size:  # stop at the column or at an empty slot (a table is never full)
+            held = flat[at]
+            hit = held == wanted
+            found[pending[hit]] = at[hit]
+            go_on = ~hit & (held != 0)
+            pending, at, base, step, wanted = pending[go_on], at[go_on], base[go_on], step[go_on], wanted[go_on]
+            at = base + ((at - base + step) & mask)
+        return found
+
+    def insert(self, tables: NDArray[np.int64], columns: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Claim a slot for each ``(table, column)`` (distinct pairs the tables lack, with room for them): flat
+        indices. Pairs probing the same free slot at once all write their column there; the one that stays has
+        it (which one does not matter: slot order changes no count or score), the others probe on."""
+        flat = self.slots.reshape(-1)
+        taken = np.empty(tables.size, dtype=np.int64)
+        at, base, step = self._probes(tables, columns)
+        wanted = (columns + 1).astype(np.int32)
+        pending = np.arange(tables.size)
+        mask = self.width - 1
+        while pending.size:
+            free = flat[at] == 0
+            flat[at[free]] = wanted[free]
+            won = np.zeros(pending.size, dtype=bool)
+            won[free] = flat[at[free]] == wanted[free]
+            taken[pending[won]] = at[won]
+            on = ~won
+            pending, at, base, step, wanted = pending[on], at[on], base[on], step[on], wanted[on]
+            at = base + ((at - base + step) & mask)
+        return taken
+
+
 class TopNeighbours:
     """Each row's strongest columns: at most ``limit`` of them, cut back to the ``keep`` largest counts when a
     row would hold more (ties: the later column, the newer item, stays). ``cut`` counts the rows cut back
     so far (0: every count is exactly the dense matrix's).
 
     Two layouts, the same counts bit for bit: up to ``dense_items`` items (default ``DENSE_ITEMS``), one
-    dense float32 ``matrix`` (16 MB at 2,048 items; the dense matrix's speed); beyond, each row is an
-    open-addressing hash table of ``width`` slots (the smallest power of two >= ``2 * keep``; ``limit`` is
-    halfway between ``keep`` and ``width``, so a table is never more than 3/4 full): ``slots`` holds column
-    + 1 (0: empty), ``values`` the counts; 8 bytes a slot, ``8 * width`` bytes an item at most, whatever the
-    catalog size.
+    dense float32 ``matrix`` (16 MB at 2,048 items; the dense matrix's speed); beyond, each row that holds
+    columns has an open-addressing hash table (8 bytes a slot) of the smallest size class that keeps it at
+    most 3/4 full: 8, 32, 128 ... slots, up to ``width`` (the smallest power of two >= ``2 * keep``; ``limit``
+    is halfway between ``keep`` and ``width``). Memory follows the columns held, ``8 * width`` bytes an item
+    at most, whatever the catalog size.
     """
 
     def __init__(self, keep: int = 256, dense_items: int | None = None) -> None:
@@ -103,41 +185,49 @@ class TopNeighbours:
         self.keep = keep
         self.width = 1 << (2 * keep - 1).bit_length()
         self.limit = (keep + self.width) // 2
-        self._shift = np.uint32(32 - (self.width.bit_length() - 1))
+        widths = [self.width]
+        while widths[0] // 4 >= 8:
+            widths.insert(0, widths[0] // 4)
+        self._widths = widths
+        # the most columns a row may hold in each size class (index: class + 1; 0: a row without a table)
+        self._limits = np.array([0] + [3 * w // 4 for w in widths[:-1]] + [self.limit], dtype=np.int64)
         self._clear()
 
     def _clear(self) -> None:
         self.matrix: NDArray[np.float32] | None = np.zeros((0, 0), dtype=np.float32)  # None: hashed rows
-        self.slots = np.zeros((0, self.width), dtype=np.int32)
-        self.values = np.zeros((0, self.width), dtype=np.float32)
         self.sizes = np.zeros(0, dtype=np.int32)  # columns held per row
+        self.tier = np.zeros(0, dtype=np.int8)  # hashed rows: size class + 1 of the row's table, 0 for none
+        self.table = np.zeros(0, dtype=np.int64)  # and which table of that class
+        self.tables = [_Tables(width) for width in self._widths]
         self.cut = 0
 
     @property
     def nbytes(self) -> int:
-        held = self.matrix.nbytes if self.matrix is not None else self.slots.nbytes + self.values.nbytes
+        if self.matrix is not None:
+            held = self.matrix.nbytes
+        else:
+            held = sum(tables.nbytes for tables in self.tables) + self.tier.nbytes + self.table.nbytes
         return int(held + self.sizes.nbytes)
 
     def grow(self, n: int) -> None:
         self.sizes = grown(self.sizes, n)
-        if self.matrix is None:
-            # zero-padded (calloc'd) rows: a row's memory pages are touched only once it holds a column
-            self.slots = grown(self.slots, n)
-            self.values = grown(self.values, n)
-        elif n <= self.dense_items:
-            if self.matrix.shape[0] < n:
+        self.tier = grown(self.tier, n)
+        self.table = grown(self.table, n)
+        if self.matrix is None or n <= self.dense_items:
+            if self.matrix is not None and self.matrix.shape[0] < n:
                 size = min(max(n, 2 * self.matrix.shape[0], 64), self.dense_items)
                 matrix = np.zeros((size, size), dtype=np.float32)
                 matrix[: self.matrix.shape[0], : self.matrix.shape[1]] = self.matrix
                 self.matrix = matrix
-        else:  # past dense_items: the rows move into hash tables (each fits: it holds at most limit columns)
-            rows, columns = np.nonzero(self.matrix)
-            values = self.matrix[rows, columns]
-            self.matrix = None
-            self.slots = grown(self.slots, n)
-            self.values = grown(self.values, n)
-            self.sizes[:] = 0
-            self.values.reshape(-1)[self._insert(rows.astype(np.int64), columns.astype(np.int64))] = values
+            return
+        # past dense_items: the rows move into hash tables (each fits: it holds at most limit columns)
+        rows, columns = np.nonzero(self.matrix)
+        values = self.matrix[rows, columns]
+        self.matrix = None
+        held, sizes = np.unique(rows, return_counts=True)
+        self.sizes[:] = 0
+        self._assign(held, self._tier_for(sizes))
+        self._set(self._insert(rows.astype(np.int64), columns.astype(np.int64)), values)
 
     def add(self, rows: NDArray[np.int64], columns: NDArray[np.int64], values: NDArray[np.float32]) -> None:
         """Add ``values[k]`` (> 0) to cell ``(rows[k], columns[k])``, in order: each cell's sum is the dense
@@ -175,86 +265,116 @@ class TopNeighbours:
                 self.sizes[over] = np.count_nonzero(block, axis=1)
                 self.cut += int(over.size)
 
-    # -- the hashed layout: lookups and inserts, vectorised over (row, column) pairs -------------------
-    def _probes(self, rows: NDArray[np.int64], columns: NDArray[np.int64]) -> tuple[NDArray[np.int64], ...]:
-        """Where each ``(row, column)``'s probing starts (flat slot index), its row's first slot, and its step:
-        double hashing, an odd step (so a probe visits every slot of a power-of-two row) from the column."""
-        hashed = columns.astype(np.uint32) * _FIBONACCI
-        start = (hashed >> self._shift).astype(np.int64)
-        step = ((hashed >> np.uint32(8)) & np.uint32(self.width - 1)).astype(np.int64) | 1
-        base = rows * self.width
-        return base + start, base, step
+    # -- the hashed layout: cells are located as (flat slot index << 3) | size class ---------------------
+    def _tier_for(self, sizes: NDArray[Any]) -> NDArray[np.int64]:
+        """The smallest size class (+ 1) whose tables hold ``sizes`` columns (at most ``limit``)."""
+        return np.searchsorted(self._limits[1:], sizes, side="left") + 1
+
+    def _by_tier(self, rows: NDArray[np.int64]) -> list[tuple[_Tables, int, NDArray[np.intp]]]:
+        """The size classes of ``rows``' tables: (tables, class + 1, which of ``rows`` have one of them)."""
+        tiers = self.tier[rows]
+        return [
+            (tables, tier, np.flatnonzero(tiers == tier))
+            for tier, tables in enumerate(self.tables, start=1)
+            if (tiers == tier).any()
+        ]
 
     def _find(self, rows: NDArray[np.int64], columns: NDArray[np.int64]) -> NDArray[np.int64]:
-        """Flat slot index (``row * width + slot``) of each ``(row, column)``; -1 where the row lacks it."""
-        flat = self.slots.reshape(-1)
+        """Where each ``(row, column)`` is held; -1 where the row lacks it."""
         found = np.full(rows.size, -1, dtype=np.int64)
-        at, base, step = self._probes(rows, columns)
-        wanted = (columns + 1).astype(np.int32)
-        pending = np.arange(rows.size)
-        mask = self.width - 1
-        while pending.size:  # stop at the column or at an empty slot (a row is never full)
-            held = flat[at]
-            hit = held == wanted
-            found[pending[hit]] = at[hit]
-            go_on = ~hit & (held != 0)
-            pending, at, base, step, wanted = pending[go_on], at[go_on], base[go_on], step[go_on], wanted[go_on]
-            at = base + ((at - base + step) & mask)
+        for tables, tier, which in self._by_tier(rows):
+            at = tables.find(self.table[rows[which]], columns[which])
+            found[which] = np.where(at >= 0, (at << 3) | (tier - 1), -1)
         return found
 
     def _insert(self, rows: NDArray[np.int64], columns: NDArray[np.int64]) -> NDArray[np.int64]:
-        """Claim a slot for each ``(row, column)`` (distinct pairs the rows lack, with room for them): flat indices.
-
-        Pairs probing the same free slot at once all write their column there; the one that stays has it
-        (which one does not matter: a row's slot order changes no count or score), the others probe on.
-        """
-        flat = self.slots.reshape(-1)
-        taken = np.empty(rows.size, dtype=np.int64)
-        at, base, step = self._probes(rows, columns)
-        wanted = (columns + 1).astype(np.int32)
-        pending = np.arange(rows.size)
-        mask = self.width - 1
-        while pending.size:
-            free = flat[at] == 0
-            flat[at[free]] = wanted[free]
-            won = np.zeros(pending.size, dtype=bool)
-            won[free] = flat[at[free]] == wanted[free]
-            taken[pending[won]] = at[won]
-            on = ~won
-            pending, at, base, step, wanted = pending[on], at[on], base[on], step[on], wanted[on]
-            at = base + ((at - base + step) & mask)
+        """Claim a cell for each ``(row, column)`` (distinct pairs the rows lack; their tables have room)."""
+        located = np.empty(rows.size, dtype=np.int64)
+        for tables, tier, which in self._by_tier(rows):
+            located[which] = (tables.insert(self.table[rows[which]], columns[which]) << 3) | (tier - 1)
         np.add.at(self.sizes, rows, np.int32(1))
-        return taken
+        return located
+
+    def _add_at(self, located: NDArray[np.int64], values: NDArray[np.float32]) -> None:
+        """Add ``values`` to the cells ``located``, in order (a cell's increments all go to one table)."""
+        tiers = located & 7
+        for tier, tables in enumerate(self.tables):
+            which = tiers == tier
+            if which.any():
+                np.add.at(tables.values.reshape(-1), located[which] >> 3, values[which])
+
+    def _set(self, located: NDArray[np.int64], values: NDArray[np.float32]) -> None:
+        tiers = located & 7
+        for tier, tables in enumerate(self.tables):
+            which = tiers == tier
+            tables.values.reshape(-1)[located[which] >> 3] = values[which]
+
+    def _assign(self, rows: NDArray[np.int64], tiers: NDArray[np.int64]) -> None:
+        """Give ``rows`` (distinct, without a table) an empty table of size class ``tiers - 1``."""
+        for tier, tables in enumerate(self.tables, start=1):
+            which = rows[tiers == tier]
+            if which.size:
+                self.table[which] = tables.take(which.size)
+                self.tier[which] = tier
+
+    def _release(self, rows: NDArray[np.int64]) -> None:
+        """Take ``rows``' tables back (the rows then hold nothing)."""
+        for tables, _, which in self._by_tier(rows):
+            tables.give_back(self.table[rows[which]])
+        self.tier[rows] = 0
+        self.sizes[rows] = 0
 
     def _entries(
         self, rows: NDArray[np.int64]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
-        """The cells held by ``rows`` (distinct): their rows, columns and counts, row by row."""
+        """The cells held by ``rows`` (distinct): their rows, columns and counts."""
         if self.matrix is not None:
             which, columns = np.nonzero(self.matrix[rows])
             return rows[which], columns.astype(np.int64), self.matrix[rows[which], columns]
-        held = self.slots[rows]
-        which, slot = np.nonzero(held)
-        return rows[which], held[which, slot].astype(np.int64) - 1, self.values[rows[which], slot]
+        parts = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))]
+        for tables, _, which in self._by_tier(rows):
+            held_rows, places = rows[which], self.table[rows[which]]
+            held = tables.slots[places]
+            row, slot = np.nonzero(held)
+            parts.append((held_rows[row], held[row, slot].astype(np.int64) - 1, tables.values[places[row], slot]))
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+        )
+
+    def _move(self, rows: NDArray[np.int64], tiers: NDArray[np.int64]) -> None:
+        """Move ``rows`` (distinct) and their cells into tables of size classes ``tiers - 1``."""
+        held_rows, held_columns, held_values = self._entries(rows)
+        self._release(rows)
+        self._assign(rows, tiers)
+        self._set(self._insert(held_rows, held_columns), held_values)
 
     def _add_hashed(self, rows: NDArray[np.int64], columns: NDArray[np.int64], values: NDArray[np.float32]) -> None:
         keys = (rows << _KEY_SHIFT) | columns
         cells, inverse = np.unique(keys, return_inverse=True)
         cell_rows, cell_columns = cells >> _KEY_SHIFT, cells & _COLUMN_MASK
-        at = self._find(cell_rows, cell_columns)
-        absent = at < 0
+        located = self._find(cell_rows, cell_columns)
+        absent = located < 0
         fresh_rows, fresh_counts = np.unique(cell_rows[absent], return_counts=True)
-        over = fresh_rows[self.sizes[fresh_rows] + fresh_counts > self.limit]
-        if not over.size:
-            at[absent] = self._insert(cell_rows[absent], cell_columns[absent])
-            np.add.at(self.values.reshape(-1), at[inverse], values)
+        sizes = self.sizes[fresh_rows] + fresh_counts
+        over = sizes > self.limit
+        bigger = ~over & (sizes > self._limits[self.tier[fresh_rows]])
+        if bigger.any():  # rows outgrowing their tables (or without one) move into larger ones
+            moving = fresh_rows[bigger]
+            self._move(moving, self._tier_for(sizes[bigger]))
+            moved = ~absent & np.isin(cell_rows, moving)
+            located[moved] = self._find(cell_rows[moved], cell_columns[moved])
+        if not over.any():
+            located[absent] = self._insert(cell_rows[absent], cell_columns[absent])
+            self._add_at(located[inverse], values)
             return
-        overflowing = np.isin(cell_rows, over)
-        fits = absent & ~overflowing
-        at[fits] = self._insert(cell_rows[fits], cell_columns[fits])
-        stays = ~overflowing[inverse]
-        np.add.at(self.values.reshape(-1), at[inverse[stays]], values[stays])
-        self._cut_hashed(over, keys[~stays], values[~stays])
+        cutting = np.isin(cell_rows, fresh_rows[over])
+        fits = absent & ~cutting
+        located[fits] = self._insert(cell_rows[fits], cell_columns[fits])
+        stays = ~cutting[inverse]
+        self._add_at(located[inverse[stays]], values[stays])
+        self._cut_hashed(fresh_rows[over], keys[~stays], values[~stays])
 
     def _cut_hashed(self, rows: NDArray[np.int64], keys: NDArray[np.int64], values: NDArray[np.float32]) -> None:
         """Add the increments ``keys``/``values`` (in order) to ``rows`` (sorted, distinct), then keep each row's
@@ -270,10 +390,9 @@ class TopNeighbours:
         ranked_rows = cell_rows[order]
         starts = np.searchsorted(ranked_rows, ranked_rows, side="left")
         kept = order[np.arange(order.size) - starts < self.keep]
-        self.slots[rows] = 0
-        self.values[rows] = 0.0
-        self.sizes[rows] = 0
-        self.values.reshape(-1)[self._insert(cell_rows[kept], cell_columns[kept])] = sums[kept]
+        self._release(rows)
+        self._assign(rows, np.full(rows.size, len(self.tables), dtype=np.int64))
+        self._set(self._insert(cell_rows[kept], cell_columns[kept]), sums[kept])
         self.cut += int(rows.size)
 
     # -- reading ------------------------------------------------------------------------------------
@@ -281,20 +400,24 @@ class TopNeighbours:
         """``sum_h weights[b, h] * row(rows[b, h])[:n]`` for every ``b``, ``(B, n)``.
 
         The dense layout: :func:`weighted_row_sums` of the matrix. Hashed rows: their entries are scattered into
-        the sums in history order, work in proportion to the entries, not to the catalog (each product is
-        rounded before it is added, where the ``embedding_bag`` fuses the two: the last bit may differ).
+        the sums, work in proportion to the entries, not to the catalog (size class by size class, each in
+        history order; each product is rounded before it is added, where the ``embedding_bag`` fuses the two:
+        the last bit may differ from the dense layout's).
         """
         if self.matrix is not None:
             return weighted_row_sums(self.matrix, rows, weights, n)
-        batch = rows.shape[0]
-        read, local = np.unique(rows, return_inverse=True)
-        local = local.reshape(rows.shape)
-        columns = self.slots[read].astype(np.int64)[local] - 1  # (B, H, width); -1: an empty slot
-        real = (columns >= 0) & (columns < n)
-        products = (self.values[read][local] * weights[:, :, None])[real]
-        targets = (columns + (np.arange(batch) * n)[:, None, None])[real]
+        batch, length = rows.shape
+        flat_rows, flat_weights = rows.reshape(-1), weights.reshape(-1)
+        users = np.arange(batch * length) // length
+        targets, products = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float32)]
+        for tables, _, which in self._by_tier(flat_rows):
+            places = self.table[flat_rows[which]]
+            columns = tables.slots[places].astype(np.int64) - 1  # (entries read, width); -1: an empty slot
+            real = (columns >= 0) & (columns < n)
+            products.append((tables.values[places] * flat_weights[which, None])[real])
+            targets.append((columns + (users[which] * n)[:, None])[real])
         out = np.zeros(batch * n, dtype=np.float32)
-        np.add.at(out, targets, products)  # in order: each (user, column)'s products in history order
+        np.add.at(out, np.concatenate(targets), np.concatenate(products))
         return out.reshape(batch, n)
 
     def dense(self, n: int) -> NDArray[np.float32]:
