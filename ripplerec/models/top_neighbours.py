@@ -399,25 +399,33 @@ class TopNeighbours:
     def row_sums(self, rows: NDArray[np.int64], weights: NDArray[np.float32], n: int) -> NDArray[np.float32]:
         """``sum_h weights[b, h] * row(rows[b, h])[:n]`` for every ``b``, ``(B, n)``.
 
-        The dense layout: :func:`weighted_row_sums` of the matrix. Hashed rows: their entries are scattered into
-        the sums, work in proportion to the entries, not to the catalog (size class by size class, each in
-        history order; each product is rounded before it is added, where the ``embedding_bag`` fuses the two:
-        the last bit may differ from the dense layout's).
+        The dense layout: :func:`weighted_row_sums` of the matrix. Hashed rows: the cells of the rows read are
+        scattered into the sums in history order, work in proportion to the cells, not to the catalog (each
+        product is rounded before it is added, where the ``embedding_bag`` fuses the two: the last bit may
+        differ from the dense layout's).
         """
         if self.matrix is not None:
             return weighted_row_sums(self.matrix, rows, weights, n)
         batch, length = rows.shape
-        flat_rows, flat_weights = rows.reshape(-1), weights.reshape(-1)
-        users = np.arange(batch * length) // length
-        targets, products = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float32)]
-        for tables, _, which in self._by_tier(flat_rows):
-            places = self.table[flat_rows[which]]
-            columns = tables.slots[places].astype(np.int64) - 1  # (entries read, width); -1: an empty slot
-            real = (columns >= 0) & (columns < n)
-            products.append((tables.values[places] * flat_weights[which, None])[real])
-            targets.append((columns + (users[which] * n)[:, None])[real])
+        read, local = np.unique(rows, return_inverse=True)
+        held_rows, held_columns, held_values = self._entries(read)
+        held_local = np.searchsorted(read, held_rows)
+        by_row = np.argsort(held_local, kind="stable")  # each read row's cells together
+        held_columns, held_values = held_columns[by_row], held_values[by_row]
+        sizes = np.bincount(held_local, minlength=read.size)
+        starts = np.cumsum(sizes) - sizes
+        flat_local, flat_weights = local.reshape(-1), weights.reshape(-1)
+        taken = np.where(flat_weights != 0, sizes[flat_local], 0)  # padding slots (weight 0) add nothing
+        # every (user, history slot)'s cells, in history order: an index into the read rows' cells
+        first = np.cumsum(taken) - taken
+        cells = np.arange(int(taken.sum())) - np.repeat(first - starts[flat_local], taken)
+        columns = held_columns[cells]
+        inside = columns < n
+        users = np.repeat(np.arange(batch * length) // length, taken)
+        targets = (users * n + columns)[inside]
+        products = (held_values[cells] * np.repeat(flat_weights, taken))[inside]
         out = np.zeros(batch * n, dtype=np.float32)
-        np.add.at(out, np.concatenate(targets), np.concatenate(products))
+        np.add.at(out, targets, products)  # in order: each (user, column)'s products in history order
         return out.reshape(batch, n)
 
     def dense(self, n: int) -> NDArray[np.float32]:
