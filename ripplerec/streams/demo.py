@@ -27,7 +27,8 @@ from typing import Any
 
 from ripplerec.config import Settings
 
-__all__ = ["ReplayProgress", "replay", "run_demo", "publish_catalog", "catalog_records", "prepare_embeddings"]
+__all__ = ["ReplayProgress", "replay", "run_demo", "publish_catalog", "catalog_records", "prepare_embeddings",
+           "VersionWatch"]
 
 
 @dataclass

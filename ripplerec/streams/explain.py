@@ -26,7 +26,7 @@ from typing import Any
 from ripplerec.config import Settings
 from ripplerec.models.base import Influence
 
-__all__ = ["Explanation", "explain_item", "announced_versions"]
+__all__ = ["Explanation", "explain_item", "announced_versions", "render"]
 
 _COLD = "+cold-start"
 
