@@ -149,6 +149,9 @@ def evaluate(
 
 def _through_stream(data: Any, console: Any, *, every: int, rate: float, publish_every_s: float, full_ranking: bool,
                     encoder: str, history_length: int, in_process: bool, limit: int, out: Path | None) -> None:
+    import signal
+    import sys
+
     from ripplerec.evaluation.through_stream import (
         ThroughStreamConfig,
         in_process_command,
@@ -160,6 +163,8 @@ def _through_stream(data: Any, console: Any, *, every: int, rate: float, publish
 
     config = ThroughStreamConfig(every=every, rate=rate, publish_every_s=publish_every_s, full_ranking=full_ranking,
                                  model=encoder, history_length=history_length)
+    # SIGTERM unwinds like Ctrl-C, so the worker processes (sessions of their own) are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     folder = out or Path("runs") / time.strftime("eval-stream-%Y%m%d-%H%M%S")
     console.print(f"{data.name}: {len(data.items):,} items, {len(data.interactions):,} events, through the stream "
                   f"(logs: {folder / 'workers.log'})")

@@ -17,6 +17,14 @@ event is published, it
    as in-process, not from today);
 3. ranks the true item from the reply, then publishes the event.
 
+Users run side by side: while one user's request is in flight, that user's later events wait, and other
+users' events keep flowing, at most ``reorder_window`` events ahead of the oldest one not yet published
+(the stream's consumers interleave partitions anyway). So the replay's rate does not hang on one round
+trip. Afterwards the harness reads ``ripple.training`` and each version's training offsets and counts
+requests served by a version that had taken an event later in the stream (``future_leaks``, must be 0),
+and checks that each request saw exactly its user's earlier events and came back before the event was
+published.
+
 The model learns only through ingest -> ``ripple.training`` -> trainer -> versions -> scorer.
 
 Ranking: the scorer ranks every catalog item the user has not consumed (its consumed set is the user's
@@ -41,7 +49,7 @@ import math
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,7 +92,8 @@ class ThroughStreamConfig:
     (0: ``k + 1``, exact for HR/NDCG@k; ``full_ranking`` asks for the whole catalog). ``publish_every_s``:
     the trainer's version cadence. ``model``: the encoder the roles serve (``RIPPLEREC_MODEL_NAME``:
     ``all-MiniLM-L6-v2``, or ``hashing`` for tests). ``drain_timeout_s``: how long to wait, after the
-    replay, for the trainer to learn every event (its final lag).
+    replay, for the trainer to take every event (its final lag). ``reorder_window``: how many events
+    other users' events may run ahead of a user waiting for a reply (1: strictly in stream order).
     """
 
     every: int = 10
@@ -102,6 +111,7 @@ class ThroughStreamConfig:
     start_timeout_s: float = 300.0
     drain_timeout_s: float = 300.0
     ingest_batch_within_s: float = 0.005
+    reorder_window: int = 400
 
     def __post_init__(self) -> None:
         for name in ("every", "k", "cold_threshold", "history_length", "partitions"):
@@ -137,7 +147,8 @@ class Probe:
     replied_at: float  # time.time() the reply arrived
     published_at: float = 0.0  # time.time() the event was handed to EventProducer.track
     served_examples: float = float("nan")  # examples the serving version had learned (nan: the heuristic)
-    published_before: int = 0  # events published before the request (= index)
+    published_before: int = 0  # events published before the request
+    latest_held: int = -1  # the latest event (stream index) the serving version had taken (-1: none, the heuristic)
 
 
 @dataclass
@@ -161,6 +172,8 @@ class ThroughStreamResult:
     in_process: dict[str, dict[str, float]] | None = None
     in_process_command: str = ""
     probes: list[Probe] = field(default_factory=list)
+    lag_trace: list[tuple[float, float, int]] = field(default_factory=list)  # (time, examples learned, published)
+    versions: list[dict[str, Any]] = field(default_factory=list)  # each ModelUpdate's name, time, counts, metrics
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -391,78 +404,28 @@ def _run(dataset: Dataset, config: ThroughStreamConfig, settings: Settings, work
               config.start_timeout_s, "the trainer to start", workers)
         say(f"replaying {len(events):,} events at {config.rate:g}/s, every {config.every}th evaluated")
 
-        # the trainer's lag, sampled in a thread: examples learned against events published
-        publish_times: list[float] = []
-        lag_samples: list[tuple[float, float, int]] = []  # (time, examples seen, events published)
-        done = threading.Event()
+        replay = _Replay(dataset, config, producer, client, store, prefix, workers, asked_k, say)
 
-        def sample() -> None:
-            while not done.wait(0.5):
+        def sample() -> None:  # the trainer's lag: examples learned against events published
+            while not replay.finished.wait(0.5):
                 seen = workers.trainer.read_metrics().get("ripplerec_trainer_examples_seen")
                 if seen is not None:
-                    lag_samples.append((time.time(), seen, len(publish_times)))
+                    replay.lag_samples.append((time.time(), seen, len(replay.publish_times)))
 
         sampler = threading.Thread(target=sample, name="ripplerec-eval-lag", daemon=True)
         sampler.start()
-
-        published: dict[str, int] = defaultdict(int)
-        seen_items: dict[str, set[str]] = defaultdict(set)
-        item_count: dict[str, int] = defaultdict(int)
-        probes: list[Probe] = []
-        replay_start = time.perf_counter()
-        last_say = time.monotonic()
-        for index, event in enumerate(events):
-            if config.rate:
-                delay = replay_start + index / config.rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            user, item = event.user_id, event.item_id
-            if index % config.every == 0 and item not in seen_items[user]:
-                prior = published[user]
-                tick = time.perf_counter()
-                applied = _applied(store, prefix, user)
-                while applied < prior:  # the user's earlier events must be in the profile the scorer reads
-                    if time.perf_counter() - tick > config.sync_timeout_s:
-                        workers.check_alive()
-                        raise TimeoutError(f"the ingest agent did not apply {user}'s events within "
-                                           f"{config.sync_timeout_s:.0f} s (log: {workers.log})")
-                    time.sleep(0.001)
-                    applied = _applied(store, prefix, user)
-                asked = time.perf_counter()
-                reply = client.request(user, k=asked_k, context={CLOCK_CONTEXT_KEY: str(int(event.ts * 1000))},
-                                       timeout=config.request_timeout_s)
-                replied = time.perf_counter()
-                ranked = [(i["item_id"], float(i["score"])) for i in reply["items"]]
-                probes.append(Probe(
-                    index, user, item, reply_rank(ranked, item), item_count[item] < config.cold_threshold,
-                    prior < config.cold_threshold, reply["model_version"], prior, applied, asked - tick,
-                    replied - asked, time.time(), published_before=index,
-                ))
-            producer.track(user, item, event.action, event.value, ts=int(event.ts * 1000),
-                           event_id=f"{dataset.name}-{index}")
-            publish_times.append(time.time())
-            if probes and probes[-1].index == index:
-                probes[-1].published_at = publish_times[-1]
-            published[user] += 1
-            seen_items[user].add(item)
-            item_count[item] += 1
-            if time.monotonic() - last_say >= 10:
-                last_say = time.monotonic()
-                gains = [ndcg(p.rank, config.k) for p in probes]
-                say(f"{index + 1:,}/{len(events):,} events, {(index + 1) / (time.perf_counter() - replay_start):.0f}"
-                    f"/s; {len(probes):,} evaluated, NDCG@{config.k} so far {sum(gains) / max(1, len(gains)):.4f}; "
-                    f"serving {probes[-1].model_version if probes else '-'}")
-        producer.flush()
-        replay_s = time.perf_counter() - replay_start
-        say(f"replayed in {replay_s:.0f} s; waiting for the trainer to learn every event")
+        try:
+            replay_s = replay.run()
+        finally:
+            replay.finished.set()
+        say(f"replayed in {replay_s:.0f} s; waiting for the trainer to take every event")
         drained_at = time.time()
         try:
-            _wait(lambda: workers.trainer.read_metrics().get("ripplerec_trainer_examples_seen", -1) >= len(events),
-                  config.drain_timeout_s, "the trainer to learn every event", workers, every=0.5)
+            _wait(lambda: _handled(workers.trainer.read_metrics()) >= len(events),
+                  config.drain_timeout_s, "the trainer to take every event", workers, every=0.5)
         except TimeoutError as exc:
             say(str(exc))
         drain_s = time.time() - drained_at
-        done.set()
         sampler.join(5)
         trainer_metrics = workers.trainer.read_metrics()
     finally:
@@ -473,16 +436,232 @@ def _run(dataset: Dataset, config: ThroughStreamConfig, settings: Settings, work
 
     versions = read_versions(settings)
     learned = {v["version"]: examples_seen(v) for v in versions}
+    holds = _latest_event_held(settings, versions, dataset.name)
+    probes = sorted(replay.probes, key=lambda p: p.index)
     for probe in probes:
-        probe.served_examples = learned.get(probe.model_version, float("nan"))
-    return _summarise(dataset, config, probes, versions, publish_times, lag_samples, trainer_metrics, replay_s,
-                      drain_s)
+        version = probe.model_version.split("+")[0]
+        probe.served_examples = learned.get(version, float("nan"))
+        probe.latest_held = holds.get(version, -1)
+    result = _summarise(dataset, config, probes, versions, replay.publish_times, replay.lag_samples,
+                        trainer_metrics, replay_s, drain_s)
+    result.checks["max_reorder"] = replay.max_reorder
+    return result
+
+
+def _handled(metrics: Mapping[str, float]) -> float:
+    """Training examples the trainer has taken: learned, sampled out (behind by more than
+    ``max_lag_s``), dropped as resent or on an item no catalog has."""
+    return sum(metrics.get(f"ripplerec_trainer_examples{name}_total", 0.0)
+               for name in ("", "_sampled_out", "_duplicate", "_unknown_item"))
 
 
 def _applied(store: Any, prefix: str, user: str) -> int:
     """Events of ``user`` the ingest agent has applied (the profile's ``n``)."""
     raw = store.hget(f"{prefix}:u:{user}", "n")
     return int(raw) if raw is not None else 0
+
+
+class _Replay:
+    """Publishes the events in stream order at ``config.rate``, each user's events strictly in order and
+    each evaluated event only after its reply; users run side by side.
+
+    A user's evaluated event makes a chain: from there the user's events go through a thread (wait until
+    the ingest agent has applied the user's earlier events, ask, publish) while other users' events keep
+    flowing, up to ``config.reorder_window`` events past the oldest one not yet published. So the
+    replay's rate does not hang on one request's round trip, and no user's state ever holds a later
+    event of its own. Whether any model served a request having learned an event that comes later in the
+    stream is checked afterwards from the versions' training offsets (``future_leaks``).
+    """
+
+    def __init__(self, dataset: Dataset, config: ThroughStreamConfig, producer: Any, client: Any, store: Any,
+                 prefix: str, workers: _Workers, asked_k: int, say: Callable[[str], None]) -> None:
+        self.dataset, self.config, self.producer, self.client = dataset, config, producer, client
+        self.store, self.prefix, self.workers, self.asked_k, self.say = store, prefix, workers, asked_k, say
+        events = dataset.interactions
+        self.evaluated = [False] * len(events)
+        self.prior = [0] * len(events)  # the user's events before this one
+        self.cold = [(False, False)] * len(events)
+        counts: dict[str, int] = defaultdict(int)
+        item_count: dict[str, int] = defaultdict(int)
+        seen_items: dict[str, set[str]] = defaultdict(set)
+        for index, event in enumerate(events):  # the in-process protocol's choices, in stream order
+            user, item = event.user_id, event.item_id
+            self.evaluated[index] = index % config.every == 0 and item not in seen_items[user]
+            self.prior[index] = counts[user]
+            self.cold[index] = (item_count[item] < config.cold_threshold, counts[user] < config.cold_threshold)
+            counts[user] += 1
+            item_count[item] += 1
+            seen_items[user].add(item)
+        self.cond = threading.Condition()
+        self.chains: dict[str, deque[int]] = {}  # users with an evaluated event in flight -> their held events
+        self.done = bytearray(len(events))
+        self.oldest = 0  # the oldest event not published yet
+        self.publish_times: list[float] = []  # in publish order
+        self.max_reorder = 0
+        self.probes: list[Probe] = []
+        self.probe_at: dict[int, Probe] = {}
+        self.lag_samples: list[tuple[float, float, int]] = []
+        self.errors: list[BaseException] = []
+        self.finished = threading.Event()
+
+    def run(self) -> float:
+        """Replay every event; the seconds it took."""
+        import concurrent.futures
+
+        events = self.dataset.interactions
+        rate, window = self.config.rate, max(1, self.config.reorder_window)
+        pool = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="ripplerec-eval-user")
+        start = time.perf_counter()
+        last_say = time.monotonic()
+        try:
+            for index, event in enumerate(events):
+                if rate:
+                    delay = start + index / rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                with self.cond:
+                    while index - self.oldest >= window and not self.errors:
+                        self.cond.wait(0.5)
+                    self._raise()
+                    chain = self.chains.get(event.user_id)
+                    if chain is not None:  # the user waits for a reply: its events queue behind it
+                        chain.append(index)
+                        continue
+                    if self.evaluated[index]:
+                        self.chains[event.user_id] = deque([index])
+                if self.evaluated[index]:
+                    pool.submit(self._chain, event.user_id)
+                else:
+                    self._publish(index)
+                if time.monotonic() - last_say >= 10:
+                    last_say = time.monotonic()
+                    self._say(index, time.perf_counter() - start)
+            with self.cond:
+                while self.oldest < len(events) and not self.errors:
+                    self.cond.wait(0.5)
+                self._raise()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.producer.flush()
+        return time.perf_counter() - start
+
+    def _raise(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+        self.workers.check_alive()
+
+    def _say(self, index: int, elapsed: float) -> None:
+        probes = list(self.probes)
+        gains = [ndcg(p.rank, self.config.k) for p in probes]
+        self.say(f"{index + 1:,}/{len(self.dataset.interactions):,} events, {(index + 1) / elapsed:.0f}/s; "
+                 f"{len(probes):,} evaluated, NDCG@{self.config.k} so far {sum(gains) / max(1, len(gains)):.4f}; "
+                 f"serving {probes[-1].model_version if probes else '-'}")
+
+    def _chain(self, user: str) -> None:
+        """The user's held events, in order: evaluated ones asked about first."""
+        try:
+            while True:
+                with self.cond:
+                    chain = self.chains[user]
+                    if not chain:
+                        del self.chains[user]
+                        return
+                    index = chain[0]
+                if self.evaluated[index]:
+                    self._ask(index)
+                self._publish(index)
+                with self.cond:
+                    chain.popleft()
+        except BaseException as exc:
+            with self.cond:
+                self.errors.append(exc)
+                self.cond.notify_all()
+
+    def _ask(self, index: int) -> None:
+        event, config = self.dataset.interactions[index], self.config
+        user, prior = event.user_id, self.prior[index]
+        tick = time.perf_counter()
+        applied = _applied(self.store, self.prefix, user)
+        while applied < prior:  # the user's earlier events must be in the profile the scorer reads
+            if time.perf_counter() - tick > config.sync_timeout_s:
+                raise TimeoutError(f"the ingest agent did not apply {user}'s events within "
+                                   f"{config.sync_timeout_s:.0f} s (log: {self.workers.log})")
+            time.sleep(0.001)
+            applied = _applied(self.store, self.prefix, user)
+        with self.cond:
+            published_before = len(self.publish_times)
+        asked = time.perf_counter()
+        reply = self.client.request(user, k=self.asked_k, context={CLOCK_CONTEXT_KEY: str(int(event.ts * 1000))},
+                                    timeout=config.request_timeout_s)
+        replied = time.perf_counter()
+        ranked = [(i["item_id"], float(i["score"])) for i in reply["items"]]
+        cold_item, cold_user = self.cold[index]
+        probe = Probe(index, user, event.item_id, reply_rank(ranked, event.item_id), cold_item, cold_user,
+                      reply["model_version"], prior, applied, asked - tick, replied - asked, time.time(),
+                      published_before=published_before)
+        with self.cond:
+            self.probes.append(probe)
+            self.probe_at[index] = probe
+
+    def _publish(self, index: int) -> None:
+        event = self.dataset.interactions[index]
+        self.producer.track(event.user_id, event.item_id, event.action, event.value, ts=int(event.ts * 1000),
+                            event_id=f"{self.dataset.name}-{index}")
+        now = time.time()
+        with self.cond:
+            self.publish_times.append(now)
+            self.done[index] = 1
+            self.max_reorder = max(self.max_reorder, index - self.oldest)
+            if index in self.probe_at:
+                self.probe_at[index].published_at = now
+            while self.oldest < len(self.done) and self.done[self.oldest]:
+                self.oldest += 1
+            self.cond.notify_all()
+
+
+def _latest_event_held(settings: Settings, versions: Sequence[Mapping[str, Any]], dataset: str) -> dict[str, int]:
+    """Version name -> the latest event (stream index) among the ``ripple.training`` messages it holds
+    (those at or below its ``offset.<partition>`` metrics); -1 for a version that names no offsets."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from ripplerec.schemas import AvroCodec
+    from ripplerec.schemas.training import TRAINING_RECORDS
+
+    codec = AvroCodec.from_settings(settings)
+    consumer = KafkaConsumer(enable_auto_commit=False, consumer_timeout_ms=2000, **settings.kafka_client_kwargs())
+    topic = settings.topics.training
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    ends = consumer.end_offsets(partitions)
+    latest: dict[int, list[tuple[int, int]]] = defaultdict(list)  # partition -> (offset, latest index up to it)
+    prefix = f"{dataset}-"
+    try:
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            got = consumer.poll(timeout_ms=1000)
+            if not got:
+                break
+            for records in got.values():
+                for message in records:
+                    name, record = codec.decode_any(message.value, TRAINING_RECORDS)
+                    ids = [e["event_id"] for e in record["events"]] if name == "TrainingBatch" else [record["event_id"]]
+                    indices = [int(i[len(prefix):]) for i in ids if i.startswith(prefix) and i[len(prefix):].isdigit()]
+                    marks = latest[message.partition]
+                    high = max([*indices, marks[-1][1] if marks else -1])
+                    marks.append((message.offset, high))
+    finally:
+        consumer.close()
+    out: dict[str, int] = {}
+    for version in versions:
+        held = -1
+        for key, value in (version.get("metrics") or {}).items():
+            if key.startswith("offset."):
+                marks = latest.get(int(key.split(".", 1)[1]), [])
+                upto = [high for offset, high in marks if offset <= value]
+                if upto:
+                    held = max(held, upto[-1])
+        out[version["version"]] = held
+    return out
 
 
 def _summarise(dataset: Dataset, config: ThroughStreamConfig, probes: list[Probe], versions: list[dict[str, Any]],
@@ -506,7 +685,7 @@ def _summarise(dataset: Dataset, config: ThroughStreamConfig, probes: list[Probe
         }
         for segment in SEGMENTS
     }
-    served = list(dict.fromkeys(p.model_version for p in probes))
+    served = list(dict.fromkeys(p.model_version.split("+")[0] for p in probes))  # "+cold-start": the same version
 
     def seconds_behind(learned: float, at: float) -> float:
         """How long ago the first event the model had not learned was published (0: none missing)."""
@@ -536,6 +715,8 @@ def _summarise(dataset: Dataset, config: ThroughStreamConfig, probes: list[Probe
         "history_mismatch": sum(p.applied_at_ask != p.prior_events for p in probes),
         # ... and published only after its reply came back
         "published_before_reply": sum(p.published_at < p.replied_at for p in probes),
+        # ... by a model that had taken no event that comes later in the stream
+        "future_leaks": sum(p.latest_held > p.index for p in probes),
     }
     timing = {**_percentiles([p.ask_s for p in probes], "ask_s"),
               **_percentiles([p.sync_wait_s for p in probes], "sync_wait_s"),
@@ -549,7 +730,7 @@ def _summarise(dataset: Dataset, config: ThroughStreamConfig, probes: list[Probe
         segments=segments,
         replay_s=replay_s,
         rate_achieved=len(dataset.interactions) / replay_s if replay_s > 0 else float("inf"),
-        versions_served=served,
+        versions_served=[v for v in served if not v.startswith(HEURISTIC_PREFIX)],
         versions_published=len(versions),
         heuristic_replies=sum(p.model_version.startswith(HEURISTIC_PREFIX) for p in probes),
         trainer=trainer,
@@ -558,6 +739,10 @@ def _summarise(dataset: Dataset, config: ThroughStreamConfig, probes: list[Probe
         checks=checks,
         wall_s=0.0,
         probes=probes,
+        lag_trace=lag_samples,
+        versions=[{"version": v["version"], "created_at": v["created_at"], "examples_seen": examples_seen(v),
+                   **{k: m for k, m in (v.get("metrics") or {}).items() if not k.startswith("offset.")}}
+                  for v in versions],
     )
 
 
@@ -611,7 +796,9 @@ def markdown_report(result: ThroughStreamResult) -> str:
         f"{tm.get('ask_s_p99', math.nan) * 1000:.1f} ms; waits for the user's earlier events to be applied: "
         f"{tm.get('sync_waits', 0):,.0f}, p99 {tm.get('sync_wait_s_p99', math.nan) * 1000:.1f} ms.",
         f"Protocol checks (0 = exact): history mismatches {result.checks['history_mismatch']}, "
-        f"events published before their reply {result.checks['published_before_reply']}.",
+        f"events published before their reply {result.checks['published_before_reply']}, requests served by a "
+        f"version that had taken a later event {result.checks['future_leaks']}; users ran side by side, an event "
+        f"published at most {result.checks.get('max_reorder', 0)} places ahead of its stream position.",
     ]
     return "\n".join(lines) + "\n"
 

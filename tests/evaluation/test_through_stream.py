@@ -67,7 +67,10 @@ def test_the_protocol_runs_through_ingest_trainer_and_scorer(embedded_stack, tmp
                 if data.interactions[i].item_id not in {e.item_id for e in data.interactions[:i]
                                                         if e.user_id == data.interactions[i].user_id}]
     assert [p.index for p in result.probes] == expected  # the in-process protocol's evaluated events
-    assert result.checks == {"history_mismatch": 0, "published_before_reply": 0}
+    checks = dict(result.checks)
+    assert checks.pop("max_reorder") < 400
+    assert checks == {"history_mismatch": 0, "published_before_reply": 0, "future_leaks": 0}
+    assert any(p.latest_held >= 0 for p in result.probes)  # the versions' offsets were read
     assert all(p.replied_at <= p.published_at for p in result.probes)  # asked before published
     assert all(p.applied_at_ask == p.prior_events for p in result.probes)  # with exactly the earlier events
     served = [v for v in result.versions_served if v.startswith("transformer-h")]
