@@ -67,6 +67,10 @@ def evaluate(
     in_process: bool = typer.Option(
         True, help="--through-stream: also run the served model in-process on the same events, for the ratio"
     ),
+    reorder_window: int = typer.Option(
+        400, min=1, help="--through-stream: how far other users' events may run ahead of a user waiting for its "
+        "reply (1: strictly in stream order)"
+    ),
 ) -> None:
     """Run the prequential protocol and write result.json, results.md and rolling_ndcg.png."""
     from rich.console import Console
@@ -103,7 +107,7 @@ def evaluate(
     if through_stream:
         _through_stream(data, console, every=every, rate=rate, publish_every_s=publish_every_s,
                         full_ranking=full_ranking, encoder=encoder, history_length=history_length,
-                        in_process=in_process, limit=limit, out=out)
+                        in_process=in_process, limit=limit, out=out, reorder_window=reorder_window)
         return
     try:
         zoo = ZooConfig(
@@ -148,7 +152,8 @@ def evaluate(
 
 
 def _through_stream(data: Any, console: Any, *, every: int, rate: float, publish_every_s: float, full_ranking: bool,
-                    encoder: str, history_length: int, in_process: bool, limit: int, out: Path | None) -> None:
+                    encoder: str, history_length: int, in_process: bool, limit: int, out: Path | None,
+                    reorder_window: int) -> None:
     import signal
     import sys
 
@@ -162,7 +167,7 @@ def _through_stream(data: Any, console: Any, *, every: int, rate: float, publish
     )
 
     config = ThroughStreamConfig(every=every, rate=rate, publish_every_s=publish_every_s, full_ranking=full_ranking,
-                                 model=encoder, history_length=history_length)
+                                 model=encoder, history_length=history_length, reorder_window=reorder_window)
     # SIGTERM unwinds like Ctrl-C, so the worker processes (sessions of their own) are stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     folder = out or Path("runs") / time.strftime("eval-stream-%Y%m%d-%H%M%S")
