@@ -250,20 +250,33 @@ class TopNeighbours:
         size = matrix.shape[1]
         flat = matrix.reshape(-1)
         cells = rows * size + columns
-        fresh = np.unique(cells[flat[cells] == 0])  # counts are positive: 0 is an empty cell
+        fresh = cells[flat[cells] == 0]  # counts are positive: 0 is an empty cell
+        if fresh.size:  # each fresh cell once: of the increments writing their index there, one stays
+            marks = np.arange(1, fresh.size + 1, dtype=np.float32)  # exact in float32 up to 2**24 increments
+            flat[fresh] = marks
+            fresh = fresh[flat[fresh] == marks]
+            flat[fresh] = 0.0
         np.add.at(flat, cells, values)
         if fresh.size:
-            fresh_rows, fresh_counts = np.unique(fresh // size, return_counts=True)
-            self.sizes[fresh_rows] += fresh_counts.astype(np.int32)
+            counts = np.bincount(fresh // size, minlength=matrix.shape[0])
+            fresh_rows = np.flatnonzero(counts)
+            self.sizes[fresh_rows] += counts[fresh_rows].astype(np.int32)
             over = fresh_rows[self.sizes[fresh_rows] > self.limit]
             if over.size:
-                block = matrix[over]
-                # largest first; among equal counts the later column first (a stable sort of the reversed row)
-                order = np.argsort(-block[:, ::-1], axis=1, kind="stable")[:, self.keep :]
-                block[np.arange(over.size)[:, None], size - 1 - order] = 0.0
-                matrix[over] = block
-                self.sizes[over] = np.count_nonzero(block, axis=1)
-                self.cut += int(over.size)
+                self._cut_dense(matrix, over)
+
+    def _cut_dense(self, matrix: NDArray[np.float32], rows: NDArray[np.int64]) -> None:
+        """Keep each of ``rows``' ``keep`` largest counts; among equal counts at the cut, the later columns."""
+        block = matrix[rows]
+        size = block.shape[1]
+        kth = np.partition(block, size - self.keep, axis=1)[:, size - self.keep, None]  # the keep-th largest
+        above, tied = block > kth, block == kth
+        room = self.keep - above.sum(axis=1, keepdims=True)  # tied counts that stay: the last ones
+        from_right = np.cumsum(tied[:, ::-1], axis=1)[:, ::-1]
+        block[~(above | (tied & (from_right <= room)))] = 0.0
+        matrix[rows] = block
+        self.sizes[rows] = self.keep
+        self.cut += int(rows.size)
 
     # -- the hashed layout: cells are located as (flat slot index << 3) | size class ---------------------
     def _tier_for(self, sizes: NDArray[Any]) -> NDArray[np.int64]:
