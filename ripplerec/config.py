@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     # Local registry file; unset means ids derived from each schema (stable everywhere, nothing written).
     # Workers keep every schema version they meet in Redis (see AvroCodec.from_settings).
     schema_registry_path: Path | None = None
+    # Basic auth for the Confluent-compatible registry (credentials in the URL, https://user:pass@host,
+    # work too; these win). Never logged: the registry keeps the URL without them.
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    # CA file (PEM) that signed the registry's TLS certificate; None trusts the system's CAs.
+    schema_registry_ca_file: Path | None = None
     topics: TopicNames = Field(default_factory=TopicNames)
     limits: Limits = Field(default_factory=Limits)
 
@@ -164,6 +170,13 @@ class Settings(BaseSettings):
     history_length: int = Field(default=50, ge=1)
     profile_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
     web_port: int = 6066
+    # The worker's web server (/health, /metrics) listens here. Loopback suits a laptop; a container
+    # needs 0.0.0.0 for probes and Prometheus to reach it. RIPPLEREC_WEB_PORT=0 takes any free port
+    # (printed at start).
+    web_bind: str = "127.0.0.1"
+    # Faust's own pages (/router/, /table/, /graph/, the sensor statistics at / and /assignment/)
+    # show the cluster's topology and internal state: served only when this is on.
+    web_debug_pages: bool = False
 
     # Streaming core (issue 3): Redis layout, ingest, proactive recommendations, scorer choice.
     # Redis key prefix for profiles and item stats; None means the app id, so two apps never mix.
@@ -238,6 +251,14 @@ class Settings(BaseSettings):
     snapshot_dir: Path = Path(".ripplerec/snapshots")
     # Trainer role and model store (issue 13).
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+
+    # Privacy (issue 12). With a key, the clients (EventProducer, RecommendationClient) replace every
+    # user id by "p:" + HMAC-SHA256(key, id) cut to 32 hex characters before it leaves the app
+    # (ripplerec.producers.pseudonyms); item ids and context values are sent as they are.
+    pseudonymize_key: SecretStr | None = None
+    # How much of a user's history a recommendation reveals: "full" (influences with their action,
+    # time, weight and delta), "items" (influences' item ids only: action "" and ts 0), "off" (none).
+    influences: Literal["full", "items", "off"] = "full"
 
     @field_validator("kafka_api_version")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ripplerec.config import Settings
 from ripplerec.schemas import AvroCodec, SchemaError, UnknownSchemaError
 from ripplerec.schemas.registry import ConfluentSchemaRegistry
 
@@ -129,6 +130,18 @@ def test_explicit_auth_wins_over_the_url(registry_server) -> None:
     AvroCodec(registry)
 
 
+def test_from_settings_reads_username_and_password(registry_server) -> None:
+    from pydantic import SecretStr
+
+    url, _ = registry_server
+    settings = Settings(schema_registry_url=url, schema_registry_username=USER,
+                        schema_registry_password=SecretStr(PASSWORD))
+    codec = AvroCodec.from_settings(settings)
+    assert isinstance(codec.registry, ConfluentSchemaRegistry)
+    assert codec.decode("BehaviorEvent", codec.encode("BehaviorEvent", EVENT))["item_id"] == "i1"
+    assert PASSWORD not in repr(settings)
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)  # noqa: S603,S607
 
@@ -157,3 +170,6 @@ def test_tls_with_a_private_ca(tls_files: Path) -> None:
         registry = ConfluentSchemaRegistry(url, auth=(USER, PASSWORD), ca_file=tls_files / "ca.pem", timeout_s=5)
         codec = AvroCodec(registry)
         assert codec.decode("BehaviorEvent", codec.encode("BehaviorEvent", EVENT))["user_id"] == "u1"
+        settings = Settings(schema_registry_url=url.replace("https://", f"https://{USER}:p%40ss%3Aw0rd%2F%C3%BC@"),
+                            schema_registry_ca_file=tls_files / "ca.pem")
+        assert AvroCodec.from_settings(settings).schema_id("BehaviorEvent") == codec.schema_id("BehaviorEvent")

@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 import pytest
-from streamkit import event
+from streamkit import T0, event
 
+from ripplerec.config import Settings
 from ripplerec.schemas import AvroCodec, FileSchemaRegistry, MemorySchemaRegistry, UnknownSchemaError, load_schema
-from ripplerec.schemas.registry import NonBlockingRegistry, schema_id_for, wire_header
+from ripplerec.schemas.registry import NonBlockingRegistry, RedisSchemaRegistry, schema_id_for, wire_header
 from ripplerec.streams.schema_fetch import FetchingSchema, fetch_schema_of
 
 
@@ -143,3 +144,37 @@ def test_fetching_schema_hands_known_ids_straight_to_faust() -> None:
     assert asyncio.run(awaitable).value == data
     plain = faust.App("schema-fetch-bare", key_serializer="raw", value_serializer="raw")
     assert FetchingSchema(key_type=bytes, value_type=bytes).compile(plain).__qualname__ != decode.__qualname__
+
+
+def test_create_app_topics_decode_through_fetching_schema(tmp_path) -> None:
+    """Fails when faust-streaming stops building topics' schemas from its ``Schema`` setting."""
+    from ripplerec.streams.app import create_app
+
+    app = create_app(Settings(schema_registry_path=tmp_path / "schemas.json"), ["all"], web=False)
+    for agent in app.agents.values():
+        assert agent.channel.decode.__qualname__ == "FetchingSchema.compile.<locals>.fetch_then_decode"
+
+
+@pytest.mark.integration
+def test_worker_codec_on_redis_registers_in_a_thread_and_fetches_new_versions(embedded_stack) -> None:
+    import redis
+
+    from ripplerec.streams.app import _worker_codec
+
+    settings = Settings(redis_url=embedded_stack.redis_url, app_id=f"fetch-{time.time_ns()}")
+    key = f"{settings.redis_key_prefix}:schemas"
+    client = redis.Redis.from_url(embedded_stack.redis_url)
+    codec = _worker_codec(settings)
+    registry = codec.registry
+    assert isinstance(registry, NonBlockingRegistry)
+    deadline = time.monotonic() + 10
+    while client.hlen(key) < len(codec.names) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {int(k) for k in client.hkeys(key)} == {codec.schema_id(name) for name in codec.names}
+
+    producer = AvroCodec(RedisSchemaRegistry(client, key=key), schemas={"BehaviorEvent": _evolved_event()})
+    data = producer.encode("BehaviorEvent", dict(event(1, "u-new", "i"), session_id="s", ts=T0))
+    assert data[:5] not in registry.known_headers
+    asyncio.run(fetch_schema_of(registry, data))
+    assert codec.decode("BehaviorEvent", data)["user_id"] == "u-new"
+    client.delete(key)
