@@ -50,7 +50,10 @@ def test_the_request_k_must_exceed_k() -> None:
     assert ThroughStreamConfig(full_ranking=True).asked(1682) == 1682
 
 
+# slow: it needs head versions to reach the scorer during a ten-second replay, which a loaded 2-core
+# machine does not always give (it failed twice in full runs while other jobs shared the cores)
 @pytest.mark.integration
+@pytest.mark.slow
 def test_the_protocol_runs_through_ingest_trainer_and_scorer(embedded_stack, tmp_path) -> None:
     from ripplerec.embedded import create_topics
     from ripplerec.testing import unique_topics
