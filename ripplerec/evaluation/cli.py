@@ -48,7 +48,9 @@ def evaluate(
     text_feature: bool = typer.Option(
         True, help="transformer, with --count-features: add the cosine of item text with recent items' texts"
     ),
-    threads: int = typer.Option(0, min=0, help="torch CPU threads (0: leave torch's default)"),
+    threads: int = typer.Option(
+        0, min=0, help="torch CPU threads (0: leave torch's default); --through-stream: the workers' too"
+    ),
     seed: int = typer.Option(0, help="seed of every model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     through_stream: bool = typer.Option(
@@ -107,7 +109,7 @@ def evaluate(
     if through_stream:
         _through_stream(data, console, every=every, rate=rate, publish_every_s=publish_every_s,
                         full_ranking=full_ranking, encoder=encoder, history_length=history_length,
-                        in_process=in_process, limit=limit, out=out, reorder_window=reorder_window)
+                        in_process=in_process, limit=limit, out=out, reorder_window=reorder_window, threads=threads)
         return
     try:
         zoo = ZooConfig(
@@ -153,7 +155,7 @@ def evaluate(
 
 def _through_stream(data: Any, console: Any, *, every: int, rate: float, publish_every_s: float, full_ranking: bool,
                     encoder: str, history_length: int, in_process: bool, limit: int, out: Path | None,
-                    reorder_window: int) -> None:
+                    reorder_window: int, threads: int) -> None:
     import signal
     import sys
 
@@ -167,7 +169,8 @@ def _through_stream(data: Any, console: Any, *, every: int, rate: float, publish
     )
 
     config = ThroughStreamConfig(every=every, rate=rate, publish_every_s=publish_every_s, full_ranking=full_ranking,
-                                 model=encoder, history_length=history_length, reorder_window=reorder_window)
+                                 model=encoder, history_length=history_length, reorder_window=reorder_window,
+                                 threads=threads)
     # SIGTERM unwinds like Ctrl-C, so the worker processes (sessions of their own) are stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     folder = out or Path("runs") / time.strftime("eval-stream-%Y%m%d-%H%M%S")

@@ -94,6 +94,7 @@ class ThroughStreamConfig:
     ``all-MiniLM-L6-v2``, or ``hashing`` for tests). ``drain_timeout_s``: how long to wait, after the
     replay, for the trainer to take every event (its final lag). ``reorder_window``: how many events
     other users' events may run ahead of a user waiting for a reply (1: strictly in stream order).
+    ``threads``: CPU threads of torch and BLAS in the worker processes (``OMP_NUM_THREADS``; 0: their default).
     """
 
     every: int = 10
@@ -112,6 +113,7 @@ class ThroughStreamConfig:
     drain_timeout_s: float = 300.0
     ingest_batch_within_s: float = 0.005
     reorder_window: int = 400
+    threads: int = 0
 
     def __post_init__(self) -> None:
         for name in ("every", "k", "cold_threshold", "history_length", "partitions"):
@@ -239,10 +241,14 @@ def run_settings(stack: EmbeddedStack, config: ThroughStreamConfig, catalog_size
     return Settings(**values)
 
 
+#: What sets the CPU threads of torch, numpy's BLAS and OpenMP in a child process.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 class _Workers:
     """The three roles, each a worker process with its own /metrics port."""
 
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, threads: int = 0) -> None:
         from ripplerec.embedded import free_port
         from ripplerec.streams.worker import WorkerProcess
 
@@ -253,6 +259,23 @@ class _Workers:
                                      log_path=self.log, loglevel="info")
         self.scorer = WorkerProcess(settings.model_copy(update={"web_port": free_port()}), "scorer",
                                     log_path=self.log, loglevel="info")
+        self.threads = threads
+
+    def start(self, worker: Any) -> None:
+        """Start ``worker`` with ``threads`` CPU threads (it takes this process's environment)."""
+        import os
+
+        saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+        if self.threads:
+            os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(self.threads)))
+        try:
+            worker.start()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def all(self) -> list[Any]:
         return [self.ingest, self.trainer, self.scorer]
@@ -349,7 +372,7 @@ def through_stream(
         settings = run_settings(stack, config, catalog_size)
         if settings_overrides:
             settings = settings.model_copy(update=dict(settings_overrides))
-        workers = _Workers(settings, workdir)
+        workers = _Workers(settings, workdir, config.threads)
         try:
             result = _run(dataset, config, settings, workers, say)
         finally:
@@ -379,7 +402,7 @@ def _run(dataset: Dataset, config: ThroughStreamConfig, settings: Settings, work
     prefix = settings.redis_key_prefix
     try:
         # the catalog first, so that trainer and scorer start with every item
-        workers.ingest.start()
+        workers.start(workers.ingest)
         for item in items:
             producer.publish_item(item.item_id, item.title, item.text,
                                   {k: v for k, v in item.attributes.items() if v},
@@ -387,8 +410,8 @@ def _run(dataset: Dataset, config: ThroughStreamConfig, settings: Settings, work
         producer.flush()
         _wait(lambda: workers.ingest.read_metrics().get("ripplerec_items_upserted_total", 0) >= len(items),
               config.start_timeout_s, "the ingest worker to store the catalog", workers)
-        workers.trainer.start()
-        workers.scorer.start()
+        workers.start(workers.trainer)
+        workers.start(workers.scorer)
         client = RecommendationClient(settings)
         say(f"catalog of {len(items):,} items stored; waiting for the scorer")
 
