@@ -70,7 +70,7 @@ def evaluate(
         True, help="--through-stream: also run the served model in-process on the same events, for the ratio"
     ),
     reorder_window: int = typer.Option(
-        400, min=1, help="--through-stream: how far other users' events may run ahead of a user waiting for its "
+        100, min=1, help="--through-stream: how far other users' events may run ahead of a user waiting for its "
         "reply (1: strictly in stream order)"
     ),
 ) -> None:

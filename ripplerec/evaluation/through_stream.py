@@ -112,7 +112,7 @@ class ThroughStreamConfig:
     start_timeout_s: float = 300.0
     drain_timeout_s: float = 300.0
     ingest_batch_within_s: float = 0.005
-    reorder_window: int = 400
+    reorder_window: int = 100
     threads: int = 0
 
     def __post_init__(self) -> None:
