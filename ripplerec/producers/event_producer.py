@@ -26,6 +26,7 @@ from kafka.partitioner.default import murmur2
 
 from ripplerec.config import Settings, get_settings
 from ripplerec.schemas import HEADER_SIZE, AvroCodec
+from ripplerec.schemas.codec import avro_long
 
 from .errors import MessageTooLargeError, PublishError, ValidationError
 from .pseudonyms import Pseudonymizer
@@ -328,7 +329,7 @@ class EventProducer:
         fastavro writes one block, and so does this.
         """
         bodies = [memoryview(part)[HEADER_SIZE:] for part in parts]
-        return b"".join([self._batch_header, _avro_long(len(parts)), *bodies, b"\x00"])
+        return b"".join([self._batch_header, avro_long(len(parts)), *bodies, b"\x00"])
 
     def _too_large(
         self, name: str, record: Mapping[str, Any], size: int, index: int | None = None
@@ -490,23 +491,8 @@ def _bodies_bound(records: list[dict[str, Any]]) -> int:
     return _UTF8_MAX_BYTES * chars + _EVENT_FIXED_BYTES * len(records) + _CONTEXT_ENTRY_BYTES * entries
 
 
-def _avro_long(n: int) -> bytes:
-    """Avro's encoding of a long: zigzag, then 7 bits a byte, low first.
-
-    >>> _avro_long(0), _avro_long(3), _avro_long(500)
-    (b'\\x00', b'\\x06', b'\\xe8\\x07')
-    """
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _avro_long_size(n: int) -> int:
-    """How many bytes :func:`_avro_long` takes for ``n >= 0``."""
+    """How many bytes :func:`~ripplerec.schemas.codec.avro_long` takes for ``n >= 0``."""
     return max(1, ((n << 1).bit_length() + 6) // 7)
 
 

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ripplerec.schemas.codec import HEADER_SIZE, AvroCodec
+from ripplerec.schemas.codec import HEADER_SIZE, AvroCodec, avro_long
 from ripplerec.schemas.records import TrainingBatch, TrainingExample
 
 __all__ = [
@@ -111,29 +111,18 @@ def decode_training(codec: AvroCodec, data: bytes) -> list[TrainingExample]:
     return [record]  # type: ignore[list-item]
 
 
-def _zigzag(n: int) -> bytes:
-    """An Avro ``long``/``int``: zigzag, then a little-endian base-128 varint."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _avro_str(text: str) -> bytes:
     raw = text.encode("utf-8")
-    return _zigzag(len(raw)) + raw
+    return avro_long(len(raw)) + raw
 
 
 _DOUBLE = struct.Struct("<d")
 #: The varints of the counts an array holds (anything larger is computed).
-_SMALL = [_zigzag(n) for n in range(1024)]
+_SMALL = [avro_long(n) for n in range(1024)]
 
 
 def _count(n: int) -> bytes:
-    return _SMALL[n] if n < 1024 else _zigzag(n)
+    return _SMALL[n] if n < 1024 else avro_long(n)
 
 
 def _array(count: int, items: Iterable[bytes]) -> bytes:
@@ -212,7 +201,7 @@ class TrainingBatchWriter:
         :meth:`events_array`), ``histories`` ((user id, entries oldest first) pairs) and ``candidates``."""
         head = self._fast(events, messages, histories, candidates) if self.fast else None
         if head is not None:
-            return head + _zigzag(negatives) + _zigzag(history_length)
+            return head + avro_long(negatives) + avro_long(history_length)
         record = batch_record(events, histories, candidates, negatives, history_length)
         return self.codec.encode("TrainingBatch", record)
 
@@ -265,7 +254,7 @@ class TrainingBatchWriter:
         strings = self._strings
         raw = b"".join((
             strings.get(item_id) or self._string(item_id), strings.get(action) or self._string(action),
-            value_raw, _zigzag(ts),
+            value_raw, avro_long(ts),
         ))
         if value != 0.0:  # -0.0 would find 0.0's bytes
             self._entries[entry] = raw

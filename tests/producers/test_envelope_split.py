@@ -21,8 +21,9 @@ from ripplerec.producers import (
     MessageTooLargeError,
     ValidationError,
 )
-from ripplerec.producers.event_producer import _avro_long, _avro_long_size, _bodies_bound
+from ripplerec.producers.event_producer import _avro_long_size, _bodies_bound
 from ripplerec.schemas import HEADER_SIZE, AvroCodec
+from ripplerec.schemas.codec import avro_long
 
 PARTITIONS = 4
 CODEC = AvroCodec()
@@ -103,7 +104,7 @@ def test_framing_is_byte_for_byte_what_encoding_gives() -> None:
 
 def test_avro_long_sizes() -> None:
     for n in [*range(0, 300), 8191, 8192, 2**20 - 1, 2**20, 2**40]:
-        assert _avro_long_size(n) == len(_avro_long(n))
+        assert _avro_long_size(n) == len(avro_long(n))
 
 
 def test_size_bound_is_never_below_the_encoded_size() -> None:
