@@ -17,51 +17,17 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+from soak import Load  # the soak's steady publisher (bench/ is on sys.path when run as a script)
+
 from ripplerec.config import Settings
 from ripplerec.embedded import EmbeddedStack, create_topics, free_port
-from ripplerec.schemas import AvroCodec
 from ripplerec.streams.worker import WorkerProcess
 from ripplerec.testing import unique_topics
-
-T0 = 874_724_710_000
-
-
-class Load(threading.Thread):
-    """Publishes BehaviorEvents at a steady rate until stopped."""
-
-    def __init__(self, settings: Settings, rate: float) -> None:
-        super().__init__(daemon=True)
-        from kafka import KafkaProducer
-
-        self.settings = settings
-        self.rate = rate
-        self.codec = AvroCodec()
-        self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
-        self.stop_flag = threading.Event()
-        self.sent = 0
-
-    def run(self) -> None:
-        start = time.perf_counter()
-        topic = self.settings.topics.events
-        while not self.stop_flag.is_set():
-            due = int((time.perf_counter() - start) * self.rate)
-            while self.sent < due:
-                n = self.sent
-                event = {"event_id": f"e{n}-{uuid.uuid4().hex[:8]}", "user_id": f"u{n % 500}",
-                         "item_id": f"i{(n * 7) % 300}", "action": "view", "value": None, "ts": T0 + n,
-                         "context": {}}
-                value = self.codec.encode("BehaviorEvent", event)
-                self.producer.send(topic, key=event["user_id"].encode(), value=value)
-                self.sent += 1
-            time.sleep(0.01)
-        self.producer.flush()
-        self.producer.close()
 
 
 def _healthy(worker: WorkerProcess) -> bool:
@@ -127,6 +93,7 @@ def main() -> None:
             worker.stop()
             load.stop_flag.set()
             load.join()
+            load.producer.close()
             print(f"round {round_ + 1}: clean {rows[-2][2]:.1f}s, after SIGKILL {rows[-1][2]:.1f}s to first event",
                   file=sys.stderr)
 

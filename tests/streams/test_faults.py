@@ -285,11 +285,18 @@ def test_two_workers_in_one_group_one_killed_the_other_takes_over(embedded_stack
         victim = WorkerProcess(settings.model_copy(update={"web_port": free_port()}), "ingest",
                                log_path=str(log)).start()
         try:
-            time.sleep(8.0)  # both in the group
-            publisher.events(events[:3000])
-            wait_for(lambda: victim.read_metrics().get("ripplerec_events_ingested_total", 0) > 0
-                     and survivor.read_metrics().get("ripplerec_events_ingested_total", 0) > 0, 60, every=0.05,
-                     what="both workers applying events")
+            def both_applying() -> bool:
+                return all(w.read_metrics().get("ripplerec_events_ingested_total", 0) > 0 for w in (victim, survivor))
+
+            # a slice at a time until both workers apply events (the second joins the group meanwhile)
+            sent = 0
+            deadline = time.monotonic() + 60
+            while not both_applying():
+                assert sent < 3000 and time.monotonic() < deadline, "both workers never applied events"
+                publisher.events(events[sent:sent + 100])
+                sent += 100
+                time.sleep(0.2)
+            publisher.events(events[sent:3000])
             victim.kill()
             publisher.events(events[3000:])
             wait_for(lambda: _applied(settings, events) >= len(events), 120, what="the survivor to finish")
