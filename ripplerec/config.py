@@ -118,6 +118,12 @@ class TrainerSettings(BaseModel):
     # The trainer's state (weights, optimizer, replay reservoir, per-partition positions) is written
     # this often; messages are acked to the broker only once a checkpoint covers them.
     checkpoint_every_s: float = Field(default=30.0, gt=0)
+    # Examples are gathered into steps of this many (0: the head's batch_size, 256), each step also
+    # replays past examples: small steps would weigh the replay far above the new examples and spend
+    # the step's fixed cost on a few. Examples older than step_wait_s are learned in a smaller step
+    # (also before every version and checkpoint), so a quiet stream still reaches the versions.
+    step_examples: int = Field(default=0, ge=0)
+    step_wait_s: float = Field(default=2.0, ge=0)
     # Training messages decoded and waiting for the training thread (the agent pauses beyond).
     queue_messages: int = Field(default=64, ge=1)
     # Event ids remembered to drop an example sent twice (a crash replay of the ingest agent).

@@ -25,7 +25,8 @@ def _one_thread() -> None:
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(model_name="hashing", trainer=TrainerSettings(store="directory", store_dir=tmp_path / "models",
-                                                                  publish_every_examples=50, keep_versions=2))
+                                                                  publish_every_examples=50, keep_versions=2,
+                                                                  step_wait_s=0.0))
 
 
 CATALOG = {f"i{n}": {"item_id": f"i{n}", "title": f"item {n}", "text": f"topic{n % 5} words {n}"} for n in range(40)}
@@ -152,3 +153,33 @@ def test_a_trainer_far_behind_learns_a_sample_to_catch_up(settings, codec) -> No
     assert resent.duplicates == 1  # learned or sampled out, an event counts once
     record, _ = trainer.publish()
     assert record["metrics"]["sampled_out"] == b.sampled_out
+
+
+def test_examples_are_gathered_into_full_steps(settings, codec) -> None:
+    now = [0.0]
+    settings = settings.model_copy(update={"trainer": settings.trainer.model_copy(
+        update={"step_examples": 64, "step_wait_s": 2.0, "publish_every_examples": 10_000})})
+    trainer = StreamTrainer.resume(lambda: build_transformer(settings), settings, codec,
+                                   DirectoryModelStore(settings.trainer.store_dir),
+                                   items_for=lambda ids: {i: CATALOG[i] for i in ids if i in CATALOG},
+                                   catalog_ids=lambda: sorted(CATALOG), clock=lambda: now[0])
+    events = [_event(i, f"u{i % 7}", f"i{i % 40}") for i in range(200)]
+    a = trainer.train(TrainingJob(1, [_batch_message(codec, 0, 0, events[:40])]))
+    assert a.report.trained == 0 and len(trainer.gathered) == 40 and trainer.offsets == {0: 0}
+    assert trainer.trained_job == 0  # its examples wait: it may not be acked yet
+    b = trainer.train(TrainingJob(2, [_batch_message(codec, 0, 1, events[40:150])]))
+    assert (b.report.trained, b.report.steps, len(trainer.gathered)) == (128, 1, 22)  # one step of batch_size
+    assert trainer.trained_job == 0 and not trainer.gathered_due()
+    now[0] = 2.5  # the rest waited step_wait_s: the next job learns everything gathered
+    assert trainer.gathered_due()
+    c = trainer.train(TrainingJob(3, [_batch_message(codec, 0, 2, events[150:160])]))
+    assert (c.report.trained, c.report.steps, trainer.gathered, trainer.trained_job) == (32, 1, [], 3)
+    d = trainer.train(TrainingJob(4, [_batch_message(codec, 0, 3, events[160:])]))
+    assert d.report.trained == 0 and trainer.publish_due() is False and len(trainer.gathered) == 40
+    now[0] = 10.0
+    assert trainer.publish_due()  # publish_every_s counts gathered examples too
+    record, _ = trainer.publish()  # learns them first: the version holds offset 3
+    assert record["metrics"]["examples_seen"] == 200 and record["metrics"]["offset.0"] == 3.0
+    e = trainer.train(TrainingJob(5, [_batch_message(codec, 0, 4, events[:0] + [_event(300, "u1", "i3")])]))
+    assert e.report.trained == 0 and trainer.checkpoint() == 5 and trainer.examples_seen == 201
+    assert not trainer.gathered
