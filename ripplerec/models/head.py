@@ -70,7 +70,7 @@ class HeadConfig:
     text_feature: bool = False
     text_feature_init: float = 1.0  # its starting weight
     # starting weight of each standardised feature; the softmax loss pulls the weights down slowly, though
-    # heavier weights rank better (measured in docs/BENCHMARKS.md)
+    # heavier weights rank better (docs/experiments.md, "Model accuracy")
     feature_weight_init: float = 2.0
 
     def __post_init__(self) -> None:
