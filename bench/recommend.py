@@ -107,7 +107,8 @@ def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, sta
     ms = [x * 1000 for x in latencies] or [float("nan")]
     print(f"== {rate:.0f} requests/s: sent {sent} in {took:.1f}s ({sent / took:.0f}/s); {n} replies, "
           f"{errors[0]} errors/timeouts; the request and reply topics held {held[0]:,} and {held[1]:,} "
-          "messages before the warm-up (the broker's cost per fetch grows with them: bench/tansu_fetch_cost.py)")
+          "messages before the warm-up (the broker's cost per fetch grows with them: "
+          "bench/diagnostics/tansu_fetch_cost.py)")
     print(f"request->reply latency: p50 {percentile(ms, 50):.1f} ms  p90 {percentile(ms, 90):.1f} ms  "
           f"p99 {percentile(ms, 99):.1f} ms  max {max(ms):.1f} ms   (goal: p99 < 50 ms at 200/s)")
     back = sorted(h * 1000 for h in hops) or [float("nan")]

@@ -134,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     # The embedded broker's fetches cost time in proportion to what a topic holds (it cannot delete
-    # old records; bench/tansu_fetch_cost.py): at 1,000 events/s it saturated its core after about
+    # old records; bench/diagnostics/tansu_fetch_cost.py): at 1,000 events/s it saturated its core after about
     # 150,000 events and the worker starved. 200/s keeps ten minutes (120,000 events) below that.
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--role", default="ingest")

@@ -32,7 +32,7 @@ class TransitionConfig:
     ``history`` items, the k-th most recent weighted ``recency_decay ** k``. ``alpha``: each source row is
     divided by its total outgoing weight ``** alpha`` (1: transition probabilities). ``beta``: each target
     column by its count ``** beta`` (damps popular targets). The defaults are the best of
-    ``bench/transition_sweep.py`` on MovieLens-100K."""
+    ``bench/diagnostics/transition_sweep.py`` on MovieLens-100K."""
 
     window: int = 20
     distance_decay: float = 0.8

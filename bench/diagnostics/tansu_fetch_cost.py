@@ -1,6 +1,6 @@
 """The embedded broker's CPU per message, as its partitions grow (why request -> reply latency degrades).
 
-    python bench/tansu_fetch_cost.py [--rate 200] [--windows 8] [--seconds 5] [--partitions 4 16]
+    python bench/diagnostics/tansu_fetch_cost.py [--rate 200] [--windows 8] [--seconds 5] [--partitions 4 16]
 
 For each partition count, starts a fresh embedded broker (Tansu, memory storage) with one topic, then
 runs back-to-back windows in which an aiokafka producer sends ``--rate`` small messages per second
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.proc_stats import cpu_seconds  # noqa: E402

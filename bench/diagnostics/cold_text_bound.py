@@ -1,17 +1,17 @@
 """How far can item text carry cold-start items on ``ripplerec eval``'s protocol? An optimistic bound.
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/cold_text_bound.py
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 19 python bench/diagnostics/cold_text_bound.py
 
 The issue's goal: the text model's NDCG@10 on cold-start items >= 2x the id-only variant's (documented,
 ``runs/hybrid-final2``: transformer 0.0226, id-only 0.0191, so the goal is 0.0382). Both get the same count
 features; the text model adds MiniLM text of title, year and genres. This script asks whether that text, with
 every setting chosen on the evaluated events themselves, can reach 0.0382 at all.
 
-Same events, candidates, metric code and segments as ``bench/hindsight_bound.py`` (read its docstring): every
-model runs through :func:`ripplerec.evaluation.prequential.prequential` on MovieLens-100K (no KG text) with
-``ripplerec eval --every 10``'s settings; user states carry the whole past (so the candidates are exactly the
-items not in the history). Item texts are the eval's (``item_text``), embedded by the eval's MiniLM through the
-eval's cache (``.ripplerec/cache/``; about a minute to encode the 1,682 items when it is empty).
+Same events, candidates, metric code and segments as ``bench/diagnostics/hindsight_bound.py`` (read its
+docstring): every model runs through :func:`ripplerec.evaluation.prequential.prequential` on MovieLens-100K
+(no KG text) with ``ripplerec eval --every 10``'s settings; user states carry the whole past (so the candidates
+are exactly the items not in the history). Item texts are the eval's (``item_text``), embedded by the eval's
+MiniLM through the eval's cache (``.ripplerec/cache/``; about a minute to encode the 1,682 items when it is empty).
 
 Scores, for a user state (``z``: standardised over the user's candidate items, in float64):
 
@@ -24,9 +24,9 @@ Scores, for a user state (``z``: standardised over the user's candidate items, i
 - ``knn + b cold (no text)``: a control without text: z(item-kNN) + b for items with fewer than 5 interactions
   so far. Raising cold items as a block lifts the cold-item segment at the expense of the others; what the gated
   text blend gains beyond this control is what the text itself brings.
-- ``hknn ...``: the same three with ``HindsightItemKNN`` (bench/hindsight_bound.py: item-kNN counts over the whole
-  stream, past and future, of every user but the scored one) in place of the prequential item-kNN: the ceiling
-  when the counts know the future too (``--no-hindsight`` skips it).
+- ``hknn ...``: the same three with ``HindsightItemKNN`` (bench/diagnostics/hindsight_bound.py: item-kNN counts
+  over the whole stream, past and future, of every user but the scored one) in place of the prequential item-kNN:
+  the ceiling when the counts know the future too (``--no-hindsight`` skips it).
 
 The hindsight part: the best (K, w) of each family is the one with the highest cold-item NDCG@10 on these same
 731 events, so the figures flatter text; they bound what a tuned text weight of this kind can do. Each family
@@ -56,7 +56,7 @@ from ripplerec.models.embedding_cache import DEFAULT_CACHE_DIR, EmbeddingCache
 from ripplerec.models.item_knn import ItemKNN
 from ripplerec.models.transformer_scorer import TEXT_FEATURE_DECAY, item_text
 
-ID_ONLY_COLD = 0.0191  # docs/BENCHMARKS.md, runs/hybrid-final2: id-only NDCG@10 on cold-start items
+ID_ONLY_COLD = 0.0191  # docs/experiments.md (runs/hybrid-final2, 2026-11-29): id-only NDCG@10 on cold-start items
 TRANSFORMER_COLD = 0.0226  # the same run, the text model
 DOCUMENTED_ITEM_KNN = (0.0964, 0.0150)  # item-kNN NDCG@10 overall, cold items (same run)
 COLD = 5  # an item with fewer interactions so far is cold (the protocol's threshold)
@@ -249,7 +249,7 @@ def main() -> None:
             )
         control = max(names(counts, "boost"), key=cold.__getitem__)
         print(f"{counts}, control without text, best on cold items: {cold[control]:.4f} ({control})")
-    print(f"(transformer on cold items: {TRANSFORMER_COLD}, docs/BENCHMARKS.md)")
+    print(f"(transformer on cold items: {TRANSFORMER_COLD}, docs/experiments.md)")
     measured = (result.models[0].metrics["overall"]["ndcg@10"], cold["item-knn"])
     print(
         f"item-knn here {measured[0]:.4f} / {measured[1]:.4f} overall / cold items, documented "

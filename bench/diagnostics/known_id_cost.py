@@ -10,7 +10,7 @@ Two timings, each against its baseline in the same run, best of ``--repeat`` tim
    registry's known headers). The coroutine is driven by hand, without an event loop, so only the
    decoding itself is timed.
 
-Run: ``.venv/bin/python bench/known_id_cost.py``.
+Run: ``.venv/bin/python bench/diagnostics/known_id_cost.py``.
 """
 
 from __future__ import annotations

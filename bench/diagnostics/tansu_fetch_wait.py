@@ -1,6 +1,6 @@
 """How long a consumer's fetch wait delays a message on the embedded broker (Tansu).
 
-    python bench/tansu_fetch_wait.py [--messages 40]
+    python bench/diagnostics/tansu_fetch_wait.py [--messages 40]
 
 A consumer (kafka-python, then aiokafka) polls one partition continuously while a producer sends
 messages at random instants 10-80 ms apart; prints send -> receive latency per ``fetch_max_wait_ms``.

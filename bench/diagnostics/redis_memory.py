@@ -1,6 +1,6 @@
 """Redis memory the profile store uses, per event and per user, and what dedupe takes of it.
 
-    python bench/redis_memory.py [--events 50000] [--users 2000] [--items 1000]
+    python bench/diagnostics/redis_memory.py [--events 50000] [--users 2000] [--items 1000]
 
 Starts its own redis-server, applies synthetic events (UUID-sized event ids) through
 ``RedisProfileStore.apply_batch`` (the ingest agent's one script call per batch, batches of 1,000,
@@ -21,7 +21,7 @@ import random
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from ripplerec.config import Settings  # noqa: E402

@@ -1,6 +1,6 @@
 """Per-event CPU of each piece of ``EventProducer.track`` on the client side, no broker.
 
-    python bench/producer_pieces.py [--events 200000]
+    python bench/diagnostics/producer_pieces.py [--events 200000]
 
 Prints microseconds per call of: UUIDv7, validation, ``AvroCodec.encode`` and, as its baseline,
 a bare fastavro ``schemaless_writer`` call on the same record (what the codec wraps). Kafka-python's

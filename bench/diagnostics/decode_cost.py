@@ -3,7 +3,7 @@
 Each is decoded with the writer schema alone (the message carries the codec's own schema id) and
 through schema resolution (the message was written by an older producer without a field the reader
 has, so fastavro resolves it against the reader schema). Prints the best of ``--repeat`` timeit
-runs, in microseconds per decode and per event. Run: ``.venv/bin/python bench/decode_cost.py``.
+runs, in microseconds per decode and per event. Run: ``.venv/bin/python bench/diagnostics/decode_cost.py``.
 """
 
 from __future__ import annotations

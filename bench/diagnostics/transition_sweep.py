@@ -1,7 +1,7 @@
 """Prequential NDCG@10 of the transition baseline under a few settings, beside item-kNN (MovieLens-100K).
 
-    python bench/transition_sweep.py              # the whole stream (about half a minute)
-    python bench/transition_sweep.py --limit 30000
+    python bench/diagnostics/transition_sweep.py              # the whole stream (about half a minute)
+    python bench/diagnostics/transition_sweep.py --limit 30000
 
 Where the defaults of :class:`~ripplerec.models.transition.TransitionConfig` come from: each row is one
 setting (window, distance decay, history, recency decay, alpha), run through the same protocol as

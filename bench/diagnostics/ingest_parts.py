@@ -1,6 +1,6 @@
 """The ingest agent's own Python work per event, part by part, next to the bare decode (e)'s agent does.
 
-    python bench/ingest_parts.py [--events 50000] [--users 5000] [--items 2000] [--batch 500] [--runs 3]
+    python bench/diagnostics/ingest_parts.py [--events 50000] [--users 5000] [--items 2000] [--batch 500] [--runs 3]
 
 Starts its own redis-server (no persistence), then, as the ingest agent does for each batch of
 ``bench.ingest.make_events`` (one message per event, 4 partitions by user, training examples on),
@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.diagnostics.redis_script import NOW_MS, sources_of  # noqa: E402
 from bench.ingest import make_events  # noqa: E402
-from bench.redis_script import NOW_MS, sources_of  # noqa: E402
 from ripplerec.embedded import start_redis_server  # noqa: E402
 
 PARTS = ("decode_any", "decode_events", "batch_args", "call", "reply", "plan", "encode")

@@ -1,6 +1,6 @@
 """Redis CPU per event of the ingest batch script, split into the script and the commands it calls.
 
-    python bench/redis_script.py [--events 50000] [--users 5000] [--items 2000] [--batch 400] [--runs 3]
+    python bench/diagnostics/redis_script.py [--events 50000] [--users 5000] [--items 2000] [--batch 400] [--runs 3]
                                  [--prior-history 20]
 
 Starts its own redis-server (no persistence) on a free port, and for each run: ``FLUSHALL``,
@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import make_events  # noqa: E402

@@ -1,7 +1,7 @@
 """How far can collaborative signals go on ``ripplerec eval``'s protocol? Models that see other users' future.
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/hindsight_bound.py
-    ... bench/hindsight_bound.py --sweep     # and other settings of each model (about a minute more)
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 19 python bench/diagnostics/hindsight_bound.py
+    ... bench/diagnostics/hindsight_bound.py --sweep     # and other settings of each model (about a minute more)
 
 Every model here runs through :func:`ripplerec.evaluation.prequential.prequential` itself, on the same
 MovieLens-100K stream (``load_movielens_100k``, no KG text: nothing here reads it) with the settings of
@@ -61,7 +61,7 @@ from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNN, ItemKNNConfig
 from ripplerec.models.transition import TransitionConfig, TransitionCounts
 
 WHOLE_PAST = 1_000_000  # history_length: a user state holds every earlier event of the user
-DOCUMENTED_ITEM_KNN = 0.0964  # docs/BENCHMARKS.md, runs/hybrid-final2
+DOCUMENTED_ITEM_KNN = 0.0964  # docs/experiments.md (runs/hybrid-final2, 2026-11-29)
 
 
 class _Offline:
@@ -296,7 +296,7 @@ def table(result: PrequentialResult, base: str) -> str:
     )
     lines.append(
         f"Goal 1.5x item-knn overall = {1.5 * reference['overall'][f'ndcg@{k}']:.4f} "
-        f"(transformer, docs/BENCHMARKS.md: 0.1073 = 1.11x)."
+        f"(transformer, docs/experiments.md: 0.1073 = 1.11x)."
     )
     return "\n".join(lines)
 
