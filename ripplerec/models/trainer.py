@@ -28,6 +28,8 @@ class TrainerConfig:
     pushed down before anyone has seen it (its bias stays at its initial value until it is used).
     ``replay``: each mini-batch also trains on that many examples drawn uniformly from a reservoir of past
     examples, so one pass over a stream still revisits it (and early data is not forgotten).
+    ``replay_capacity``, ``replay_window``, ``replay_max_bytes``: the bounds of that
+    :class:`~ripplerec.models.replay_buffer.ReplayBuffer`.
     """
 
     lr: float = 3e-3
@@ -41,6 +43,8 @@ class TrainerConfig:
     active_negatives: bool = False  # negatives only among items that have had an interaction
     replay: int = 512  # past examples mixed into every mini-batch (0: none)
     replay_capacity: int = 20_000  # past examples kept for replay (a reservoir over the whole stream)
+    replay_window: int = 2_000  # the most recent examples, kept beside the reservoir (a fine-tune's held-out window)
+    replay_max_bytes: int = 256 * 1024 * 1024  # both together hold at most this many bytes of histories
     mask_history: bool = True
     grad_clip: float = 5.0
     seed: int = 0
@@ -50,11 +54,12 @@ class TrainerConfig:
             raise ValueError(f"loss must be one of {LOSSES}")
         if self.lr <= 0 or self.weight_decay < 0 or self.anchor_l2 < 0 or self.grad_clip <= 0:
             raise ValueError("lr and grad_clip must be > 0; weight_decay and anchor_l2 >= 0")
-        for name in ("negatives", "full_softmax_max", "batch_size", "steps_per_batch", "replay_capacity"):
+        for name in ("negatives", "full_softmax_max", "batch_size", "steps_per_batch", "replay_capacity",
+                     "replay_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.replay < 0:
-            raise ValueError("replay must be >= 0")
+        if self.replay < 0 or self.replay_window < 0:
+            raise ValueError("replay and replay_window must be >= 0")
 
 
 class OnlineTrainer:

@@ -60,6 +60,7 @@ from ripplerec.models.count_features import (
 from ripplerec.models.embedding_cache import EmbeddingCache
 from ripplerec.models.encoder import TextEncoder
 from ripplerec.models.head import RECENCY_BUCKETS, VALUE_BUCKETS, Head, HeadConfig, HistoryBatch
+from ripplerec.models.replay_buffer import ReplayBuffer, ReplayExample, user_key
 from ripplerec.models.serialization import FORMAT_VERSION, check_shapes, read_manifest, write_json
 from ripplerec.models.trainer import OnlineTrainer, TrainerConfig
 
@@ -195,8 +196,10 @@ class TransformerScorer(RankingModel):
         self._histories: dict[str, deque[Behavior]] = {}
         self._encoded: dict[str, _EncodedHistory] = {}
         self._vectors: torch.Tensor | None = None  # item vectors of the current weights
-        self._replay: list[tuple[NDArray[np.float64], int, float]] = []
-        self._replay_seen = 0
+        trainer_config = self.config.trainer
+        self.replay = ReplayBuffer(
+            trainer_config.replay_capacity, trainer_config.replay_window, trainer_config.replay_max_bytes
+        )
         self._active = torch.zeros(0, dtype=torch.bool)  # items seen as positives
         # count features (co-occurrence, transitions) learned from every interaction, read by the hybrid head
         self._counts = CountFeatures.build(head_config.cooccurrence_feature, head_config.transition_feature)
@@ -418,7 +421,7 @@ class TransformerScorer(RankingModel):
                     strict=True,
                 )
             )
-            self._train_examples(examples)
+            self._train_examples(examples, users=users[start : start + size])
             if len(self._counts):  # counts learn after the step: it saw the features a scorer saw before
                 learned = zip(users[start : start + size], positives[start : start + size], strict=True)
                 self._counts.add_many(list(learned))
@@ -435,17 +438,20 @@ class TransformerScorer(RankingModel):
                 )
 
     def _train_examples(
-        self, examples: list[tuple[NDArray[np.float64], int, float]], features: torch.Tensor | None = None
+        self,
+        examples: list[tuple[NDArray[np.float64], int, float]],
+        features: torch.Tensor | None = None,
+        users: Sequence[str] | None = None,
     ) -> float:
         """One trainer step on ``examples`` plus replayed past ones; then remember them for replay.
 
-        ``features``: the examples' count features when the caller computed them already. Returns the loss.
+        ``features``: the examples' count features when the caller computed them already; ``users``: whose
+        examples they are (what :meth:`forget_user` finds them by). Returns the loss.
         """
         config = self.config.trainer
         batch = list(examples)
-        if config.replay and self._replay:
-            picks = torch.randint(0, len(self._replay), (config.replay,), generator=self.trainer.generator)
-            batch += [self._replay[int(i)] for i in picks]
+        if config.replay:
+            batch += [e.as_training() for e in self.replay.sample(config.replay, self.trainer.generator)]
         histories = [example[0] for example in batch]
         encoded = self._batch_from_encoded(histories, [example[2] for example in batch])
         rows = torch.tensor([example[1] for example in batch])
@@ -463,15 +469,33 @@ class TransformerScorer(RankingModel):
             features = self._count_features(encoded, len(examples))
         loss = self.trainer.step(encoded, rows, len(self._item_ids), active, features, self._affinity_cosines())
         if config.replay:
-            for example in examples:  # reservoir sampling keeps a uniform sample of the whole stream
-                self._replay_seen += 1
-                if len(self._replay) < config.replay_capacity:
-                    self._replay.append(example)
-                else:
-                    slot = int(torch.randint(0, self._replay_seen, (1,), generator=self.trainer.generator))
-                    if slot < config.replay_capacity:
-                        self._replay[slot] = example
+            keys = [user_key(u) for u in users] if users is not None else [0] * len(examples)
+            for (history, row, ts), key in zip(examples, keys, strict=True):
+                self.replay.add(ReplayExample(key, history, row, ts), self.trainer.generator)
         return loss
+
+    def forget_user(self, user_id: str) -> int:
+        """Drop what this scorer keeps about ``user_id``: replay examples, learning history, count windows.
+
+        The co-occurrence and transition sums the user's interactions added to stay (they are sums over
+        every user, not per user); the user's own recent-item windows go. Returns records dropped.
+        """
+        return self.forget_user_keys([user_key(user_id)], [user_id])
+
+    def forget_user_keys(self, keys: Collection[int], user_ids: Collection[str] = ()) -> int:
+        """:meth:`forget_user` for users given by :func:`~ripplerec.models.replay_buffer.user_key` (a forget
+        request that does not carry the id), and ``user_ids``."""
+        wanted = set(keys) | {user_key(u) for u in user_ids}
+        dropped = self.replay.forget_keys(wanted)
+        for user in [u for u in self._histories if user_key(u) in wanted]:
+            del self._histories[user]
+            self._encoded.pop(user, None)
+            dropped += 1
+        for _, counts in self._counts.enabled:
+            for user in [u for u in counts.recent if user_key(u) in wanted]:
+                del counts.recent[user]
+                dropped += 1
+        return dropped
 
     def fit(self, users: Sequence[UserState], positives: Sequence[str], now: float) -> float:
         """One training step on explicit examples (a trainer that holds user states elsewhere)."""
@@ -514,7 +538,7 @@ class TransformerScorer(RankingModel):
             features = self._count_features(batch) if self.config.head.count_features else None
             self._test(report, batch, rows, [c[4] for c in chunk], features, top)
             learned = list(zip(histories, rows, [c[2] for c in chunk], strict=True))
-            report.loss += self._train_examples(learned, features)
+            report.loss += self._train_examples(learned, features, [c[3] for c in chunk])
             report.steps += 1
             report.trained += len(chunk)
             if len(self._counts):  # counts learn after the step: it saw the features a scorer saw before
@@ -942,21 +966,16 @@ class TransformerScorer(RankingModel):
         active = torch.zeros(n, dtype=torch.uint8)
         active[: min(n, self._active.shape[0])] = self._active[:n].to(torch.uint8)
         tensors["active"] = active
-        if self._replay:
-            lengths = [len(h) for h, _, _ in self._replay]
-            tensors["replay.history"] = torch.from_numpy(
-                np.concatenate([np.asarray(h, dtype=np.float64).reshape(-1, 4) for h, _, _ in self._replay])
-            )
-            tensors["replay.lengths"] = torch.tensor(lengths, dtype=torch.int64)
-            tensors["replay.rows"] = torch.tensor([r for _, r, _ in self._replay], dtype=torch.int64)
-            tensors["replay.ts"] = torch.tensor([ts for _, _, ts in self._replay], dtype=torch.float64)
+        replay_tensors, replay_meta = self.replay.state("replay.")
+        tensors.update(replay_tensors)
         for key, value in self._counts.state(n).items():
             tensors[f"counts.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
         manifest = {
             **self._manifest(),
             "format": CHECKPOINT_FORMAT,
             "item_ids": list(self._item_ids),
-            "replay_seen": self._replay_seen,
+            "replay_seen": self.replay.seen,
+            "replay": replay_meta,
             "count_recent": self._counts.recent(),
             "extra": dict(extra or {}),
         }
@@ -1027,17 +1046,13 @@ class TransformerScorer(RankingModel):
         scorer.trainer.generator.set_state(tensors["rng.trainer"])
         head._generator.set_state(tensors["rng.head"])
         scorer._active = tensors["active"].bool() if "active" in tensors else scorer._active
-        if "replay.rows" in tensors:
-            lengths = tensors["replay.lengths"].tolist()
-            history = tensors["replay.history"].numpy()
-            ends = np.cumsum(lengths)
-            scorer._replay = [
-                (history[end - length : end].copy(), int(row), float(ts))
-                for end, length, row, ts in zip(
-                    ends, lengths, tensors["replay.rows"].tolist(), tensors["replay.ts"].tolist(), strict=True
-                )
-            ]
-        scorer._replay_seen = int(manifest.get("replay_seen", len(scorer._replay)))
+        replay_meta = dict(manifest.get("replay") or {})
+        replay_meta.setdefault("seen", int(manifest.get("replay_seen", 0)))
+        trainer_config = config.trainer  # the configured bounds, not what an older writer saved
+        scorer.replay = ReplayBuffer.from_state(
+            tensors, replay_meta, "replay.", capacity=trainer_config.replay_capacity,
+            window=trainer_config.replay_window, max_bytes=trainer_config.replay_max_bytes,
+        )
         if len(scorer._counts):
             arrays = {key[len("counts.") :]: v.numpy() for key, v in tensors.items() if key.startswith("counts.")}
             scorer._counts.restore(arrays, manifest.get("count_recent", {}), n)
