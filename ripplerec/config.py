@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "TopicNames", "Limits", "KafkaSecurity", "TrainerSettings", "get_settings"]
+__all__ = ["Settings", "TopicNames", "Limits", "KafkaSecurity", "TrainerSettings", "MonitorSettings", "DriftRule",
+           "get_settings"]
 
 ACTIONS: tuple[str, ...] = ("view", "click", "cart", "purchase", "rate", "skip")
 
@@ -142,6 +143,90 @@ class TrainerSettings(BaseModel):
     max_lag_s: float = Field(default=60.0, ge=0)
 
 
+class DriftRule(BaseModel):
+    """One metric's drift detector: a river detector name (``adwin``, ``page_hinkley``, ``kswin`` for
+    per-window values; ``ddm``, ``hddm_a``, ``hddm_w`` for per-event hit/miss streams; ``off``), its
+    parameters, and which way of moving is news (``up``, ``down``, ``both``)."""
+
+    detector: Literal["adwin", "page_hinkley", "kswin", "ddm", "hddm_a", "hddm_w", "off"] = "adwin"
+    params: dict[str, float] = Field(default_factory=dict)
+    direction: Literal["up", "down", "both"] = "both"
+
+
+def _default_drift_rules() -> dict[str, DriftRule]:
+    # Tuned with bench/drift.py (docs/BENCHMARKS.md, "Drift detection"): at most 1 false alarm per
+    # 100,000 events over all of them on streams without a shift.
+    # ADWIN checks every value (clock 1): river's clock of 32 would look once per 32 windows
+    adwin = {"delta": 0.002, "clock": 1}
+    return {
+        # per event, 1 = an item new to its user: preference shifts show here first
+        "item_novelty": DriftRule(detector="hddm_a", params={"drift_confidence": 0.001}, direction="up"),
+        # per recommendation, 1 = not followed by the user's next events
+        "follow_through_miss": DriftRule(detector="hddm_a", params={"drift_confidence": 0.001}, direction="up"),
+        # per window of events
+        "item_novelty_share": DriftRule(params=adwin, direction="up"),
+        "new_user_share": DriftRule(params=adwin, direction="up"),
+        "new_item_share": DriftRule(params=adwin, direction="up"),
+        "popularity_entropy_bits": DriftRule(params=adwin),
+        "top1pct_item_share": DriftRule(params=adwin),
+        "action_share": DriftRule(params=adwin),
+        "dead_letter_share": DriftRule(params=adwin, direction="up"),
+        # per window of recommendations
+        "follow_through_share": DriftRule(params=adwin, direction="down"),
+        "recommended_entropy_bits": DriftRule(params=adwin),
+        "recommended_coverage_ratio": DriftRule(detector="off"),
+        "score_mean": DriftRule(detector="off"),  # moves with every model version
+        # per head version (its test-then-learn figures since the previous one)
+        "trainer_ndcg_at_10": DriftRule(detector="page_hinkley",
+                                        params={"threshold": 0.5, "delta": 0.005, "min_instances": 10},
+                                        direction="down"),
+        "trainer_loss": DriftRule(detector="page_hinkley",
+                                  params={"threshold": 2.0, "delta": 0.05, "min_instances": 10}, direction="up"),
+    }
+
+
+class MonitorSettings(BaseModel):
+    """The monitor role: stream metrics per window and their drift detectors (``RIPPLEREC_MONITOR__*``;
+    ``RIPPLEREC_MONITOR__RULES`` takes JSON, e.g. ``{"item_novelty": {"detector": "ddm"}}``, merged
+    over the defaults)."""
+
+    # Distribution metrics (action mix, novelty, popularity entropy...) are computed on windows of
+    # this many events, so their noise does not change with the event rate.
+    window_events: int = Field(default=500, ge=10)
+    # Recommendation metrics (coverage, entropy, scores, follow-through share) per this many.
+    rec_window: int = Field(default=200, ge=10)
+    # Rates (events/s, dead letters/s) and the dashboard's points every this many seconds.
+    tick_s: float = Field(default=1.0, gt=0)
+    # A recommendation is followed when one of the user's next follow_events events is on one of its
+    # items; unresolved when the user does not return within follow_within_s.
+    follow_events: int = Field(default=3, ge=1)
+    follow_within_s: float = Field(default=900.0, gt=0)
+    # Per-user recent items that decide "new to this user", and how many users/items are remembered
+    # (the oldest users are forgotten first; a forgotten user counts as new when it returns).
+    user_history: int = Field(default=50, ge=1)
+    max_users: int = Field(default=200_000, ge=1)
+    max_items: int = Field(default=2_000_000, ge=1)
+    # No alert on a metric within this many events of its previous alert, nor during its first
+    # grace_events events (a fresh stream, or a monitor that just started, is still settling).
+    cooldown_events: int = Field(default=20_000, ge=0)
+    grace_events: int = Field(default=10_000, ge=0)
+    # Consumer lag per group is read from the broker this often (0: never).
+    lag_every_s: float = Field(default=5.0, ge=0)
+    # Consumer groups whose lag is reported; empty: the worker's own (app id).
+    lag_groups: list[str] = Field(default_factory=list)
+    # Follow-through and trainer series keep the latest this many model versions (Prometheus labels).
+    keep_versions: int = Field(default=10, ge=1)
+    seed: int = 0
+    rules: dict[str, DriftRule] = Field(default_factory=_default_drift_rules)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _merge_over_defaults(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {**_default_drift_rules(), **value}
+        return value
+
+
 class Settings(BaseSettings):
     """All runtime settings; read from ``RIPPLEREC_*`` variables and an optional ``.env`` file."""
 
@@ -257,6 +342,8 @@ class Settings(BaseSettings):
     snapshot_dir: Path = Path(".ripplerec/snapshots")
     # Trainer role and model store (issue 13).
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    # Monitor role: stream metrics and drift detection (issue 15).
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     # Privacy (issue 12). With a key, the clients (EventProducer, RecommendationClient) replace every
     # user id by "p:" + HMAC-SHA256(key, id) cut to 32 hex characters before it leaves the app

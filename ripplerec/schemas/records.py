@@ -144,6 +144,9 @@ class DriftAlert(TypedDict):
     window: dict[str, float]
     ts: int
     message: str
+    events_seen: int | None
+    event_ts: int | None
+    model_version: str | None
 
 
 class DeadLetter(TypedDict):

@@ -105,6 +105,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "window": {"mean_before": 0.2, "mean_after": 0.1},
         "ts": 6,
         "message": "dropped",
+        "events_seen": 12_000,
+        "event_ts": 5,
+        "model_version": "v3",
     },
     "DeadLetter": {
         "topic": "ripple.events",
