@@ -150,7 +150,7 @@ def run_one(args: argparse.Namespace, scorer: str, data: Any) -> dict[str, Any]:
 
     names = TopicNames()
     workdir = Path(tempfile.mkdtemp(prefix="freshness-"))
-    with EmbeddedStack(topics=names.all().values(), partitions=names.partitions,
+    with EmbeddedStack(topics=names.all().values(), partitions=names.partition_counts(),
                        compacted=names.compacted()) as stack:
         settings = Settings(
             bootstrap_servers=stack.bootstrap_servers, redis_url=stack.redis_url,

@@ -97,7 +97,7 @@ def main() -> None:
 
     topics = TopicNames(events="bench.events", items="bench.items")
     with EmbeddedStack(partitions=topics.partitions, start_redis=False) as stack:
-        create_topics(stack.bootstrap_servers, topics.all().values(), topics.partitions, topics.compacted())
+        create_topics(stack.bootstrap_servers, topics.all().values(), topics.partition_counts(), topics.compacted())
         settings = Settings(bootstrap_servers=stack.bootstrap_servers, topics=topics)
         codec = AvroCodec()
         events = make_events(args.events)

@@ -71,7 +71,7 @@ def main() -> None:
         rows: list[tuple[str, float, float]] = []
         for round_ in range(args.rounds):
             topics = unique_topics("rec")
-            create_topics(stack.bootstrap_servers, topics.all().values(), topics.partitions, topics.compacted())
+            create_topics(stack.bootstrap_servers, topics.all().values(), topics.partition_counts(), topics.compacted())
             settings = Settings(bootstrap_servers=stack.bootstrap_servers, redis_url=stack.redis_url, topics=topics,
                                 app_id=f"recovery-{uuid.uuid4().hex[:8]}", web_port=free_port(),
                                 session_timeout_s=args.session_timeout,

@@ -148,7 +148,7 @@ def main() -> None:
         redis_proc, redis_url = start_redis_server(redis_dir)
         redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
         topics = unique_topics("soak")
-        create_topics(stack.bootstrap_servers, topics.all().values(), topics.partitions, topics.compacted())
+        create_topics(stack.bootstrap_servers, topics.all().values(), topics.partition_counts(), topics.compacted())
         settings = Settings(bootstrap_servers=stack.bootstrap_servers, redis_url=redis_url, topics=topics,
                             app_id=f"soak-{uuid.uuid4().hex[:6]}", web_port=free_port(),
                             group_instance_id="soak-worker-0", health_stall_s=30.0,

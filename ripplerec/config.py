@@ -32,13 +32,24 @@ class TopicNames(BaseModel):
     drift: str = "ripple.drift"
     dlq: str = "ripple.dlq"
     partitions: int = Field(default=4, ge=1)
+    # One partition: a consumer group gives it to one worker, so however many workers run the trainer
+    # role (every `--role all` does), one model is trained; the others stand by and take over at a
+    # rebalance. (More partitions would split the examples between trainers racing under one name.)
+    training_partitions: int = Field(default=1, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
     def all(self) -> dict[str, str]:
         """Logical name -> topic name, for every topic."""
         return {
-            k: v for k, v in self.model_dump().items() if k not in ("partitions", "replication_factor")
+            k: v for k, v in self.model_dump().items()
+            if k not in ("partitions", "training_partitions", "replication_factor")
         }
+
+    def partition_counts(self) -> dict[str, int]:
+        """Topic name -> partitions, for every topic (what ``create_topics`` takes)."""
+        counts = dict.fromkeys(self.all().values(), self.partitions)
+        counts[self.training] = self.training_partitions
+        return counts
 
     def compacted(self) -> set[str]:
         return {self.items, self.model_updates}

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,9 +136,11 @@ def start_redis_server(
 
 
 def create_topics(
-    bootstrap: str, topics: Iterable[str], partitions: int, compacted: Iterable[str] = (), timeout_s: float = 30.0
+    bootstrap: str, topics: Iterable[str], partitions: int | Mapping[str, int], compacted: Iterable[str] = (),
+    timeout_s: float = 30.0,
 ) -> None:
-    """Create topics that do not exist yet (idempotent)."""
+    """Create topics that do not exist yet (idempotent); ``partitions`` for all, or per topic name
+    (``TopicNames.partition_counts()``)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -158,7 +160,7 @@ def create_topics(
         wanted = [
             NewTopic(
                 name,
-                partitions,
+                partitions if isinstance(partitions, int) else partitions[name],
                 1,
                 topic_configs={"cleanup.policy": "compact"} if name in compacted else {},
             )
@@ -183,7 +185,7 @@ class EmbeddedStack:
     """
 
     topics: Iterable[str] = ()
-    partitions: int = 4
+    partitions: int | Mapping[str, int] = 4
     compacted: Iterable[str] = ()
     start_redis: bool = True
     workdir: Path | None = None

@@ -41,7 +41,8 @@ def settings(embedded_stack: EmbeddedStack) -> Settings:
     from ripplerec.embedded import create_topics
 
     topics = unique_topics()
-    create_topics(embedded_stack.bootstrap_servers, topics.all().values(), topics.partitions, topics.compacted())
+    create_topics(embedded_stack.bootstrap_servers, topics.all().values(), topics.partition_counts(),
+                  topics.compacted())
     return Settings(
         bootstrap_servers=embedded_stack.bootstrap_servers,
         redis_url=embedded_stack.redis_url,

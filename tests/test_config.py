@@ -16,6 +16,8 @@ def test_env_is_read_with_prefix_and_nesting(monkeypatch) -> None:
     monkeypatch.setenv("RIPPLEREC_KAFKA__SASL_PASSWORD", "s3cret")
     settings = Settings()
     assert settings.topics.events == "prod.events" and settings.topics.partitions == 12
+    counts = settings.topics.partition_counts()
+    assert counts["prod.events"] == 12 and counts["ripple.training"] == 1  # one trainer per model
     kwargs = settings.kafka_client_kwargs()
     assert kwargs["bootstrap_servers"] == ["k1:9092", "k2:9092"]
     assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_plain_password"] == "s3cret"
@@ -44,3 +46,16 @@ def test_security_passthrough_for_both_kafka_clients() -> None:
         assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_plain_password"] == "s3cret"
     assert isinstance(asyncio_side["ssl_context"], ssl.SSLContext) and "ssl_context" not in sync
     assert "ssl_context" not in KafkaSecurity().aiokafka_kwargs()
+
+
+def test_settings_pass_to_a_child_process_unchanged(monkeypatch) -> None:
+    """WorkerProcess hands settings to its child as RIPPLEREC_* variables: every field, nested models,
+    secrets and list/dict values (as JSON, which pydantic-settings parses back) come back equal."""
+    from ripplerec.streams.worker import settings_to_env
+
+    for key in [k for k in __import__("os").environ if k.startswith("RIPPLEREC_")]:
+        monkeypatch.delenv(key)
+    settings = Settings(redis_url="redis://:pw@host:1/2", topics={"partitions": 7, "training_partitions": 2})
+    for key, value in settings_to_env(settings).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings

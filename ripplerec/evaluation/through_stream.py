@@ -367,7 +367,7 @@ def through_stream(
             from ripplerec.config import TopicNames
 
             names = TopicNames(partitions=config.partitions)
-            stack = EmbeddedStack(topics=names.all().values(), partitions=config.partitions,
+            stack = EmbeddedStack(topics=names.all().values(), partitions=names.partition_counts(),
                                   compacted=names.compacted()).start()
         settings = run_settings(stack, config, catalog_size)
         if settings_overrides:

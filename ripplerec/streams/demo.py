@@ -295,7 +295,7 @@ def run_demo(
     topics = base.topics
     stop = threading.Event()
     progress = ReplayProgress(total=len(data.interactions))
-    with EmbeddedStack(topics=topics.all().values(), partitions=topics.partitions, compacted=topics.compacted(),
+    with EmbeddedStack(topics=topics.all().values(), partitions=topics.partition_counts(), compacted=topics.compacted(),
                        workdir=workdir) as stack:
         settings = base.model_copy(update={
             "bootstrap_servers": stack.bootstrap_servers,

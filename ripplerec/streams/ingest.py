@@ -691,9 +691,8 @@ class IngestProcessor:
             pool = self.item_pool
             pool.add_many([event["item_id"] for event in events])
             negatives, length = settings.training_negatives, settings.training_history_length
-            # Same partition as the source events: topics share the partition count and the events
-            # topic is keyed by user, so this is where the user's key would land anyway.
-            limit = settings.topics.partitions
+            # The source events' partition, modulo the training topic's (one by default: one trainer).
+            limit = settings.topics.training_partitions
             writer, lone = self._training, batch.lone
             sizes = [len(m) if m is not None else event_size(e) for e, m in zip(events, lone, strict=True)]
             # One message per partition of the write (no cap by count), unless it would pass max_bytes:

@@ -590,7 +590,8 @@ def register_trainer(app: Any, runtime: Any, settings: Settings) -> TrainerAgent
     """The trainer agent on ``ripple.training``, crash-only like every agent."""
     agent = TrainerAgent(runtime, settings)
     runtime.trainer = agent
-    topic = app.topic(settings.topics.training, key_type=bytes, value_type=bytes)
+    topic = app.topic(settings.topics.training, key_type=bytes, value_type=bytes,
+                      partitions=settings.topics.training_partitions)
 
     @app.agent(topic, name="ripple-trainer")
     async def trainer(stream: Any) -> None:

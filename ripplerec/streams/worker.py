@@ -27,7 +27,10 @@ def run_worker(settings: Settings, role: str = "all", *, loglevel: str = "warnin
 
 def settings_to_env(settings: Settings) -> dict[str, str]:
     """``RIPPLEREC_*`` variables that recreate ``settings`` in a child process (secrets included)."""
+    import json
+
     from pydantic import BaseModel, SecretStr
+    from pydantic_core import to_jsonable_python
 
     env: dict[str, str] = {}
 
@@ -43,6 +46,8 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
                 env[key] = value.get_secret_value()
             elif isinstance(value, bool):
                 env[key] = "true" if value else "false"
+            elif isinstance(value, dict | list | tuple | set | frozenset):
+                env[key] = json.dumps(to_jsonable_python(value))  # pydantic-settings parses complex values as JSON
             else:
                 env[key] = str(value)
 

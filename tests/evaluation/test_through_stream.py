@@ -60,7 +60,8 @@ def test_the_protocol_runs_through_ingest_trainer_and_scorer(embedded_stack, tmp
 
     data = synthetic_stream(SyntheticConfig(n_users=40, n_items=60, n_topics=6, n_events=1500, seed=3))
     topics = unique_topics("stream-eval")
-    create_topics(embedded_stack.bootstrap_servers, topics.all().values(), topics.partitions, topics.compacted())
+    create_topics(embedded_stack.bootstrap_servers, topics.all().values(), topics.partition_counts(),
+                  topics.compacted())
     config = ThroughStreamConfig(every=5, rate=150.0, model="hashing", publish_every_s=0.5, drain_timeout_s=60)
     lines: list[str] = []
     result = through_stream(data, config, stack=embedded_stack, workdir=tmp_path, progress=lines.append,

@@ -22,7 +22,7 @@ def make_settings(stack: Any, tmp_path: Any, **overrides: Any) -> Settings:
     included in role ``all``) encodes with the hashed bag of words unless ``model_name`` says otherwise;
     a test that expects the heuristic's answers says ``scorer="heuristic"``."""
     topics = unique_topics("s")
-    create_topics(stack.bootstrap_servers, topics.all().values(), topics.partitions, topics.compacted())
+    create_topics(stack.bootstrap_servers, topics.all().values(), topics.partition_counts(), topics.compacted())
     values: dict[str, Any] = dict(
         bootstrap_servers=stack.bootstrap_servers,
         redis_url=stack.redis_url,

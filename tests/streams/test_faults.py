@@ -205,7 +205,7 @@ def test_a_fresh_broker_does_not_turn_new_events_into_duplicates(embedded_stack,
             wait_for(lambda: _applied(settings, events_1) >= len(events_1), 60, what="the first broker's events")
     with EmbeddedStack(start_redis=False) as broker:
         settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
-        create_topics(broker.bootstrap_servers, settings.topics.all().values(), settings.topics.partitions,
+        create_topics(broker.bootstrap_servers, settings.topics.all().values(), settings.topics.partition_counts(),
                       settings.topics.compacted())
         publisher = Publisher(settings, stream_codec)
         publisher.events(events_2)
