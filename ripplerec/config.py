@@ -221,6 +221,9 @@ class MonitorSettings(BaseModel):
     # grace_events events (a fresh stream, or a monitor that just started, is still settling).
     cooldown_events: int = Field(default=20_000, ge=0)
     grace_events: int = Field(default=10_000, ge=0)
+    # Where a starting monitor begins reading events, recommendations and dead letters: the live end
+    # ("latest") or the start of the retained log ("earliest"). Model updates are always read whole.
+    start: Literal["latest", "earliest"] = "latest"
     # Consumer lag per group is read from the broker this often (0: never).
     lag_every_s: float = Field(default=5.0, ge=0)
     # Consumer groups whose lag is reported; empty: the worker's own (app id).

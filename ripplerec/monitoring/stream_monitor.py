@@ -273,7 +273,8 @@ class StreamMonitor:
             self.window_values[metric] = value
             self._point(metric, now, value)
             self._alert(self._watch(metric, value), now, out)
-        for action in sorted(set(w.actions) | {a.split(":", 1)[1] for a in self._watches if a.startswith("action_share:")}):
+        watched = {name.split(":", 1)[1] for name in self._watches if name.startswith("action_share:")}
+        for action in sorted(set(w.actions) | watched):
             metric = f"action_share:{action}"
             value = w.actions.get(action, 0) / n
             self.window_values[metric] = value
@@ -328,6 +329,10 @@ class StreamMonitor:
         series.append((now, value))
 
     # -- reading ---------------------------------------------------------------------------------
+
+    @property
+    def users_tracked(self) -> int:
+        return len(self._users)
 
     def top_items(self, k: int = 10) -> list[tuple[str, int]]:
         return self._recent_items.most_common(k)

@@ -5,7 +5,10 @@ and registers the agents of the requested roles:
 
 * ``ingest``: the ingest agent on ``ripple.events`` and the catalog agent on ``ripple.items``;
 * ``scorer``: the scorer agent on ``ripple.rec-requests``;
-* ``all``: both. ``trainer`` and ``monitor`` arrive with later issues (see ``ROLES``).
+* ``trainer``: the trainer agent on ``ripple.training`` (:mod:`ripplerec.streams.model_roles`);
+* ``monitor``: stream metrics and drift alerts (:mod:`ripplerec.streams.monitor`), and the
+  ``/dashboard`` page;
+* ``all``: every role.
 
 Every topic carries Confluent-framed Avro: Faust moves raw bytes and the agents decode with
 :class:`~ripplerec.schemas.AvroCodec`, so a message that does not decode still has its original
@@ -44,8 +47,8 @@ ROLES: dict[str, tuple[str, ...]] = {
     "scorer": ("scorer",),
     "trainer": ("trainer",),
     # "all" trains only when it serves the transformer (see ripplerec.streams.model_roles)
-    "all": ("ingest", "catalog", "scorer", "trainer"),
-    # Later issues: "monitor": ("monitor",)
+    "monitor": ("monitor",),
+    "all": ("ingest", "catalog", "scorer", "trainer", "monitor"),
 }
 
 
@@ -81,6 +84,7 @@ class Runtime:
         self._ingest: IngestProcessor | None = None
         self._catalog: CatalogProcessor | None = None
         self._requests: RequestProcessor | None = None
+        self.monitor: Any = None  # the monitor role's state (ripplerec.streams.monitor.MonitorRole)
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
@@ -406,11 +410,15 @@ def create_app(
     groups: set[str] = set()
     for role in roles:
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; known: {', '.join(ROLES)} (trainer/monitor: later issues)")
+            raise ValueError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
         groups.update(ROLES[role])
     config = faust_config(settings, web=web)
     config.update(overrides)
-    app = faust.App(settings.app_id, **config)
+    # A monitor alone has no agent of its own (it reads with its own consumer, see streams.monitor),
+    # but Faust's consumer must subscribe to something: it drains ripple.drift, in a group of its own
+    # so that it never takes partitions from the workers' agents.
+    monitor_only = groups == {"monitor"}
+    app = faust.App(f"{settings.app_id}-monitor" if monitor_only else settings.app_id, **config)
     _tune(app, settings)
     metrics = metrics or StreamMetrics()
     runtime = Runtime(app, settings, metrics, on_fatal)
@@ -461,6 +469,18 @@ def create_app(
 
         register_model_roles(app, runtime, settings, groups, all_role="all" in roles)
 
+    if "monitor" in groups:
+        from ripplerec.streams.monitor import register_monitor
+
+        register_monitor(app, runtime, settings)
+        if monitor_only:
+            drift_topic = app.topic(topics.drift, key_type=bytes, value_type=bytes)
+
+            @app.agent(drift_topic, name="ripple-drift-drain")
+            async def drift_drain(stream: Any) -> None:
+                async for _ in stream:
+                    pass
+
     if web:
         _add_pages(app, runtime)
     return app
@@ -473,18 +493,62 @@ def _add_pages(app: faust.App, runtime: Runtime) -> None:
 
     @app.page("/health")
     async def health_page(web: Any, request: Any) -> Any:
-        """200 with ``ok`` or ``degraded`` (working, with notes to read); 503 when Redis is unreachable
-        or an agent died or stalled. Errors are named by type only: no internal host:port."""
+        """200 with ``ok`` or ``degraded`` (working, with notes to read); 503 when Redis or the broker is
+        unreachable or an agent died or stalled. Also the serving model version and, with the monitor
+        role, the consumer lag per group. Errors are named by type only: no internal host:port."""
         report = runtime.health.report()
-        try:
-            store = await runtime.store()
-            redis_ok = bool(await asyncio.wait_for(store.ping(), timeout=1.0))
-            report["redis"] = "ok" if redis_ok else "no answer"
-        except Exception as exc:
-            redis_ok = False
-            report["redis"] = f"unreachable ({type(exc).__name__})"
-        if not redis_ok:
+        redis_ok, broker_ok = await asyncio.gather(_redis_reachable(runtime, report),
+                                                   _broker_reachable(runtime.settings, report))
+        if not (redis_ok and broker_ok):
             report["status"] = "unhealthy"
+        report["model_version"] = _serving_version(runtime)
+        if runtime.monitor is not None:
+            report["consumer_lag"] = runtime.monitor.lag
+            report["monitor"] = {"reading": runtime.monitor.reading, "events_seen": runtime.monitor.monitor.position,
+                                 "alerts": len(runtime.monitor.monitor.alerts)}
         return web.json(report, status=503 if report["status"] == "unhealthy" else 200)
 
+    if runtime.monitor is not None:
+        from ripplerec.streams.dashboard import add_dashboard
 
+        add_dashboard(app, runtime)
+
+
+async def _redis_reachable(runtime: Runtime, report: dict[str, Any]) -> bool:
+    try:
+        store = await runtime.store()
+        ok = bool(await asyncio.wait_for(store.ping(), timeout=1.0))
+        report["redis"] = "ok" if ok else "no answer"
+    except Exception as exc:
+        ok = False
+        report["redis"] = f"unreachable ({type(exc).__name__})"
+    return ok
+
+
+async def _broker_reachable(settings: Settings, report: dict[str, Any]) -> bool:
+    """A TCP connection to any bootstrap server within a second (what a probe can afford to ask)."""
+    errors: list[str] = []
+    for server in settings.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout=1.0)
+        except Exception as exc:
+            errors.append(type(exc).__name__)
+            continue
+        writer.close()
+        report["broker"] = "ok"
+        return True
+    report["broker"] = f"unreachable ({', '.join(sorted(set(errors)))})"
+    return False
+
+
+def _serving_version(runtime: Runtime) -> str | None:
+    """The version the scorer serves here; else the one the monitor saw announced last."""
+    requests = runtime._requests
+    if requests is not None:
+        version = getattr(requests.backend, "version", None)
+        if version:
+            return str(version)
+    if runtime.monitor is not None:
+        return runtime.monitor.monitor.serving_version
+    return None

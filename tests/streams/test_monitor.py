@@ -1,0 +1,109 @@
+"""The monitor role on the embedded stack: a planted shift -> a DriftAlert on ripple.drift; /metrics,
+/health and /dashboard from a running monitor."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from streamkit import Publisher, make_settings, read_topic, wait_for
+
+from ripplerec.config import MonitorSettings
+from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
+from ripplerec.monitoring import parse_metrics
+from ripplerec.streams.worker import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+SHIFT_AT = 4_000
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def _events() -> list[dict]:
+    data = synthetic_stream(SyntheticConfig(n_users=100, n_items=300, n_events=2 * SHIFT_AT, shift_at=(0.5,),
+                                            shift_fraction=1.0, seed=0))
+    assert data.truth["shifts"][0]["at"] == SHIFT_AT  # type: ignore[index]
+    return [{"event_id": f"e{n}", "user_id": x.user_id, "item_id": x.item_id, "action": x.action, "value": None,
+             "ts": int(x.ts * 1000), "context": {}} for n, x in enumerate(data.interactions)]
+
+
+@pytest.fixture(scope="module")
+def monitor(embedded_stack, tmp_path_factory, stream_codec):
+    tmp = tmp_path_factory.mktemp("monitor")
+    settings = make_settings(embedded_stack, tmp, monitor=MonitorSettings(
+        start="earliest", grace_events=1_000, window_events=200, lag_every_s=1.0, tick_s=0.5))
+    worker = WorkerProcess(settings, "monitor", log_path=str(tmp / "worker.log"), loglevel="info").start()
+    base = f"http://127.0.0.1:{settings.web_port}"
+
+    def reading() -> bool:
+        status, body = _get(base + "/dashboard/data")
+        return status == 200 and json.loads(body)["reading"]
+
+    wait_for(reading, 60, what="the monitor reading its topics")
+    publisher = Publisher(settings, stream_codec)
+    yield settings, worker, publisher, base
+    publisher.close()
+    worker.stop()
+    assert worker.proc.returncode == 0, (tmp / "worker.log").read_text()[-3000:]
+
+
+def _seen(base: str) -> int:
+    status, body = _get(base + "/dashboard/data")
+    return json.loads(body)["events_seen"] if status == 200 else -1
+
+
+def test_a_planted_shift_yields_a_drift_alert_after_it_and_none_before(monitor, stream_codec):
+    settings, worker, publisher, base = monitor
+    events = _events()
+    publisher.events(events[:SHIFT_AT])
+    wait_for(lambda: _seen(base) >= SHIFT_AT, 60, what="the monitor to read the events before the shift")
+    assert read_topic(settings, settings.topics.drift, stream_codec, "DriftAlert", timeout=3) == []
+    publisher.events(events[SHIFT_AT:])
+    alerts = read_topic(settings, settings.topics.drift, stream_codec, "DriftAlert", expect=1, timeout=60)
+    assert alerts, "no DriftAlert after the shift"
+    message, alert = alerts[0]
+    assert message.key == alert["metric"].encode()
+    assert alert["events_seen"] > SHIFT_AT and alert["window"]["mean_after"] > alert["window"]["mean_before"]
+    assert alert["event_ts"] >= events[SHIFT_AT]["ts"] and alert["detector"] in ("HDDMA", "DDM", "ADWIN")
+
+    wait_for(lambda: _seen(base) >= 2 * SHIFT_AT, 60, what="every event read")
+    status, body = _get(base + "/metrics")
+    assert status == 200
+    metrics = parse_metrics(body.decode())
+    assert metrics["ripplerec_monitor_events_total"] == 2 * SHIFT_AT
+    assert sum(v for k, v in metrics.items() if k.startswith("ripplerec_monitor_events_total{action=")) == 2 * SHIFT_AT
+    assert metrics["ripplerec_drift_alerts_total"] >= 1
+    assert metrics[f"ripplerec_drift_alerts_total{{detector={alert['detector']},metric={alert['metric']}}}"] >= 1
+    for name in ("ripplerec_stream_events_per_second", "ripplerec_stream_item_novelty_ratio",
+                 "ripplerec_stream_popularity_entropy_bits", "ripplerec_stream_top1pct_items_ratio"):
+        assert name in metrics, name
+
+
+def test_health_dashboard_and_its_data(monitor):
+    settings, worker, publisher, base = monitor
+    status, body = _get(base + "/health")
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "ok" and health["broker"] == "ok" and health["redis"] == "ok"
+    assert "monitor" not in health["agents"]  # listed only once it died or stalled
+    assert "model_version" in health and "consumer_lag" in health and health["monitor"]["reading"]
+
+    status, page = _get(base + "/dashboard")
+    assert status == 200 and b"uplot.js" in page and b"/dashboard/data" in page
+    status, script = _get(base + "/dashboard/uplot.js")
+    assert status == 200 and b"MIT License" in script[:2000] and b"uPlot" in script
+    status, body = _get(base + "/dashboard/data")
+    data = json.loads(body)
+    assert status == 200 and data["reading"]
+    for key in ("series", "follow_through", "trainer", "lag", "top_items", "alerts", "versions", "health"):
+        assert key in data, key
