@@ -15,7 +15,7 @@ and the latency timed (``rss_mb``; ``peak_rss_mb`` includes building it), and he
 examples per step that the evaluation uses (3x the work per new event).
 
 By default the head is the plain one (``HeadConfig`` defaults). ``--served`` builds the scorer from
-``ripplerec.evaluation.zoo.scorer_configs()`` instead: the hybrid head with its count and text
+``ripplerec.models.zoo.scorer_configs()`` instead: the hybrid head with its count and text
 features and the evaluation's trainer settings, i.e. what is measured and served. Its count features
 first learn ``--count-events`` events (items drawn with a 1/rank popularity, users of 50 events each),
 as a served scorer gets them with a head version; ``--counts dense`` keeps them in dense item x item
@@ -73,7 +73,7 @@ def build(
     embeddings = rng.standard_normal((n_items, 384)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     if served:
-        from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
+        from ripplerec.models.zoo import ZooConfig, scorer_configs
 
         config, _ = scorer_configs(ZooConfig(history_length=history, seed=seed))
         config = replace(config, head=replace(config.head, text_dim=384))

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+import ripplerec
+
+PACKAGE = Path(ripplerec.__file__).parent
+
+
+def _modules(subpackage: str) -> list[str]:
+    """Every module of ``ripplerec.<subpackage>`` (``__main__`` excluded: importing it runs it)."""
+    return [
+        f"ripplerec.{subpackage}" + ("" if path.stem == "__init__" else f".{path.stem}")
+        for path in sorted((PACKAGE / subpackage).glob("*.py"))
+        if path.stem != "__main__"
+    ]
 
 
 def _loaded_after(statement: str, forbidden: list[str]) -> list[str]:
@@ -46,6 +60,43 @@ def test_models_do_not_import_kafka_or_redis() -> None:
         "import ripplerec.models, ripplerec.models.base",
         ["faust", "aiokafka", "kafka", "redis", "ripplerec.streams"],
     ) == []
+
+
+def _offenders(modules: list[str], forbidden: list[str]) -> dict[str, list[str]]:
+    """Which of ``modules`` load a ``forbidden`` one: all in one interpreter first (a union that loads
+    none clears every module), then one interpreter per module to name the culprits."""
+    if not _loaded_after("\n".join(f"import {m}" for m in modules), forbidden):
+        return {}
+    return {m: hit for m in modules if (hit := _loaded_after(f"import {m}", forbidden))}
+
+
+def test_no_models_module_imports_the_streaming_side() -> None:
+    """models/ is torch, transformers and river on plain data: no broker, no Redis, no worker, no eval."""
+    modules = _modules("models")
+    assert "ripplerec.models.zoo" in modules
+    forbidden = ["faust", "aiokafka", "kafka", "redis", "ripplerec.streams", "ripplerec.evaluation"]
+    assert _offenders(modules, forbidden) == {}
+
+
+def test_no_streams_module_imports_the_evaluation() -> None:
+    """The worker reads model configuration from models/ (``ripplerec.models.zoo``), never from the eval.
+
+    The evaluation may import the worker (``eval --through-stream`` runs it), not the other way round.
+    """
+    modules = _modules("streams")
+    assert "ripplerec.streams.transformer_setup" in modules
+    assert _offenders(modules, ["ripplerec.evaluation"]) == {}
+
+
+def test_the_direction_check_sees_a_violation() -> None:
+    assert _offenders(["ripplerec.models.zoo", "ripplerec.evaluation.zoo"], ["ripplerec.evaluation"]) == {
+        "ripplerec.evaluation.zoo": ["ripplerec.evaluation"]
+    }
+
+
+def test_each_client_module_imports_without_torch() -> None:
+    modules = _modules("producers") + _modules("consumers")
+    assert _offenders(modules, ["torch", "faust", "redis", "transformers"]) == {}
 
 
 def test_client_side_works_where_the_worker_dependencies_are_absent() -> None:

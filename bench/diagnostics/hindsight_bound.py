@@ -54,11 +54,11 @@ from threadpoolctl import threadpool_limits
 from ripplerec.datasets.base import Dataset
 from ripplerec.datasets.movielens import load_movielens_100k
 from ripplerec.evaluation.prequential import SEGMENTS, PrequentialConfig, PrequentialResult, prequential
-from ripplerec.evaluation.zoo import build_models
 from ripplerec.models.base import Interaction, Item, RankingModel, UserState
 from ripplerec.models.catalog import IndexedModel
 from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNN, ItemKNNConfig, RecentCountsModel
 from ripplerec.models.transition import TransitionConfig, TransitionCounts
+from ripplerec.models.zoo import build_models
 
 WHOLE_PAST = 1_000_000  # history_length: a user state holds every earlier event of the user
 DOCUMENTED_ITEM_KNN = 0.0964  # docs/experiments.md (runs/hybrid-final2, 2026-11-29)

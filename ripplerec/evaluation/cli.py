@@ -81,7 +81,7 @@ def evaluate(
     from ripplerec.datasets.base import Dataset, DatasetNotFoundError
     from ripplerec.evaluation.prequential import PrequentialConfig, prequential
     from ripplerec.evaluation.report import markdown_table, write_report
-    from ripplerec.evaluation.zoo import MODEL_NAMES, ZooConfig, build_models
+    from ripplerec.models.zoo import MODEL_NAMES, ZooConfig, build_models
 
     console = Console(stderr=True)
     if threads:

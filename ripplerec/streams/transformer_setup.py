@@ -3,7 +3,7 @@
 A scorer refuses a head version made for another head config or encoder, so trainer and scorers
 must agree on both: they build them here, from ``RIPPLEREC_MODEL_NAME`` / ``RIPPLEREC_MODEL_PATH``
 (``hashing``: a hashed bag of words instead of a language model, for tests) and the configuration
-``ripplerec eval`` measures (:func:`ripplerec.evaluation.zoo.scorer_configs`).
+``ripplerec eval`` measures (:func:`ripplerec.models.zoo.scorer_configs`).
 
 Within one process (``--role all`` runs trainer and scorer side by side) every scorer built here
 shares one encoder and one embedding cache (:func:`~ripplerec.models.embedding_cache.shared_cache`,
@@ -47,8 +47,8 @@ def _model(settings: Settings) -> str:
 
 def build_encoder(settings: Settings) -> TextEncoder:
     """The configured encoder, one per process (trainer and scorers of a worker share it)."""
-    from ripplerec.evaluation.zoo import ZooConfig
     from ripplerec.models.encoder import EncoderConfig, HashingEncoder
+    from ripplerec.models.zoo import ZooConfig
 
     model = _model(settings)
     key = (model, settings.device)
@@ -65,8 +65,8 @@ def build_encoder(settings: Settings) -> TextEncoder:
 
 def build_transformer(settings: Settings) -> TransformerScorer:
     """A fresh transformer scorer (untrained head, empty catalog) on the configured encoder."""
-    from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
     from ripplerec.models.transformer_scorer import TransformerScorer
+    from ripplerec.models.zoo import ZooConfig, scorer_configs
 
     zoo = ZooConfig(encoder=_model(settings))
     config, _ = scorer_configs(zoo)
@@ -76,8 +76,8 @@ def build_transformer(settings: Settings) -> TransformerScorer:
 def embedding_cache(settings: Settings) -> EmbeddingCache:
     """The process's embedding cache: ``.ripplerec/cache`` under the working folder (memory only for
     the hashing encoder, which costs less than reading a file)."""
-    from ripplerec.evaluation.zoo import ZooConfig
     from ripplerec.models.embedding_cache import shared_cache
+    from ripplerec.models.zoo import ZooConfig
 
     return shared_cache(None if _model(settings) == HASHING_ENCODER else ZooConfig().cache_dir)
 

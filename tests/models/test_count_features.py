@@ -137,7 +137,7 @@ def test_training_features_are_the_counts_before_the_batch() -> None:
 
 
 def test_id_only_gets_the_same_count_features() -> None:
-    from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
+    from ripplerec.models.zoo import ZooConfig, scorer_configs
 
     text, shared = scorer_configs(ZooConfig())
     assert text.head.cooccurrence_feature and text.head.transition_feature and text.head.text_feature

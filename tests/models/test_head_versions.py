@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load, save
 
 from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
-from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
 from ripplerec.models.base import Behavior, ModelLoadError, UserState
 from ripplerec.models.encoder import HashingEncoder
 from ripplerec.models.transformer_scorer import Example, LearnReport, TransformerScorer
+from ripplerec.models.zoo import ZooConfig, scorer_configs
 
 
 @pytest.fixture(scope="module")

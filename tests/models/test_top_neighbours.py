@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load, save
 
 from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
-from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
 from ripplerec.models import top_neighbours
 from ripplerec.models.base import Behavior, Interaction, Item, ModelLoadError, UserState
 from ripplerec.models.count_features import CountFeatures
@@ -23,6 +22,7 @@ from ripplerec.models.item_knn import CooccurrenceCounts, ItemKNNConfig
 from ripplerec.models.top_neighbours import DenseCounts, TopNeighbours, remapped_state
 from ripplerec.models.transformer_scorer import TransformerScorer
 from ripplerec.models.transition import TransitionConfig, TransitionCounts
+from ripplerec.models.zoo import ZooConfig, scorer_configs
 
 
 def _increments(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

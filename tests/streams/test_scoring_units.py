@@ -76,7 +76,7 @@ def test_heuristic_backend_reads_popular_items_once_per_refresh_and_flags_cold_s
 def test_served_transformer_uses_the_evaluated_configuration(tmp_path, monkeypatch) -> None:
     """What RIPPLEREC_SCORER=transformer serves is what `ripplerec eval` measured."""
     from ripplerec.config import Settings
-    from ripplerec.evaluation.zoo import ZooConfig, scorer_configs
+    from ripplerec.models.zoo import ZooConfig, scorer_configs
     from ripplerec.streams.scoring import make_backend
 
     monkeypatch.chdir(tmp_path)  # the embedding cache goes under .ripplerec/ of the working folder
