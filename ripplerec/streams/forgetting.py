@@ -61,6 +61,8 @@ ForgetterFactory = Callable[[Settings], Forgetter]
 #: :class:`Forgetter`), imported only when ``forget`` runs. A new per-user store adds its line here.
 FORGETTERS: dict[str, str | ForgetterFactory] = {
     "redis profiles": "ripplerec.profiles.redis_store:RedisProfileStore.from_settings",
+    # the trainer's replay buffer and count windows, in its memory and checkpoint: a request it applies
+    "trainer (request queued)": "ripplerec.streams.forget_requests:ForgetRequests.from_settings",
 }
 
 
