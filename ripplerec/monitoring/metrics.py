@@ -97,6 +97,11 @@ class StreamMetrics:
         self.trainer_checkpoints = Counter(
             "ripplerec_trainer_checkpoints", "Trainer checkpoints written", registry=r
         )
+        self.trainer_reloads = Counter(
+            "ripplerec_trainer_reloads",
+            "Times this trainer resumed another worker's checkpoint on being given the training partition",
+            registry=r,
+        )
         self.trainer_examples_seen = Gauge(
             "ripplerec_trainer_examples_seen", "Examples in the trainer's model (restored checkpoints included)",
             registry=r,

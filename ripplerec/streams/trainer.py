@@ -160,6 +160,7 @@ class StreamTrainer:
         self.gathered: list[Example] = []
         self.gathered_since: float | None = None
         self.step_examples = settings.trainer.step_examples or scorer.config.trainer.batch_size
+        self.checkpoint_digest: str | None = None  # the checkpoint this state was loaded from or wrote last
 
     # -- restart -----------------------------------------------------------------------------------
     @classmethod
@@ -184,6 +185,7 @@ class StreamTrainer:
                         "is kept (scorers built from these settings will refuse its versions)", scorer.name)
         trainer = cls(scorer, settings, codec, store, **kwargs)
         trainer._load_state(extra)
+        trainer.checkpoint_digest = digest
         log.info("trainer %s: resumed checkpoint %s (%d examples, positions %s)", trainer.model_name, digest[:12],
                  trainer.examples_seen, trainer.offsets)
         return trainer
@@ -214,6 +216,19 @@ class StreamTrainer:
         self.seq = int(extra.get("seq", 0))
         self.parent = extra.get("parent")
         self.versions = [(str(n), str(d)) for n, d in extra.get("versions", [])]
+
+    def reloaded(self) -> StreamTrainer:
+        """This trainer, or, when the store's checkpoint is not the one this state came from or wrote
+        (another worker trained the partition meanwhile), the trainer of that checkpoint (same encoder,
+        same catalog vectors). Called when this worker is given the training partition."""
+        current = self.store.get_ref(checkpoint_ref(self.model_name))
+        if current is None or current == self.checkpoint_digest:
+            return self
+        log.warning("trainer %s: the checkpoint in the store (%s) is not this worker's (%s): another trainer held "
+                    "the partition; resuming from it", self.model_name, current[:12],
+                    (self.checkpoint_digest or "-")[:12])
+        return StreamTrainer.resume(lambda: self.scorer, self.settings, self.codec, self.store,
+                                    items_for=self.items_for, catalog_ids=self.catalog_ids, clock=self.clock)
 
     # -- training ----------------------------------------------------------------------------------
     def train(self, job: TrainingJob) -> JobResult:
@@ -405,6 +420,7 @@ class StreamTrainer:
         digest = self.store.put(blob)
         previous = self.store.get_ref(ref)
         self.store.set_ref(ref, digest)
+        self.checkpoint_digest = digest
         if previous and previous != digest:
             self.store.delete(previous)
         self.checkpointed_job = self.trained_job
@@ -426,6 +442,9 @@ class TrainerAgent:
         self.untrained = 0  # messages submitted and not trained yet
         self.checkpointed_at = time.monotonic()
         self.verified: set[int] = set()  # partitions whose log identity was checked in this process
+        self.owned: set[int] = set()  # training partitions assigned to this worker
+        self.reload_due = False  # given a partition it did not hold: the store's checkpoint may be newer
+        self.settling = asyncio.Lock()  # the agent and its ticker both settle jobs: one at a time, in order
         self._stream: Any = None
         self._dead_letters: Any = None
         self.forget_checked_at = float("-inf")
@@ -478,8 +497,34 @@ class TrainerAgent:
         finally:
             ticker.cancel()
 
+    def assigned(self, partitions: set[int]) -> None:
+        """The consumer group's new assignment of the training topic (``app.on_partitions_assigned``)."""
+        if partitions - self.owned:
+            self.reload_due = True
+        self.owned = set(partitions)
+
+    async def _reload(self) -> None:
+        """Continue from the store's checkpoint if another trainer wrote one since this state's: what this
+        one trained and did not checkpoint is dropped unacked (redelivered, and skipped by the positions
+        of the checkpoint where it holds them)."""
+        self.reload_due = False
+        while self.jobs:
+            await self._settle(wait=True)
+            if self.jobs:
+                await asyncio.sleep(0.01)
+        assert self.trainer is not None
+        trainer = await self._in_thread(self.trainer.reloaded)
+        if trainer is not self.trainer:
+            self.trainer = trainer
+            self.trained.clear()
+            self.verified.clear()
+            self.metrics.trainer_examples_seen.set(trainer.examples_seen)
+            self.metrics.trainer_reloads.inc()
+
     async def _submit(self, events: list[Any]) -> None:
         assert self.trainer is not None
+        if self.reload_due:
+            await self._reload()
         self.runtime.health.taken("trainer")
         resets = await self._verify_logs([e.message for e in events])
         self._enqueue(TrainingJob(self.seq + 1, [e.message for e in events], resets), events)
@@ -528,6 +573,10 @@ class TrainerAgent:
     async def _settle(self, wait: bool = False) -> None:
         """Handle the results of trained jobs, in order (dead letters, metrics); with ``wait``, wait for
         jobs until no more than ``queue_messages`` messages wait for the thread."""
+        async with self.settling:
+            await self._settle_jobs(wait)
+
+    async def _settle_jobs(self, wait: bool) -> None:
         limit = self.settings.trainer.queue_messages
         while self.jobs and (self.jobs[0][1].done() or (wait and self.untrained > limit)):
             seq, future, events = self.jobs[0]
@@ -551,12 +600,12 @@ class TrainerAgent:
 
     async def _tick(self) -> None:
         """Publish versions and write checkpoints when due (and at once when a rebalance waits for acks)."""
-        trainer = self.trainer
-        assert trainer is not None
         every = self.settings.trainer
         while True:
             await asyncio.sleep(0.1)
             await self._settle()
+            trainer = self.trainer  # replaced when another worker's checkpoint is resumed
+            assert trainer is not None
             if time.monotonic() - self.forget_checked_at >= FORGET_POLL_S:
                 self.forget_checked_at = time.monotonic()
                 await self.apply_forget_requests()
@@ -630,6 +679,10 @@ def register_trainer(app: Any, runtime: Any, settings: Settings) -> TrainerAgent
     runtime.trainer = agent
     topic = app.topic(settings.topics.training, key_type=bytes, value_type=bytes,
                       partitions=settings.topics.training_partitions)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        agent.assigned({tp.partition for tp in assigned if tp.topic == settings.topics.training})
 
     @app.agent(topic, name="ripple-trainer")
     async def trainer(stream: Any) -> None:

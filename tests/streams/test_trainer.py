@@ -128,3 +128,41 @@ def test_sigkill_between_checkpoints_ends_with_the_examples_of_an_uninterrupted_
     scorer.add_items([Item(i["item_id"], i["title"], i["text"]) for i in _items()])
     blob = open_model_store(killed).get(versions[-1]["location"][-64:])
     assert scorer.with_head(blob).version == versions[-1]["version"]
+
+
+def test_two_workers_with_the_trainer_role_train_one_model_and_the_standby_takes_over(
+        embedded_stack, tmp_path, stream_codec):
+    """The training topic has one partition: of two trainers in one group, one trains, the other stands by
+    (every `--role all` worker runs a trainer); killed, the active one's checkpoint passes to the standby."""
+    base = make_settings(embedded_stack, tmp_path, model_name="hashing", redis_prefix=f"rp-{uuid.uuid4().hex[:6]}",
+                         ingest_batch_size=200, proactive_min_events=0)
+    assert base.topics.training_partitions == 1
+    publisher = Publisher(base, stream_codec)
+    for item in _items():
+        publisher.raw(base.topics.items, item["item_id"].encode(), stream_codec.encode("ItemUpsert", item))
+    publisher.flush()
+    first, second = _events(0, 800, 3), _events(800, 800, 4)
+    log = str(tmp_path / "workers.log")
+    ingest = WorkerProcess(base, "ingest", log_path=log).start()
+    pair = _trainer_settings(base, "pair")
+    a = WorkerProcess(pair, "trainer", log_path=log).start()
+    b = WorkerProcess(pair.model_copy(update={"web_port": free_port()}), "trainer", log_path=log).start()
+    try:
+        publisher.events(first)
+        wait_for(lambda: max(_seen(a), _seen(b)) >= len(first), 90, what="the first events trained")
+        active, standby = (a, b) if _seen(a) >= len(first) else (b, a)
+        assert _seen(standby) <= 0  # it holds no partition: it learned nothing
+        wait_for(lambda: _checkpointed(pair).get("examples_seen") == len(first), 30, what="a checkpoint")
+        active.kill()
+        publisher.events(second)
+        total = len(first) + len(second)
+        wait_for(lambda: _seen(standby) >= total, 120, what="the standby to take over and catch up")
+        assert _seen(standby) == total
+    finally:
+        for worker in (a, b, ingest):
+            worker.stop()
+        publisher.close()
+    versions = _versions(pair, stream_codec, total)
+    runs = [v["version"].rsplit("-", 1)[1] for v in versions]
+    assert len(set(runs)) == 2 and runs == sorted(runs, key=runs.index)  # one trainer at a time, in turn
+    assert versions[-1]["metrics"]["examples_seen"] == total
