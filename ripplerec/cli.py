@@ -168,6 +168,104 @@ def explain(
         raise typer.Exit(1)
 
 
+@app.command()
+def status(
+    url: str | None = typer.Option(None, help="A worker's web server, e.g. http://127.0.0.1:6066 (default: "
+                                   "RIPPLEREC_WEB_BIND/RIPPLEREC_WEB_PORT; none when the port is 0)"),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for each answer"),
+    alerts: int = typer.Option(5, help="How many of the latest drift alerts to show"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+) -> None:
+    """Health, model versions, headline metrics and consumer lag: from a worker's /health and /metrics
+    (when its URL is known) and from Redis and the topics (always). Exit status 1 when unhealthy."""
+    import dataclasses
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ripplerec.config import get_settings
+    from ripplerec.streams.drift_tail import format_alert
+    from ripplerec.streams.status import HEADLINE_METRICS, collect_status
+
+    report = collect_status(get_settings(), url, timeout=timeout, alerts=alerts)
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(report), default=str, indent=2))
+        raise typer.Exit(0 if report.ok else 1)
+    console = Console()
+    health = report.health or {}
+    state = health.get("status") or ("ok" if report.ok else "unhealthy")
+    console.print(f"[bold]status[/bold] {state}   redis {health.get('redis', report.redis)}   "
+                  f"broker {health.get('broker', report.broker)}")
+    if report.worker_url:
+        where = report.worker_error or f"HTTP {report.health_status}"
+        console.print(f"worker {report.worker_url}: {where}")
+        for agent, note in (health.get("agents") or {}).items():
+            console.print(f"  agent {agent}: {note}")
+        for note in health.get("notes") or []:
+            console.print(f"  note: {note}")
+    else:
+        console.print("worker: no URL (RIPPLEREC_WEB_PORT is 0: pass --url with the port it printed)")
+    serving = health.get("model_version")
+    latest = report.versions[0] if report.versions else None
+    versions = f"serving {serving or '?'}"
+    if latest is not None:
+        shown = ("hr@10", "ndcg@10", "auc", "loss")
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in latest["metrics"].items() if k in shown)
+        versions += f"; latest announced {latest['version']} ({latest.get('examples_seen') or 0} examples; {figures})"
+    console.print(versions)
+    if report.metrics:
+        table = Table(title="headline metrics")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, caption in HEADLINE_METRICS.items():
+            if name in report.metrics:
+                table.add_row(caption, f"{report.metrics[name]:,.4g}")
+        console.print(table)
+    lag = health.get("consumer_lag") or report.lag
+    for group, by_topic in lag.items():
+        console.print(f"lag of group {group}: " + ", ".join(f"{t} {n:,}" for t, n in sorted(by_topic.items())))
+    for alert in report.alerts:
+        console.print("[red]drift[/red] " + format_alert(alert), markup=True, highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+drift_app = typer.Typer(help="Drift alerts on ripple.drift.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
+
+
+@drift_app.command("tail")
+def drift_tail(
+    last: int = typer.Option(10, "--last", "-n", help="Alerts already on the topic to print first (per partition)"),
+    follow: bool = typer.Option(True, "--follow/--no-follow", "-f", help="Keep printing alerts as they come"),
+) -> None:
+    """Print drift alerts as they come (like kubectl logs -f); Ctrl-C stops."""
+    from ripplerec.config import get_settings
+    from ripplerec.streams.drift_tail import format_alert, tail_alerts
+
+    try:
+        for alert in tail_alerts(get_settings(), last=last, follow=follow):
+            typer.echo(format_alert(alert))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def topics() -> None:
+    """Create the topics of RIPPLEREC_TOPICS__* that do not exist yet, each with its partition count
+    (ripple.training: one, so one worker trains) and report those whose count differs; run it once
+    before the workers (they never create topics)."""
+    from ripplerec.config import get_settings
+    from ripplerec.streams.topics import ensure_topics
+
+    settings = get_settings()
+    report = ensure_topics(settings)
+    for line in report.lines(settings.topics.training):
+        typer.echo(line)
+    if report.mismatched:
+        raise typer.Exit(2)
+
+
 def main() -> None:
     app()
 

@@ -39,7 +39,7 @@ def test_compose_publishes_nothing_beyond_the_host_and_redis_needs_a_password() 
 
 def test_compose_workers_use_the_password_and_listen_on_the_network() -> None:
     services = _compose()["services"]
-    for name in ("ingest", "scorer", "scorer-gpu"):
+    for name in ("topics", "ingest", "trainer", "scorer", "scorer-gpu"):
         env = services[name]["environment"]
         assert env["RIPPLEREC_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?"), name
         assert env["RIPPLEREC_WEB_BIND"] == "0.0.0.0", name  # noqa: S104 - containers must listen on the network
@@ -55,3 +55,17 @@ def test_k8s_workers_listen_on_the_network_and_read_redis_from_a_secret() -> Non
             env = {e["name"]: e for e in container.get("env", [])}
             assert "secretKeyRef" in env["RIPPLEREC_REDIS_URL"]["valueFrom"]
             assert container["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]
+
+
+def test_topics_are_created_before_the_workers_and_one_trainer_runs() -> None:
+    services = _compose()["services"]
+    assert services["topics"]["command"] == ["topics"]
+    for name in ("ingest", "trainer", "scorer", "scorer-gpu"):
+        assert services[name]["depends_on"]["topics"] == {"condition": "service_completed_successfully"}, name
+    assert services["trainer"]["command"] == ["worker", "--role", "trainer"]
+    assert services["trainer"].get("deploy", {}).get("replicas", 1) == 1
+    documents = list(yaml.safe_load_all((INFRA / "k8s" / "workers.yaml").read_text()))
+    trainer = next(d for d in documents if d["metadata"]["name"] == "ripplerec-trainer")
+    assert trainer["spec"]["replicas"] == 1 and trainer["spec"]["strategy"]["type"] == "Recreate"
+    job = next(d for d in documents if d["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["topics"]
