@@ -23,7 +23,7 @@ def eval_(ctx: typer.Context) -> None:
 
 @app.command()
 def worker(
-    role: str = typer.Option("all", help="ingest | scorer | trainer | all (monitor comes later)"),
+    role: str = typer.Option("all", help="ingest | scorer | trainer | monitor | all"),
     loglevel: str = typer.Option("warning", help="Faust/worker log level"),
     web: bool = typer.Option(True, help="Serve /metrics and /health on RIPPLEREC_WEB_PORT"),
 ) -> None:
@@ -51,6 +51,23 @@ def demo(
 
     raise typer.Exit(run_demo(rate=rate, limit=limit or None, users_to_show=users, show_every_s=every,
                               dataset_path=dataset_path, envelope=envelope))
+
+
+@app.command()
+def up(
+    data: Path | None = typer.Option(None, "--data", help="Keep Redis's append-only file in this folder across "
+                                     "runs (the broker is memory-only either way)"),
+    web: bool = typer.Option(True, help="Serve /metrics, /health and the dashboard on RIPPLEREC_WEB_PORT "
+                             "(0: any free port)"),
+    every: float = typer.Option(2.0, help="Seconds between progress lines"),
+    loglevel: str = typer.Option("info", help="The worker's log level (its log file is printed at start)"),
+) -> None:
+    """Start the embedded broker, Redis and a worker with every role, print the settings that point an app
+    at them, and show live progress until Ctrl-C."""
+    from ripplerec.config import get_settings
+    from ripplerec.streams.up import run_up
+
+    raise typer.Exit(run_up(get_settings(), data_dir=data, web=web, every_s=every, loglevel=loglevel))
 
 
 @app.command()
@@ -166,6 +183,88 @@ def explain(
         console.print(part)
     if not found.known_item:
         raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    url: str | None = typer.Option(None, help="A worker's web server, e.g. http://127.0.0.1:6066 (default: "
+                                   "RIPPLEREC_WEB_BIND/RIPPLEREC_WEB_PORT; none when the port is 0)"),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for each answer"),
+    alerts: int = typer.Option(5, help="How many of the latest drift alerts to show"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+) -> None:
+    """Health, model versions, headline metrics and consumer lag: from a worker's /health and /metrics
+    (when its URL is known) and from Redis and the topics (always). Exit status 1 when unhealthy."""
+    import dataclasses
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ripplerec.config import get_settings
+    from ripplerec.streams.drift_tail import format_alert
+    from ripplerec.streams.status import HEADLINE_METRICS, collect_status
+
+    report = collect_status(get_settings(), url, timeout=timeout, alerts=alerts)
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(report), default=str, indent=2))
+        raise typer.Exit(0 if report.ok else 1)
+    console = Console()
+    health = report.health or {}
+    state = health.get("status") or ("ok" if report.ok else "unhealthy")
+    console.print(f"[bold]status[/bold] {state}   redis {health.get('redis', report.redis)}   "
+                  f"broker {health.get('broker', report.broker)}")
+    if report.worker_url:
+        where = report.worker_error or f"HTTP {report.health_status}"
+        console.print(f"worker {report.worker_url}: {where}")
+        for agent, note in (health.get("agents") or {}).items():
+            console.print(f"  agent {agent}: {note}")
+        for note in health.get("notes") or []:
+            console.print(f"  note: {note}")
+    else:
+        console.print("worker: no URL (RIPPLEREC_WEB_PORT is 0: pass --url with the port it printed)")
+    serving = health.get("model_version")
+    latest = report.versions[0] if report.versions else None
+    versions = f"serving {serving or '?'}"
+    if latest is not None:
+        shown = ("hr@10", "ndcg@10", "auc", "loss")
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in latest["metrics"].items() if k in shown)
+        versions += f"; latest announced {latest['version']} ({latest.get('examples_seen') or 0} examples; {figures})"
+    console.print(versions)
+    if report.metrics:
+        table = Table(title="headline metrics")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, caption in HEADLINE_METRICS.items():
+            if name in report.metrics:
+                table.add_row(caption, f"{report.metrics[name]:,.4g}")
+        console.print(table)
+    lag = health.get("consumer_lag") or report.lag
+    for group, by_topic in lag.items():
+        console.print(f"lag of group {group}: " + ", ".join(f"{t} {n:,}" for t, n in sorted(by_topic.items())))
+    for alert in report.alerts:
+        console.print("[red]drift[/red] " + format_alert(alert), markup=True, highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+drift_app = typer.Typer(help="Drift alerts on ripple.drift.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
+
+
+@drift_app.command("tail")
+def drift_tail(
+    last: int = typer.Option(10, "--last", "-n", help="Alerts already on the topic to print first (per partition)"),
+    follow: bool = typer.Option(True, "--follow/--no-follow", "-f", help="Keep printing alerts as they come"),
+) -> None:
+    """Print drift alerts as they come (like kubectl logs -f); Ctrl-C stops."""
+    from ripplerec.config import get_settings
+    from ripplerec.streams.drift_tail import format_alert, tail_alerts
+
+    try:
+        for alert in tail_alerts(get_settings(), last=last, follow=follow):
+            typer.echo(format_alert(alert))
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
 A river detector says *that* the stream changed; :class:`DriftWatch` decides whether that is an
 alert: not during the warm-up (before position ``quiet_until``: a fresh stream, or a monitor that
-just started, is still settling), not
+just started, is still settling; the detector sees only what comes after), not
 within ``cooldown`` events of the previous alert on this metric (one shift, one page), and only
 when the values moved the way that matters (``direction``: a rising error rate is news, a falling
 one is not). It keeps the recent values to say how far they moved.
@@ -66,7 +66,10 @@ class DriftWatch:
         self.cooldown = cooldown
         self.quiet_until = quiet_until
         self.binary = kind in BINARY
-        self.after_values = after_values or (200 if self.binary else 3)
+        self.after_values = after_values or (50 if self.binary else 3)
+        # DDM and one-sided HDDMs fire only on a rising error rate: for an "up" metric their alarm is
+        # the direction check (the recent values may still hold more before the change than after)
+        self.rising_only = kind == "ddm" or (kind in ("hddm_a", "hddm_w") and not (params or {}).get("two_sided_test"))
         self.before_values = before_values or (2_000 if self.binary else 30)
         self.detector = make_detector(kind, params, seed=seed)
         self.detector_name = detector_name(kind)
@@ -75,10 +78,12 @@ class DriftWatch:
         self._values: deque[float] = deque(maxlen=self.after_values + self.before_values)
 
     def update(self, value: float, position: int) -> Detection | None:
-        self.updates += 1
         self._values.append(value)
+        if position < self.quiet_until:
+            return None  # the detector starts after the warm-up: a settling stream is not its reference
+        self.updates += 1
         self.detector.update(int(value) if self.binary else value)
-        if not self.detector.drift_detected or position < self.quiet_until:
+        if not self.detector.drift_detected:
             return None
         if self.last_alert is not None and position - self.last_alert < self.cooldown:
             return None
@@ -89,8 +94,9 @@ class DriftWatch:
             return None
         mean_before = sum(before) / len(before)
         mean_after = sum(after) / len(after)
-        if (self.direction == "up" and mean_after <= mean_before) or (
-                self.direction == "down" and mean_after >= mean_before):
+        if self.direction == "down" and (self.rising_only or mean_after >= mean_before):
+            return None
+        if self.direction == "up" and not self.rising_only and mean_after <= mean_before:
             return None
         self.last_alert = position
         return Detection(self.metric, self.detector_name, value, mean_before, mean_after, len(before), len(after),

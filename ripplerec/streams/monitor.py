@@ -9,7 +9,7 @@ the beginning (the serving version), the rest from ``MonitorSettings.start`` (th
 default). It feeds :class:`~ripplerec.monitoring.StreamMonitor`, publishes every alert as a
 ``DriftAlert`` on ``ripple.drift`` (keyed by metric), and exports the series on ``/metrics``
 (:class:`~ripplerec.monitoring.monitor_metrics.MonitorMetrics`). It also reads the consumer lag of
-the workers' group every ``lag_every_s``.
+the workers' group every ``lag_every_s`` (in a thread: kafka-python's OffsetFetch).
 
 Monitoring is lossy by design: nothing is committed, a restarted monitor starts over, and a record
 that does not decode is counted and skipped (the ingest agent dead-letters bad events). A failure
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from typing import Any
 
 from ripplerec.config import Settings
@@ -47,7 +46,6 @@ class MonitorRole:
         self.metrics = MonitorMetrics(registry, settings.monitor.keep_versions)
         self.reading = False  # every partition assigned and positioned
         self.lag: dict[str, dict[str, int]] = {}
-        self.broker_ok: bool | None = None
 
     def _consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer
@@ -94,7 +92,7 @@ class MonitorRole:
                 self.metrics.update(self.monitor)
                 if self.settings.monitor.lag_every_s and now >= next_lag:
                     next_lag = now + self.settings.monitor.lag_every_s
-                    await self.read_lag(consumer)
+                    await self.read_lag()
         finally:
             self.reading = False
             await consumer.stop()
@@ -116,7 +114,9 @@ class MonitorRole:
         if recs:
             alerts += monitor.observe_recommendations(recs, now)
         events: list[dict[str, Any]] = []
-        for message in by_topic.get(topics.events, ()):
+        # partitions' records in the order they were published (a fetch returns each partition's run
+        # whole: read in that order, one partition's users would look like a burst of novelty)
+        for message in sorted(by_topic.get(topics.events, ()), key=lambda m: m.timestamp):
             try:
                 name, record = codec.decode_any(message.value, _EVENT_RECORDS)
             except Exception:
@@ -156,35 +156,19 @@ class MonitorRole:
         await asyncio.gather(*pending)
         self.metrics.alerted(alerts)
 
-    async def read_lag(self, consumer: Any) -> None:
+    async def read_lag(self) -> None:
         """Uncommitted messages per topic of each watched consumer group (the workers' by default)."""
-        from aiokafka.admin import AIOKafkaAdminClient
+        from ripplerec.streams.status import group_lag
 
-        groups = self.settings.monitor.lag_groups or [self.settings.app_id]
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers.split(","),
-                                    request_timeout_ms=5_000, **self.settings.kafka.aiokafka_kwargs())
-        try:
-            await admin.start()
-            for group in groups:
-                committed = await admin.list_consumer_group_offsets(group)
-                if not committed:
-                    continue
-                ends = await consumer.end_offsets(list(committed))
-                by_topic: Counter[str] = Counter()
-                for tp, meta in committed.items():
-                    if meta.offset >= 0:
-                        by_topic[tp.topic] += max(0, int(ends.get(tp, meta.offset)) - int(meta.offset))
-                self.lag[group] = dict(by_topic)
-                self.metrics.set_lag(group, by_topic)
-                self.monitor.observe_lag(group, sum(by_topic.values()), time.time())
-            self.broker_ok = True
-        except Exception as exc:  # lag is a nicety: log and try again at the next interval
-            log.warning("consumer lag not read: %s: %s", type(exc).__name__, exc)
-        finally:
+        for group in self.settings.monitor.lag_groups or [self.settings.app_id]:
             try:
-                await admin.close()
-            except Exception:  # noqa: S110 - closing a client that failed to start
-                pass
+                by_topic = await asyncio.to_thread(group_lag, self.settings, group)
+            except Exception as exc:  # lag is a nicety: log and try again at the next interval
+                log.warning("consumer lag of %s not read: %s: %s", group, type(exc).__name__, exc)
+                continue
+            self.lag[group] = by_topic
+            self.metrics.set_lag(group, by_topic)
+            self.monitor.observe_lag(group, sum(by_topic.values()), time.time())
 
 
 def register_monitor(app: Any, runtime: Any, settings: Settings) -> MonitorRole:

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -13,7 +16,8 @@ from streamkit import Publisher, make_settings, read_topic, wait_for
 from ripplerec.config import MonitorSettings
 from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
 from ripplerec.monitoring import parse_metrics
-from ripplerec.streams.worker import WorkerProcess
+from ripplerec.streams.status import collect_status
+from ripplerec.streams.worker import WorkerProcess, settings_to_env
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +45,11 @@ def _events() -> list[dict]:
 @pytest.fixture(scope="module")
 def monitor(embedded_stack, tmp_path_factory, stream_codec):
     tmp = tmp_path_factory.mktemp("monitor")
-    settings = make_settings(embedded_stack, tmp, monitor=MonitorSettings(
-        start="earliest", grace_events=1_000, window_events=200, lag_every_s=1.0, tick_s=0.5))
+    settings = make_settings(embedded_stack, tmp)
+    # the lag of the monitor's own Faust group (it drains ripple.drift): the only group committing here
+    settings = settings.model_copy(update={"monitor": MonitorSettings(
+        start="earliest", grace_events=1_000, window_events=200, lag_every_s=1.0, tick_s=0.5,
+        lag_groups=[f"{settings.app_id}-monitor"])})
     worker = WorkerProcess(settings, "monitor", log_path=str(tmp / "worker.log"), loglevel="info").start()
     base = f"http://127.0.0.1:{settings.web_port}"
 
@@ -96,7 +103,15 @@ def test_health_dashboard_and_its_data(monitor):
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok" and health["broker"] == "ok" and health["redis"] == "ok"
     assert "monitor" not in health["agents"]  # listed only once it died or stalled
-    assert "model_version" in health and "consumer_lag" in health and health["monitor"]["reading"]
+    assert "model_version" in health and health["monitor"]["reading"]
+
+    def drift_lag() -> dict | None:
+        lag = json.loads(_get(base + "/health")[1])["consumer_lag"].get(f"{settings.app_id}-monitor", {})
+        return lag if settings.topics.drift in lag else None
+
+    assert drift_lag() is not None or wait_for(drift_lag, 30, what="the drift drain's lag")
+    metrics = parse_metrics(_get(base + "/metrics")[1].decode())
+    assert any(k.startswith("ripplerec_consumer_lag_messages{group=") for k in metrics)
 
     status, page = _get(base + "/dashboard")
     assert status == 200 and b"uplot.js" in page and b"/dashboard/data" in page
@@ -107,3 +122,28 @@ def test_health_dashboard_and_its_data(monitor):
     assert status == 200 and data["reading"]
     for key in ("series", "follow_through", "trainer", "lag", "top_items", "alerts", "versions", "health"):
         assert key in data, key
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIPPLEREC_")}
+    env.update(settings_to_env(settings))
+    return subprocess.run([sys.executable, "-c", "from ripplerec.cli import main; main()", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_status_and_drift_tail(monitor, stream_codec):
+    settings, worker, publisher, base = monitor
+    done = _cli(settings, "status", "--url", base)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "status ok" in done.stdout and "redis ok" in done.stdout and "broker ok" in done.stdout
+    alerts = read_topic(settings, settings.topics.drift, stream_codec, "DriftAlert", timeout=3)
+    tail = _cli(settings, "drift", "tail", "--no-follow", "-n", "100")
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert len(lines) == len(alerts)
+    for line, (_, alert) in zip(lines, sorted(alerts, key=lambda a: a[0].timestamp), strict=True):
+        assert alert["metric"] in line and alert["detector"] in line
+    elsewhere = settings.model_copy(update={"bootstrap_servers": "127.0.0.1:1", "web_port": 0})
+    report = collect_status(elsewhere, timeout=1.0)
+    assert not report.ok and report.broker.startswith("unreachable") and report.redis == "ok"
+    assert report.worker_url is None  # port 0: the CLI asks for --url
