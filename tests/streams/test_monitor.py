@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from streamkit import Publisher, make_settings, read_topic, wait_for
@@ -147,3 +150,31 @@ def test_status_and_drift_tail(monitor, stream_codec):
     report = collect_status(elsewhere, timeout=1.0)
     assert not report.ok and report.broker.startswith("unreachable") and report.redis == "ok"
     assert report.worker_url is None  # port 0: the CLI asks for --url
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _browse(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    browser = _chromium()
+    assert browser is not None
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=6000", *args, url],
+                          capture_output=True, text=True, timeout=90)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_dashboard_plots_data_in_headless_chromium(monitor, tmp_path):
+    settings, worker, publisher, base = monitor
+    publisher.events(_events()[:2_000])  # a replay, so the rate plot has fresh points
+
+    def plotted() -> int:
+        dom = _browse(base + "/dashboard", tmp_path / "profile", "--dump-dom").stdout
+        found = re.search(r'data-points="(\d+)"', dom)
+        return int(found.group(1)) if found else 0
+
+    assert wait_for(plotted, 90, every=1.0, what="the dashboard's plots to show data") > 0
+    shot = tmp_path / "dashboard.png"
+    _browse(base + "/dashboard", tmp_path / "profile", f"--screenshot={shot}", "--window-size=1400,1100")
+    assert shot.exists() and shot.stat().st_size > 10_000
