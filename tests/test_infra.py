@@ -7,6 +7,7 @@ workers listen on 0.0.0.0 and take the Redis URL from a Secret.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_compose_publishes_nothing_beyond_the_host_and_redis_needs_a_password() 
 
 def test_compose_workers_use_the_password_and_listen_on_the_network() -> None:
     services = _compose()["services"]
-    for name in ("topics", "ingest", "trainer", "scorer", "scorer-gpu"):
+    for name in ("topics", "ingest", "trainer", "scorer", "scorer-gpu", "monitor"):
         env = services[name]["environment"]
         assert env["RIPPLEREC_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?"), name
         assert env["RIPPLEREC_WEB_BIND"] == "0.0.0.0", name  # noqa: S104 - containers must listen on the network
@@ -69,3 +70,40 @@ def test_topics_are_created_before_the_workers_and_one_trainer_runs() -> None:
     assert trainer["spec"]["replicas"] == 1 and trainer["spec"]["strategy"]["type"] == "Recreate"
     job = next(d for d in documents if d["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["topics"]
+
+
+def test_grafana_is_provisioned_with_the_dashboard_of_the_monitor_series() -> None:
+    import json
+
+    from prometheus_client import CollectorRegistry
+
+    from ripplerec.monitoring import StreamMetrics
+    from ripplerec.monitoring.monitor_metrics import MonitorMetrics
+
+    services = _compose()["services"]
+    assert services["monitor"]["command"] == ["worker", "--role", "monitor"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    assert (INFRA / mounts["/etc/grafana/provisioning"].removeprefix("./")).is_dir()
+    dashboards = INFRA / mounts["/var/lib/grafana/dashboards"].removeprefix("./")
+    provider = yaml.safe_load((INFRA / "grafana/provisioning/dashboards/ripplerec.yaml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load((INFRA / "grafana/provisioning/datasources/prometheus.yaml").read_text())["datasources"][0]
+    assert source["url"] == "http://prometheus:9090"
+    scrape = yaml.safe_load((INFRA / "prometheus/prometheus.yml").read_text())
+    assert "monitor:6066" in scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+
+    dashboard = json.loads((dashboards / "ripplerec.json").read_text())
+    registry = CollectorRegistry()
+    StreamMetrics(registry)
+    MonitorMetrics(registry)
+    known = {sample.name for family in registry.collect() for sample in family.samples}
+    known |= {family.name + ("_total" if family.type == "counter" else "") for family in registry.collect()}
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queries += [a["expr"] for a in dashboard["annotations"]["list"]]
+    used = {name for q in queries for name in re.findall(r"ripplerec_[a-z0-9_]+", q)}
+    assert used and used <= known, used - known  # every series the dashboard plots exists
+    for wanted in ("ripplerec_stream_events_per_second", "ripplerec_consumer_lag_messages",
+                   "ripplerec_recommendations_followed_total", "ripplerec_trainer_ndcg_at_10",
+                   "ripplerec_trainer_loss", "ripplerec_drift_alerts_total"):
+        assert wanted in used, wanted
+    assert all(p["datasource"]["uid"] == source["uid"] for p in dashboard["panels"])
