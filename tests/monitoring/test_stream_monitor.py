@@ -161,3 +161,30 @@ def test_drift_alert_old_reader_reads_new_alerts(tmp_path) -> None:
         "DriftAlert", {**OLD_ALERT, "events_seen": 7, "event_ts": 8, "model_version": "v2"})
     old = AvroCodec(FileSchemaRegistry(path), schemas={"DriftAlert": _old_drift_alert_schema()})
     assert old.decode("DriftAlert", data) == OLD_ALERT
+
+
+def test_prometheus_series_follow_the_monitor_and_keep_few_versions() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ripplerec.monitoring import parse_metrics
+    from ripplerec.monitoring.monitor_metrics import MonitorMetrics
+
+    registry = CollectorRegistry()
+    exported = MonitorMetrics(registry)
+    monitor = StreamMonitor(MonitorSettings(rec_window=10, follow_events=1, keep_versions=2))
+    for n in range(3):
+        version = f"v{n}"
+        monitor.observe_model_update({"version": version, "metrics": {"ndcg@10": 0.1 * n, "loss": 1.0}}, now=n)
+        monitor.observe_recommendations([{"user_id": "u", "model_version": version, "error": None,
+                                          "items": [{"item_id": "a", "score": 1.0}]}], now=n)
+        monitor.observe_events([{"user_id": "u", "item_id": "a", "action": "view", "ts": n}], now=n)
+        exported.update(monitor)
+    exported.count_events(["view", "view", "click"])
+    metrics = parse_metrics(generate_latest(registry).decode())
+    assert metrics["ripplerec_recommendations_followed_total{model_version=v2}"] == 1
+    assert "ripplerec_recommendations_followed_total{model_version=v0}" not in metrics  # trimmed
+    assert metrics["ripplerec_trainer_ndcg_at_10{model_version=v2}"] == pytest.approx(0.2)
+    assert "ripplerec_trainer_ndcg_at_10{model_version=v0}" not in metrics
+    assert metrics["ripplerec_model_version_info{model_version=v2}"] == 1
+    assert "ripplerec_model_version_info{model_version=v1}" not in metrics
+    assert metrics["ripplerec_monitor_events_total{action=view}"] == 2
