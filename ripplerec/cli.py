@@ -54,6 +54,23 @@ def demo(
 
 
 @app.command()
+def up(
+    data: Path | None = typer.Option(None, "--data", help="Keep Redis's append-only file in this folder across "
+                                     "runs (the broker is memory-only either way)"),
+    web: bool = typer.Option(True, help="Serve /metrics, /health and the dashboard on RIPPLEREC_WEB_PORT "
+                             "(0: any free port)"),
+    every: float = typer.Option(2.0, help="Seconds between progress lines"),
+    loglevel: str = typer.Option("info", help="The worker's log level (its log file is printed at start)"),
+) -> None:
+    """Start the embedded broker, Redis and a worker with every role, print the settings that point an app
+    at them, and show live progress until Ctrl-C."""
+    from ripplerec.config import get_settings
+    from ripplerec.streams.up import run_up
+
+    raise typer.Exit(run_up(get_settings(), data_dir=data, web=web, every_s=every, loglevel=loglevel))
+
+
+@app.command()
 def replay(
     rate: float = typer.Option(2000.0, help="Events per second (0: as fast as possible)"),
     limit: int = typer.Option(0, help="How many ratings to replay (0: all)"),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ripplerec.config import Settings
+from ripplerec.streams.local_stack import VersionWatch
 
 __all__ = ["ReplayProgress", "replay", "run_demo", "publish_catalog", "catalog_records", "prepare_embeddings",
            "VersionWatch"]
@@ -168,46 +169,6 @@ def prepare_embeddings(settings: Settings, records: Sequence[Mapping[str, Any]],
     return missing
 
 
-class VersionWatch:
-    """The head versions announced on ``ripple.model-updates`` (read from the start, without a group)."""
-
-    def __init__(self, settings: Settings) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        from ripplerec.schemas import AvroCodec
-
-        self.settings = settings
-        self.codec = AvroCodec.from_settings(settings)
-        self.consumer = KafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False,
-                                      api_version=settings.api_version_tuple)
-        topic = settings.topics.model_updates
-        partitions = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or {0})]
-        self.consumer.assign(partitions)
-        self.consumer.seek_to_beginning(*partitions)
-        self.versions: list[dict[str, Any]] = []
-
-    def poll(self) -> list[dict[str, Any]]:
-        """Versions announced since the last call, oldest first."""
-        fresh = []
-        for records in self.consumer.poll(timeout_ms=50).values():
-            for message in records:
-                update = self._decode(message.value)
-                if update and update["model_name"] == self.settings.trainer.model_name and update["kind"] == "head":
-                    fresh.append(update)
-        fresh.sort(key=lambda u: u["created_at"])
-        self.versions.extend(fresh)
-        return fresh
-
-    def _decode(self, value: bytes) -> dict[str, Any] | None:
-        try:
-            return dict(self.codec.decode("ModelUpdate", value))
-        except Exception:  # the scorers refuse and count it; the demo only shows versions
-            return None
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 def _format_version(update: Mapping[str, Any]) -> str:
     m = update.get("metrics") or {}
     figures = ", ".join(f"{label} {m[key]:.3f}" for key, label in
@@ -273,9 +234,10 @@ def run_demo(
 
     from rich.console import Console
 
-    from ripplerec.consumers import RecommendationClient, RecommendationError, RecommendationTimeout
-    from ripplerec.embedded import EmbeddedStack, free_port
+    from ripplerec.consumers import RecommendationClient
+    from ripplerec.embedded import free_port
     from ripplerec.producers import EventProducer
+    from ripplerec.streams.local_stack import stack_settings, start_embedded, wait_until_serving
     from ripplerec.streams.worker import WorkerProcess
 
     console = Console()
@@ -295,18 +257,10 @@ def run_demo(
     topics = base.topics
     stop = threading.Event()
     progress = ReplayProgress(total=len(data.interactions))
-    with EmbeddedStack(topics=topics.all().values(), partitions=topics.partition_counts(), compacted=topics.compacted(),
-                       workdir=workdir) as stack:
-        settings = base.model_copy(update={
-            "bootstrap_servers": stack.bootstrap_servers,
-            "redis_url": type(base.redis_url)(stack.redis_url),
-            "app_id": f"ripplerec-demo-{uuid.uuid4().hex[:6]}",
-            "rebalance_timeout_s": 2.0,
-            "session_timeout_s": 4.0,
-            "web_port": free_port(),
-            "group_instance_id": "demo-worker-all-0",  # static membership: a restart takes its place at once
-            "schema_registry_path": Path(stack.workdir or ".") / "schemas.json",
-        })
+    with start_embedded(topics, workdir) as stack:
+        settings = stack_settings(base, stack, app_id=f"ripplerec-demo-{uuid.uuid4().hex[:6]}", web_port=free_port(),
+                                  instance_id="demo-worker-all-0",
+                                  schema_registry_path=Path(stack.workdir or ".") / "schemas.json")
         log_path = Path(stack.workdir or ".") / "worker.log"
         console.print(f"broker {stack.bootstrap_servers}  redis {stack.redis_url}  "
                       f"metrics http://127.0.0.1:{settings.web_port}/metrics  worker log {log_path}")
@@ -320,10 +274,9 @@ def run_demo(
             console.print(f"published {progress.items} movies to {topics.items}")
             client = RecommendationClient(settings)
             # Start the replay once the scorer answers: its consumer group must have joined first.
-            try:
-                client.request("ripplerec-demo-warmup", k=1, timeout=60.0)
-            except (RecommendationTimeout, RecommendationError) as exc:
-                console.print(f"[red]the scorer did not answer a warm-up request ({exc}); see {log_path}[/]")
+            not_serving = wait_until_serving(client, "ripplerec-demo-warmup", timeout_s=60.0)
+            if not_serving is not None:
+                console.print(f"[red]the scorer did not answer a warm-up request ({not_serving}); see {log_path}[/]")
                 return 1
             watch = VersionWatch(settings) if transformer else None
             console.print("the scorer answers; replaying ratings")
