@@ -31,6 +31,7 @@ Key layout under a prefix ``P`` (the app id unless configured):
 ``P:users``            string  how many profiles were created (expired ones are not subtracted)
 ``P:item:{item}``      hash    catalog metadata: title, text, attributes, relations (JSON)
 ``P:items``            set     catalog item ids
+``P:items:deleted``    set     item ids deleted from the catalog (ItemUpsert deleted=true); scorers exclude them
 =====================  ======  ==========================================================
 
 Nothing is kept per event: memory is bounded by users, items and partitions. The watermarks are per
@@ -349,7 +350,9 @@ class RedisProfileStore:
                 if item.get("deleted"):
                     pipe.delete(key)
                     pipe.srem(f"{p}:items", item["item_id"])
+                    pipe.sadd(f"{p}:items:deleted", item["item_id"])  # scorers stop recommending it
                     continue
+                pipe.srem(f"{p}:items:deleted", item["item_id"])
                 pipe.hset(
                     key,
                     mapping={
@@ -383,6 +386,10 @@ class RedisProfileStore:
 
     async def item_ids(self) -> list[str]:
         return sorted(str(i) for i in await self.client.smembers(f"{self.prefix}:items"))
+
+    async def deleted_item_ids(self) -> set[str]:
+        """Items deleted from the catalog (and not upserted again since): never recommended."""
+        return {str(i) for i in await self.client.smembers(f"{self.prefix}:items:deleted")}
 
     async def count_profiles(self) -> int:
         return int(await self.client.get(f"{self.prefix}:users") or 0)

@@ -82,6 +82,46 @@ class ScoringBackend(Protocol):
     def add_items(self, items: Sequence[Mapping[str, Any]]) -> None: ...
 
 
+class RetiredItems:
+    """Items deleted from the catalog: never recommended, by any backend.
+
+    A model keeps a deleted item's row (its versions' shapes stay as the trainer made them), and the
+    popularity and co-occurrence counts keep its history, so the backends exclude these ids instead.
+    They are read from the store (``deleted_item_ids``) at most every ``refresh_s``, so a deletion
+    reaches every scorer process within that; deletions the catalog agent of this process applies
+    (:meth:`apply`) count at once.
+    """
+
+    def __init__(self, store: ProfileStore, refresh_s: float = 2.0) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self.ids: frozenset[str] = frozenset()
+        self._read_at = float("-inf")
+        self._reading: asyncio.Future[None] | None = None
+
+    async def current(self) -> frozenset[str]:
+        if time.monotonic() - self._read_at >= self.refresh_s:
+            if self._reading is None:  # one read at a time, whatever the concurrency
+                self._reading = asyncio.ensure_future(self._read())
+            await self._reading
+        return self.ids
+
+    async def _read(self) -> None:
+        try:
+            read = getattr(self.store, "deleted_item_ids", None)
+            if read is not None:
+                self.ids = frozenset(await read())
+            self._read_at = time.monotonic()
+        finally:
+            self._reading = None
+
+    def apply(self, items: Sequence[Mapping[str, Any]]) -> None:
+        ids = set(self.ids)
+        for item in items:
+            (ids.add if item.get("deleted") else ids.discard)(item["item_id"])
+        self.ids = frozenset(ids)
+
+
 class HeuristicBackend:
     """The heuristic scorer on the store's signals.
 
@@ -106,6 +146,7 @@ class HeuristicBackend:
         self._popular: list[tuple[str, float]] = []
         self._popular_at = float("-inf")
         self._refreshing: asyncio.Future[None] | None = None
+        self.retired = RetiredItems(store)
 
     async def _top_popular(self) -> list[tuple[str, float]]:
         if time.monotonic() - self._popular_at >= self.popular_refresh_s:
@@ -134,10 +175,12 @@ class HeuristicBackend:
             [user_id for user_id, _, _ in asks], recent_items=c.recent_items, popular=0, neighbours=c.neighbours
         )
         top = await self._top_popular()
+        retired = await self.retired.current()
         out = []
         for (_, k, exclude), signals in zip(asks, all_signals, strict=True):
             excluded = set(signals.consumed)
             excluded.update(exclude)
+            excluded.update(retired)
             # the best item stays in (it sets the popularity scale) even when excluded; rank skips it
             popular: dict[str, float] = dict(top[:1])
             wanted = c.popular_candidates + k
@@ -151,7 +194,9 @@ class HeuristicBackend:
         return out
 
     def add_items(self, items: Sequence[Mapping[str, Any]]) -> None:
-        """The heuristic needs no catalog: candidates come from popularity and co-occurrence."""
+        """The heuristic needs no catalog (candidates come from popularity and co-occurrence), only to
+        know which items were deleted."""
+        self.retired.apply(items)
 
 
 class ModelBackend:
@@ -160,6 +205,7 @@ class ModelBackend:
     def __init__(self, store: ProfileStore, scorer: Scorer) -> None:
         self.store = store
         self.scorer = scorer
+        self.retired = RetiredItems(store)
 
     @property
     def version(self) -> str:
@@ -172,12 +218,14 @@ class ModelBackend:
         state = UserState(user_id, to_behaviors(signals.history))
         excluded = set(signals.consumed)
         excluded.update(exclude)
+        excluded.update(await self.retired.current())
         return self.scorer.recommend(state, k, excluded, now), not signals.history
 
     async def recommend_many(self, asks: Sequence[Ask], now: float) -> list[tuple[list[ScoredItem], bool]]:
         return [await self.recommend(user_id, k, exclude, now) for user_id, k, exclude in asks]
 
     def add_items(self, items: Sequence[Mapping[str, Any]]) -> None:
+        self.retired.apply(items)
         self.scorer.add_items([
             Item(
                 i["item_id"], i.get("title", ""), i.get("text", ""), dict(i.get("attributes") or {}),
@@ -254,10 +302,12 @@ class VersionedModelBackend(ModelBackend):
         all_signals = await self.store.scoring_signals_many(
             [user_id for user_id, _, _ in asks], recent_items=0, popular=0, neighbours=0
         )
+        retired = await self.retired.current()
         out = []
         for (user_id, k, exclude), signals in zip(asks, all_signals, strict=True):
             excluded = set(signals.consumed)
             excluded.update(exclude)
+            excluded.update(retired)
             state = UserState(user_id, to_behaviors(signals.history))
             out.append((scorer.recommend(state, k, excluded, now), not signals.history))
         return out
@@ -271,6 +321,9 @@ class VersionedModelBackend(ModelBackend):
         """Queue catalog items for encoding in the model thread (:meth:`follow` adds them)."""
         from ripplerec.streams.transformer_setup import to_item
 
+        self.retired.apply(items)
+        if self.fallback is not None:
+            self.fallback.add_items(items)
         self._pending_items.extend(to_item(i) for i in items if not i.get("deleted"))
         self._items_arrived.set()
 

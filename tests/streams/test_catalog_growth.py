@@ -1,6 +1,7 @@
 """A catalog item published after the worker started becomes recommendable, and part of the next head
 versions, without a restart: catalog agent -> served transformer (encoded in its model thread) and
-catalog -> trainer (which adds the items its examples name) -> a version that scores the item."""
+catalog -> trainer (which adds the items its examples name) -> a version that scores the item; deleted,
+it is recommended no more."""
 
 from __future__ import annotations
 
@@ -98,6 +99,18 @@ def test_an_item_published_after_start_is_recommended_and_in_the_next_versions_w
         assert NEW in _manifest(blob)["item_ids"]
         metrics = worker.read_metrics()
         assert metrics.get("ripplerec_trainer_examples_unknown_item_total", 0) == 0
+
+        # deleted from the catalog, it is recommended no more (the model keeps its row, the scorer excludes it)
+        gone = {**new, "deleted": True}
+        publisher.raw(settings.topics.items, NEW.encode(), stream_codec.encode("ItemUpsert", gone))
+        publisher.flush()
+
+        def without_it() -> dict | None:
+            reply = client.request("target", k=N_ITEMS + 5, timeout=20)
+            return reply if NEW not in {i["item_id"] for i in reply["items"]} else None
+
+        reply = wait_for(without_it, 30, every=0.5, what="the deleted item out of the recommendations")
+        assert reply["model_version"].startswith("transformer-h") and len(reply["items"]) == N_ITEMS - 1
         assert worker.alive() and worker.proc.pid == pid  # no restart
     finally:
         client.close()
