@@ -70,6 +70,7 @@ class FineTuneConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("query", "value")
     seed: int = 0
+    keep_best: bool = True  # False: keep the last epoch's weights (the gate still compares them)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -321,7 +322,7 @@ def fine_tune(
         candidate._vectors = None
         score = holdout_ndcg(candidate, held).metrics().get("ndcg@10", 0.0)
         say(f"epoch {epoch + 1}: held-out NDCG@10 {score:.4f} (serving {serving:.4f})")
-        if score > best[0]:
+        if score > best[0] or not config.keep_best:
             best = (score, epoch, _state(candidate, encoder))
             bad_epochs = 0
         else:
