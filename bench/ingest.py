@@ -13,6 +13,8 @@ from the beginning:
   (c)  our ingest agent (ripplerec.streams.app, as shipped: Lua batch write + training examples)
   (c-) our ingest agent with training examples off
   (a-env), (c-env): the same two readers on the envelope topic (same events, fewer messages)
+  (cm) our ingest agent with the monitor role in the same process, reading the same events (issue 15:
+       monitoring should cost under 5% of ingest throughput: (cm)/(c))
 
 Timing starts when a variant's code receives its first batch (after the group join) and stops when
 it has handled every event. The machine is shared and noisy: compare the
@@ -242,7 +244,8 @@ def child_ours(settings: Settings, topic: str, expect: int) -> None:
 
     ingest_module.IngestProcessor.write = write  # type: ignore[method-assign]
     ingest_module.IngestProcessor.settle = settle  # type: ignore[method-assign]
-    app = create_app(settings, ["ingest"], web=False)
+    roles = ["ingest", "monitor"] if os.environ.get("BENCH_MONITOR") else ["ingest"]
+    app = create_app(settings, roles, web=False)
     _run_worker(app)
 
 
@@ -334,6 +337,7 @@ def main() -> None:
             ("c", "ours", topics.events, args.events, None),
             ("c-", "ours", topics.events, args.events, {"RIPPLEREC_EMIT_TRAINING": "false"}),
             ("c0", "ours", topics.events, args.events, {"BENCH_WRITE_NOTHING": "1"}),
+            ("cm", "ours", topics.events, args.events, {"BENCH_MONITOR": "1", "RIPPLEREC_MONITOR__START": "earliest"}),
         ]
         if not args.no_envelopes:
             plan += [
@@ -424,6 +428,7 @@ def print_ratios(rounds: list[dict[str, dict[str, Any]]], *, envelopes: bool) ->
     print(f"  (c-)/(e) ours without training examples  {ratio('c-', 'e')}")
     print(f"  (c0)/(e) ours writing nothing            {ratio('c0', 'e')}")
     print(f"  (e)/(a)  empty Faust vs bare aiokafka    {ratio('e', 'a')}")
+    print(f"  (cm)/(c) ours with the monitor role      {ratio('cm', 'c')}   goal >= 0.95x")
     if envelopes:
         print(f"  (c-env)/(a-env) ours vs bare aiokafka, envelope topic   {ratio('c-env', 'a-env')}")
         print(f"  (c-env)/(c)     envelopes vs single-event messages      {ratio('c-env', 'c')}")

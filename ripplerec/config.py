@@ -171,9 +171,9 @@ def _default_drift_rules() -> dict[str, DriftRule]:
     adwin = {"delta": 0.002, "clock": 1}
     return {
         # per event, 1 = an item new to its user: preference shifts show here first
-        "item_novelty": DriftRule(detector="hddm_a", params={"drift_confidence": 0.001}, direction="up"),
+        "item_novelty": DriftRule(detector="hddm_a", params={"drift_confidence": 0.0001}, direction="up"),
         # per recommendation, 1 = not followed by the user's next events
-        "follow_through_miss": DriftRule(detector="hddm_a", params={"drift_confidence": 0.001}, direction="up"),
+        "follow_through_miss": DriftRule(detector="hddm_a", params={"drift_confidence": 0.0001}, direction="up"),
         # per window of events
         "item_novelty_share": DriftRule(params=adwin, direction="up"),
         "new_user_share": DriftRule(params=adwin, direction="up"),

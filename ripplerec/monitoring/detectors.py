@@ -19,15 +19,17 @@ from typing import Any
 from river import drift
 from river.drift import binary
 
+from ripplerec.monitoring.hddm_a import HDDMA
+
 __all__ = ["DETECTORS", "CONTINUOUS", "BINARY", "make_detector", "detector_name"]
 
-#: Detector name (as in settings) -> river class.
+#: Detector name (as in settings) -> river class (``hddm_a``: a subclass, see :mod:`.hddm_a`).
 DETECTORS: dict[str, Callable[..., Any]] = {
     "adwin": drift.ADWIN,
     "page_hinkley": drift.PageHinkley,
     "kswin": drift.KSWIN,
     "ddm": binary.DDM,
-    "hddm_a": binary.HDDMA,
+    "hddm_a": HDDMA,  # river's, with a cheaper copy of its means (same alarms)
     "hddm_w": binary.HDDMW,
 }
 CONTINUOUS: frozenset[str] = frozenset({"adwin", "page_hinkley", "kswin"})

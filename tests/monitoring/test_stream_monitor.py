@@ -188,3 +188,25 @@ def test_prometheus_series_follow_the_monitor_and_keep_few_versions() -> None:
     assert metrics["ripplerec_model_version_info{model_version=v2}"] == 1
     assert "ripplerec_model_version_info{model_version=v1}" not in metrics
     assert metrics["ripplerec_monitor_events_total{action=view}"] == 2
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_our_hddm_a_raises_rivers_alarms(two_sided: bool) -> None:
+    from river.drift.binary import HDDMA as RiverHDDMA
+
+    from ripplerec.monitoring.hddm_a import HDDMA
+
+    rng = random.Random(11)
+    stream = [int(rng.random() < p) for p in [0.3] * 3000 + [0.6] * 2000 + [0.1] * 3000 + [0.5] * 2000]
+    ours, river = HDDMA(two_sided_test=two_sided), RiverHDDMA(two_sided_test=two_sided)
+
+    def alarms_of(detector) -> list[int]:
+        found = []
+        for n, x in enumerate(stream):
+            detector.update(x)
+            if detector.drift_detected:
+                found.append(n)
+        return found
+
+    alarms = [alarms_of(ours), alarms_of(river)]
+    assert alarms[0] == alarms[1] and len(alarms[0]) >= 2
