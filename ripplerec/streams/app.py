@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import faust
@@ -194,7 +194,8 @@ def _worker_codec(settings: Settings) -> AvroCodec:
 
 
 async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings,
-                     health: AgentHealth | None = None, name: str = "ingest") -> None:
+                     health: AgentHealth | None = None, name: str = "ingest",
+                     on_events: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
     """Take batches; decode each while earlier ones are written; ack each once its write and publishes succeeded.
 
     Three stages, each batch going through them in order: this loop decodes, a writer task writes
@@ -203,7 +204,8 @@ async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings
     writer does not wait for a batch's publishes before writing the next one (the broker's
     round trip overlaps the next Redis call), but no event is acked before both its write and
     its publishes succeeded. At most one decoded batch waits for the writer and two written
-    batches for their delivery.
+    batches for their delivery. ``on_events`` sees each batch's valid events once decoded (the
+    monitor role in the same worker: no second read and decode of ``ripple.events``).
     """
     writes: asyncio.Queue[tuple[Any, list[Any]]] = asyncio.Queue(maxsize=1)
     deliveries: asyncio.Queue[tuple[Any, Any, list[Any], list[Any]]] = asyncio.Queue(maxsize=1)
@@ -230,6 +232,8 @@ async def run_ingest(stream: Any, processor: IngestProcessor, settings: Settings
             if health is not None:
                 health.taken(name)
             prepared = processor.prepare([e.message for e in batch])  # Faust's messages have RawMessage's fields
+            if on_events is not None:
+                on_events(prepared.events)
             if writes.full():  # wait for the writer, or for a stage to fail
                 put = asyncio.ensure_future(writes.put((prepared, list(batch))))
                 await asyncio.wait({put, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -431,7 +435,9 @@ def create_app(
         @app.agent(events_topic, name="ripple-ingest")
         async def ingest(stream: Any) -> None:
             async def body() -> None:
-                await run_ingest(stream, await runtime.ingest(), settings, runtime.health)
+                monitor = runtime.monitor
+                on_events = monitor.take_events if monitor is not None and monitor.fed_by_ingest else None
+                await run_ingest(stream, await runtime.ingest(), settings, runtime.health, on_events=on_events)
 
             await runtime.supervise("ingest", body)
 
@@ -472,7 +478,8 @@ def create_app(
     if "monitor" in groups:
         from ripplerec.streams.monitor import register_monitor
 
-        register_monitor(app, runtime, settings)
+        # beside the ingest agent it sees the events that agent decodes, instead of reading them again
+        register_monitor(app, runtime, settings, fed_by_ingest="ingest" in groups)
         if monitor_only:
             drift_topic = app.topic(topics.drift, key_type=bytes, value_type=bytes)
 

@@ -4,7 +4,10 @@
 ``ripple.events``, ``ripple.recommendations``, ``ripple.model-updates`` and ``ripple.dlq`` with its
 own consumer, assigned every partition and in no consumer group: the monitor must see the whole
 stream, and being in the workers' group would take partitions away from the ingest agent. Each
-monitor reads everything (two monitors publish the same alerts twice); model updates are read from
+monitor reads everything (two monitors publish the same alerts twice). Beside an ingest agent
+(``--role all``) it does not read ``ripple.events`` again: the agent hands it each batch it decodes,
+so it watches the events of the partitions this worker ingests (all of them with one worker; run a
+``--role monitor`` for the whole stream of a larger deployment). Model updates are read from
 the beginning (the serving version), the rest from ``MonitorSettings.start`` (the live end by
 default). It feeds :class:`~ripplerec.monitoring.StreamMonitor`, publishes every alert as a
 ``DriftAlert`` on ``ripple.drift`` (keyed by metric), and exports the series on ``/metrics``
@@ -38,8 +41,11 @@ _EVENT_RECORDS = frozenset({"BehaviorEvent", "EventBatch"})
 class MonitorRole:
     """The monitor's state in a worker: the pure monitor, its Prometheus series, and its reading loop."""
 
-    def __init__(self, settings: Settings, codec: Any, send: Any, registry: Any) -> None:
+    def __init__(self, settings: Settings, codec: Any, send: Any, registry: Any, *,
+                 fed_by_ingest: bool = False) -> None:
         self.settings = settings
+        self.fed_by_ingest = fed_by_ingest
+        self._alerts: list[Alert] = []  # found while the ingest agent fed events, published by run()
         self.codec = codec
         self.send = send
         self.monitor = StreamMonitor(settings.monitor)
@@ -60,7 +66,9 @@ class MonitorRole:
         from aiokafka import TopicPartition
 
         topics = self.settings.topics
-        names = [topics.events, topics.recommendations, topics.model_updates, topics.dlq]
+        names = [topics.recommendations, topics.model_updates, topics.dlq]
+        if not self.fed_by_ingest:
+            names.insert(0, topics.events)
         consumer = self._consumer()
         await consumer.start()
         try:
@@ -84,6 +92,8 @@ class MonitorRole:
                 batches = await consumer.getmany(timeout_ms=int(tick_s * 1000), max_records=5_000)
                 now = time.time()
                 alerts = self.handle(batches, now)
+                if self._alerts:
+                    alerts, self._alerts = self._alerts + alerts, []
                 if now >= next_tick:
                     alerts += self.monitor.tick(now)
                     next_tick = now + tick_s
@@ -136,6 +146,14 @@ class MonitorRole:
             self.metrics.records.labels(topic).inc(len(records))
         return alerts
 
+    def take_events(self, events: list[dict[str, Any]]) -> None:
+        """Events the ingest agent of this worker decoded (synchronous, on its hot path: alerts
+        found here are published by :meth:`run` within ``tick_s``)."""
+        if not events:
+            return
+        self._alerts += self.monitor.observe_events(events, time.time())
+        self.metrics.count_events(e["action"] for e in events)
+
     def _decode(self, topic: str, name: str, data: bytes | None) -> dict[str, Any] | None:
         if data is None:  # a tombstone on a compacted topic
             return None
@@ -171,9 +189,10 @@ class MonitorRole:
             self.monitor.observe_lag(group, sum(by_topic.values()), time.time())
 
 
-def register_monitor(app: Any, runtime: Any, settings: Settings) -> MonitorRole:
-    """The monitor task on ``app``, supervised like the agents (``/health`` names it ``monitor``)."""
-    role = MonitorRole(settings, runtime.codec, runtime.send, runtime.metrics.registry)
+def register_monitor(app: Any, runtime: Any, settings: Settings, *, fed_by_ingest: bool = False) -> MonitorRole:
+    """The monitor task on ``app``, supervised like the agents (``/health`` names it ``monitor``);
+    ``fed_by_ingest``: the worker's ingest agent hands it the events it decodes (:meth:`MonitorRole.take_events`)."""
+    role = MonitorRole(settings, runtime.codec, runtime.send, runtime.metrics.registry, fed_by_ingest=fed_by_ingest)
     runtime.monitor = role
 
     @app.task

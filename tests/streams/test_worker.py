@@ -170,3 +170,24 @@ def test_proactive_recommendation_when_a_profile_changed_enough_and_rate_limited
     time.sleep(1.0)
     assert len(proactive(read_topic(settings, settings.topics.recommendations, stream_codec, "Recommendation",
                                     timeout=3))) == 1
+
+
+def test_the_monitor_beside_the_ingest_agent_watches_the_events_it_decodes(running):
+    """Role all: the monitor takes the ingest agent's decoded batches instead of reading ripple.events again."""
+    import json
+    import urllib.request
+
+    settings, worker, publisher = running
+
+    def seen() -> int:
+        url = f"http://127.0.0.1:{settings.web_port}/dashboard/data"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            return json.loads(response.read())["events_seen"]
+
+    before_ingested, before_seen = _ingested(worker), seen()
+    publisher.events([event(20_000 + i, f"mon{i % 7}", f"i{i % 13}") for i in range(70)])
+    wait_for(lambda: _ingested(worker) >= before_ingested + 70, 30, what="70 events ingested")
+    wait_for(lambda: seen() >= before_seen + 70, 10, what="the monitor to see them")
+    metrics = worker.read_metrics()
+    assert not any(k.startswith("ripplerec_monitor_records_total{topic=" + settings.topics.events) for k in metrics)
+    assert metrics["ripplerec_monitor_events_total"] >= 70
