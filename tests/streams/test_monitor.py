@@ -178,3 +178,18 @@ def test_dashboard_plots_data_in_headless_chromium(monitor, tmp_path):
     shot = tmp_path / "dashboard.png"
     _browse(base + "/dashboard", tmp_path / "profile", f"--screenshot={shot}", "--window-size=1400,1100")
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_health_names_an_unreachable_broker(embedded_stack):
+    import asyncio
+
+    from ripplerec.config import Settings
+    from ripplerec.embedded import free_port
+    from ripplerec.streams.app import _broker_reachable
+
+    report: dict = {}
+    down = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    assert asyncio.run(_broker_reachable(down, report)) is False
+    assert report["broker"].startswith("unreachable (") and "127.0.0.1" not in report["broker"]
+    up = Settings(bootstrap_servers=f"127.0.0.1:{free_port()},{embedded_stack.bootstrap_servers}")
+    assert asyncio.run(_broker_reachable(up, report)) is True and report["broker"] == "ok"
