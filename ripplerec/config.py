@@ -152,6 +152,11 @@ class TrainerSettings(BaseModel):
     # them, the share max_lag_s / lag, so it catches up instead of falling further behind (counted in
     # ripplerec_trainer_examples_sampled_out_total and the versions' metrics). 0: learn every example.
     max_lag_s: float = Field(default=60.0, ge=0)
+    # A trainer that has taken no message for this long while its partition holds messages it has not
+    # trained ends its worker (exit 70, restarted from its checkpoint) instead of waiting silently: seen
+    # once with faust-streaming 0.15 under sustained back-pressure (the consumer never resumed the
+    # partition). 0: never.
+    stall_s: float = Field(default=120.0, ge=0)
 
 
 class DriftRule(BaseModel):

@@ -97,6 +97,11 @@ class StreamMetrics:
         self.trainer_checkpoints = Counter(
             "ripplerec_trainer_checkpoints", "Trainer checkpoints written", registry=r
         )
+        self.trainer_stalls = Counter(
+            "ripplerec_trainer_stalls",
+            "Times the trainer took no message for RIPPLEREC_TRAINER__STALL_S while its partition held more",
+            registry=r,
+        )
         self.trainer_reloads = Counter(
             "ripplerec_trainer_reloads",
             "Times this trainer resumed another worker's checkpoint on being given the training partition",

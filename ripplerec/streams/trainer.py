@@ -445,6 +445,8 @@ class TrainerAgent:
         self.owned: set[int] = set()  # training partitions assigned to this worker
         self.reload_due = False  # given a partition it did not hold: the store's checkpoint may be newer
         self.settling = asyncio.Lock()  # the agent and its ticker both settle jobs: one at a time, in order
+        self.taken_at = time.monotonic()  # when the agent last took messages (or started)
+        self.stall_checked_at = time.monotonic()
         self._stream: Any = None
         self._dead_letters: Any = None
         self.forget_checked_at = float("-inf")
@@ -484,6 +486,7 @@ class TrainerAgent:
         """Take messages until cancelled; raises when the training thread or a publish fails."""
         await self.start()
         self._stream = stream
+        self.taken_at = time.monotonic()
         self.jobs.clear()  # what an earlier run held comes again (redelivered) and is skipped or trained then
         self.trained.clear()
         self.untrained = 0
@@ -525,6 +528,7 @@ class TrainerAgent:
         assert self.trainer is not None
         if self.reload_due:
             await self._reload()
+        self.taken_at = time.monotonic()
         self.runtime.health.taken("trainer")
         resets = await self._verify_logs([e.message for e in events])
         self._enqueue(TrainingJob(self.seq + 1, [e.message for e in events], resets), events)
@@ -614,10 +618,38 @@ class TrainerAgent:
             if trainer.publish_due():
                 self._flush()
                 await self.publish()
+            await self._check_stall()
             held = any(events for _, events in self.trained) or any(events for _, _, events in self.jobs)
             if held and (time.monotonic() - self.checkpointed_at >= every.checkpoint_every_s or self._rebalancing()):
                 self._flush()
                 await self.checkpoint()
+
+    async def _check_stall(self) -> None:
+        """Raise (ending the worker, crash-only) when no message was taken for ``stall_s`` although a
+        partition this worker holds has messages beyond the last one trained."""
+        limit = self.settings.trainer.stall_s
+        now = time.monotonic()
+        if not limit or now - self.taken_at < limit or now - self.stall_checked_at < min(10.0, limit):
+            return
+        self.stall_checked_at = now
+        assert self.trainer is not None
+        owned = sorted(self.owned)
+        if not owned or self.jobs:
+            return
+        from ripplerec.streams.log_identity import KafkaLogProbe
+
+        topic = self.settings.topics.training
+        bounds = await KafkaLogProbe(self.settings).bounds(topic, owned)
+        # the embedded broker reports a log's end as its last batch's base offset + 1: end - 1 is a
+        # message that exists (Kafka: the last one)
+        behind = {p: (self.trainer.offsets.get(p, -1), b.end - 1) for p, b in bounds.items()
+                  if b.end - 1 > self.trainer.offsets.get(p, -1)}
+        if behind:
+            self.metrics.trainer_stalls.inc()
+            raise RuntimeError(
+                f"trainer stalled: no message taken for {now - self.taken_at:.0f} s while {topic} holds messages "
+                f"beyond those trained (partition: (trained, present) {behind}); ending the worker so it restarts "
+                "from its checkpoint")
 
     def _rebalancing(self) -> bool:
         """Whether the consumer stopped its flow: a rebalance waits for every message taken to be acked."""

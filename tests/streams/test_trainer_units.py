@@ -183,3 +183,46 @@ def test_examples_are_gathered_into_full_steps(settings, codec) -> None:
     e = trainer.train(TrainingJob(5, [_batch_message(codec, 0, 4, events[:0] + [_event(300, "u1", "i3")])]))
     assert e.report.trained == 0 and trainer.checkpoint() == 5 and trainer.examples_seen == 201
     assert not trainer.gathered
+
+
+@pytest.mark.integration
+def test_a_stalled_trainer_whose_partition_holds_more_ends_its_worker(embedded_stack, settings) -> None:
+    import asyncio
+    import time
+
+    from aiokafka import AIOKafkaProducer
+
+    from ripplerec.embedded import create_topics
+    from ripplerec.monitoring import StreamMetrics
+    from ripplerec.streams.trainer import TrainerAgent
+    from ripplerec.testing import unique_topics
+
+    topics = unique_topics("stall")
+    create_topics(embedded_stack.bootstrap_servers, topics.all().values(), topics.partition_counts())
+    settings = settings.model_copy(update={"bootstrap_servers": embedded_stack.bootstrap_servers, "topics": topics,
+                                           "trainer": settings.trainer.model_copy(update={"stall_s": 5.0})})
+
+    async def run() -> tuple[str | None, str | None]:
+        producer = AIOKafkaProducer(bootstrap_servers=embedded_stack.bootstrap_servers)
+        await producer.start()
+        for i in range(20):
+            await producer.send_and_wait(topics.training, f"m{i}".encode(), partition=0)
+        await producer.stop()
+        agent = TrainerAgent(SimpleNamespace(metrics=StreamMetrics()), settings)
+        agent.trainer = SimpleNamespace(offsets={0: 19})
+        agent.owned = {0}
+        agent.taken_at = agent.stall_checked_at = time.monotonic() - 60
+        outcomes = []
+        for trained in (19, 7):  # all trained: waiting is right; 12 more there: a stall
+            agent.trainer.offsets[0] = trained
+            agent.stall_checked_at = 0.0
+            try:
+                await agent._check_stall()
+                outcomes.append(None)
+            except RuntimeError as error:
+                outcomes.append(str(error))
+        return outcomes[0], outcomes[1]
+
+    calm, stalled = asyncio.run(run())
+    assert calm is None
+    assert stalled is not None and "trainer stalled" in stalled and "(7, 19)" in stalled
