@@ -45,6 +45,7 @@ batch; until the first version the heuristic answers (counted); the trainer's ex
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -75,6 +76,8 @@ __all__ = [
     "in_process_command",
     "CLOCK_CONTEXT_KEY",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The request context key that makes the scorer score at the replayed event's time (see
 #: :data:`ripplerec.streams.scoring.CLOCK_CONTEXT_KEY`; repeated here so the harness imports no worker code).
@@ -176,6 +179,7 @@ class ThroughStreamResult:
     probes: list[Probe] = field(default_factory=list)
     lag_trace: list[tuple[float, float, int]] = field(default_factory=list)  # (time, examples learned, published)
     versions: list[dict[str, Any]] = field(default_factory=list)  # each ModelUpdate's name, time, counts, metrics
+    worker_restarts: dict[str, int] = field(default_factory=dict)  # role -> restarts after a crash-only exit
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -260,6 +264,7 @@ class _Workers:
         self.scorer = WorkerProcess(settings.model_copy(update={"web_port": free_port()}), "scorer",
                                     log_path=self.log, loglevel="info")
         self.threads = threads
+        self.restarts: dict[str, int] = {}  # role -> times restarted after a crash-only exit
 
     def start(self, worker: Any) -> None:
         """Start ``worker`` with ``threads`` CPU threads (it takes this process's environment)."""
@@ -281,10 +286,20 @@ class _Workers:
         return [self.ingest, self.trainer, self.scorer]
 
     def check_alive(self) -> None:
+        """Restart a worker that ended crash-only (exit 70, as a supervisor would, at most 3 times per role);
+        raise for any other exit."""
+        from ripplerec.streams.supervision import FATAL_EXIT_CODE
+
         for worker in self.all():
             if worker.proc is not None and not worker.alive():
+                code = worker.proc.returncode
+                if code == FATAL_EXIT_CODE and self.restarts.get(worker.role, 0) < 3:
+                    self.restarts[worker.role] = self.restarts.get(worker.role, 0) + 1
+                    log.warning("the %s worker ended crash-only (exit %d); restarting it", worker.role, code)
+                    self.start(worker)
+                    continue
                 tail = Path(self.log).read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the {worker.role} worker exited with {worker.proc.returncode}:\n{tail}")
+                raise RuntimeError(f"the {worker.role} worker exited with {code}:\n{tail}")
 
     def stop(self) -> None:
         for worker in self.all():
@@ -468,6 +483,7 @@ def _run(dataset: Dataset, config: ThroughStreamConfig, settings: Settings, work
     result = _summarise(dataset, config, probes, versions, replay.publish_times, replay.lag_samples,
                         trainer_metrics, replay_s, drain_s)
     result.checks["max_reorder"] = replay.max_reorder
+    result.worker_restarts = dict(workers.restarts)
     return result
 
 
@@ -823,6 +839,9 @@ def markdown_report(result: ThroughStreamResult) -> str:
         f"version that had taken a later event {result.checks['future_leaks']}; users ran side by side, an event "
         f"published at most {result.checks.get('max_reorder', 0)} places ahead of its stream position.",
     ]
+    if result.worker_restarts:
+        lines.append("Workers restarted after a crash-only exit (as a supervisor would): " + ", ".join(
+            f"{role} {n}" for role, n in sorted(result.worker_restarts.items())) + " (see workers.log).")
     return "\n".join(lines) + "\n"
 
 
