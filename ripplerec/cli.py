@@ -283,6 +283,85 @@ def topics() -> None:
         raise typer.Exit(2)
 
 
+_MODES = "head (encoder frozen) | lora (peft adapters on the encoder + head) | full (every encoder weight)"
+_SNAPSHOT_DIR = typer.Option(Path("snapshots"), "--snapshots", envvar="RIPPLEREC_SNAPSHOT_DIR",
+                             help="The snapshot folders' root")
+
+
+@app.command()
+def finetune(
+    mode: str = typer.Option("head", help=_MODES),
+    max_minutes: float = typer.Option(5.0, help="Time budget; the best epoch so far is kept"),
+    epochs: int = typer.Option(6, help="At most this many epochs over the replay buffer (early stopping)"),
+    snapshots: Path = _SNAPSHOT_DIR,
+    publish: bool = typer.Option(True, help="Announce a promoted head snapshot and have the trainer adopt it"),
+    watch: bool = typer.Option(False, help="Keep running: fine-tune on the triggers below"),
+    every_s: float = typer.Option(0.0, help="--watch: fine-tune every this many seconds (0: off)"),
+    every_examples: int = typer.Option(0, help="--watch: after this many new trainer examples (0: off)"),
+    on_drift: bool = typer.Option(True, help="--watch: on every DriftAlert on ripple.drift"),
+) -> None:
+    """Fine-tune a snapshot on the trainer's replay buffer; promote it when it beats the serving model."""
+    from ripplerec.config import get_settings
+    from ripplerec.models.finetune import MODES
+    from ripplerec.streams import snapshot_job
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"one of {', '.join(MODES)}", param_hint="--mode")
+    settings = get_settings()
+    if watch:
+        snapshot_job.watch(settings, mode, every_s=every_s, every_examples=every_examples, on_drift=on_drift,
+                           max_minutes=max_minutes, snapshot_dir=snapshots)
+        return
+    result = snapshot_job.run_finetune(settings, mode, max_minutes=max_minutes, epochs=epochs,
+                                       snapshot_dir=snapshots, publish=publish)
+    raise typer.Exit(0 if result["promoted"] else 3)
+
+
+snapshot_app = typer.Typer(help="Fine-tune snapshots: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+
+
+@snapshot_app.command("list")
+def snapshot_list(snapshots: Path = _SNAPSHOT_DIR) -> None:
+    """Every snapshot, oldest first; * marks the serving one."""
+    from ripplerec.streams.snapshot_job import snapshot_lines
+
+    for line in snapshot_lines(snapshots):
+        typer.echo(line)
+
+
+@snapshot_app.command("promote")
+def snapshot_promote(
+    version: str,
+    snapshots: Path = _SNAPSHOT_DIR,
+    force: bool = typer.Option(False, help="Promote even though it did not pass its gate"),
+) -> None:
+    """Serve snapshot VERSION (verified first; refused when it failed its gate unless --force)."""
+    from ripplerec.config import get_settings
+    from ripplerec.models.snapshots import SnapshotError
+    from ripplerec.streams.snapshot_job import promote
+
+    try:
+        typer.echo(promote(get_settings(), version, snapshots, force=force))
+    except SnapshotError as error:
+        typer.echo(f"refused: {error}", err=True)
+        raise typer.Exit(2) from error
+
+
+@snapshot_app.command("rollback")
+def snapshot_rollback(snapshots: Path = _SNAPSHOT_DIR) -> None:
+    """Serve the snapshot promoted before the current one again (its exact weights)."""
+    from ripplerec.config import get_settings
+    from ripplerec.models.snapshots import SnapshotError
+    from ripplerec.streams.snapshot_job import rollback
+
+    try:
+        typer.echo(rollback(get_settings(), snapshots))
+    except SnapshotError as error:
+        typer.echo(f"refused: {error}", err=True)
+        raise typer.Exit(2) from error
+
+
 def main() -> None:
     app()
 

@@ -73,6 +73,12 @@ def evaluate(
         100, min=1, help="--through-stream: how far other users' events may run ahead of a user waiting for its "
         "reply (1: strictly in stream order)"
     ),
+    scenario: str = typer.Option(
+        "prequential", help="prequential, or shift: phase A, then B, then A again; NDCG@10 on A's held-out "
+        "events after B for the online head alone, + replay, + replay + head / LoRA snapshots (shift.md, shift.png)"
+    ),
+    variants: str = typer.Option("all", help="--scenario shift: comma-separated variants, or 'all'"),
+    snapshot_every: int = typer.Option(10_000, min=1, help="--scenario shift: events between snapshots"),
 ) -> None:
     """Run the prequential protocol and write result.json, results.md and rolling_ndcg.png."""
     from rich.console import Console
@@ -88,6 +94,16 @@ def evaluate(
         import torch
 
         torch.set_num_threads(threads)
+    if scenario == "shift":
+        from ripplerec.evaluation.shift import VARIANTS, run_shift
+
+        chosen = VARIANTS if variants == "all" else tuple(v.strip() for v in variants.split(",") if v.strip())
+        run_shift(dataset, out or Path(f"runs/shift-{time.strftime('%Y%m%d-%H%M%S')}"), variants=chosen, seed=seed,
+                  limit=limit, snapshot_every=snapshot_every, encoder_name=encoder, data_dir=data_dir,
+                  say=lambda line: console.print(line, markup=False, highlight=False))
+        return
+    if scenario != "prequential":
+        raise typer.BadParameter(f"unknown scenario {scenario!r} (prequential or shift)", param_hint="--scenario")
     names = list(MODEL_NAMES) if models == "all" else [name.strip() for name in models.split(",") if name.strip()]
     data: Dataset
     try:

@@ -920,6 +920,26 @@ class TransformerScorer(RankingModel):
             new._cosines(n)
         return new
 
+    def adopt_head(self, blob: bytes, source: str = "snapshot") -> str | None:
+        """Take an exported head's weights (a promoted snapshot) as this scorer's own, by item id, and anchor
+        the L2 pull of the online updates at them; the count features, replay buffer and optimizer state stay.
+        Checked as :meth:`with_head` checks (:class:`ModelLoadError`, ``self`` unchanged). Returns the blob's
+        version name."""
+        loaded = self.with_head(blob, source)
+        n = len(self._item_ids)
+        with torch.no_grad():
+            mine = self.head.state_dict()
+            for key, value in loaded.head.state_dict().items():
+                if key in ("item_text", "item_counts"):  # texts are the same; the counts here are newer
+                    continue
+                if key in _PER_ITEM:
+                    getattr(self.head, key)[:n] = value[:n]
+                else:
+                    mine[key].copy_(value)
+        self.trainer.set_anchor()
+        self._vectors = None
+        return loaded.version_name
+
     def _check_compatible(self, manifest: Mapping[str, Any], source: str) -> None:
         if manifest.get("class") != type(self).__name__:
             raise ModelLoadError(f"{source} holds a {manifest.get('class')!r}, not a {type(self).__name__!r}")

@@ -409,6 +409,13 @@ class StreamTrainer:
             self.gathered_since = None
         return dropped + self.scorer.forget_user_keys(wanted)
 
+    def adopt(self, blob: bytes) -> str | None:
+        """Continue from a promoted snapshot's head (``ripplerec finetune``): its weights become the model's
+        and the anchor of the L2 pull moves to them; its version becomes the parent of the next one."""
+        name = self.scorer.adopt_head(blob, source="promoted snapshot")
+        self.parent = name or self.parent
+        return name
+
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint(self) -> int:
         """Write the state to the store and point the checkpoint reference at it; the seq of the last job
@@ -613,6 +620,7 @@ class TrainerAgent:
             if time.monotonic() - self.forget_checked_at >= FORGET_POLL_S:
                 self.forget_checked_at = time.monotonic()
                 await self.apply_forget_requests()
+                await self.apply_adopt_requests()
             if trainer.gathered_due():
                 self._flush()
             if trainer.publish_due():
@@ -690,6 +698,33 @@ class TrainerAgent:
         log.info("trainer: forgot %d user(s) on request (%d records dropped), checkpoint rewritten", len(keys),
                  dropped)
         return len(keys)
+
+    async def apply_adopt_requests(self) -> str | None:
+        """Adopt the snapshot head ``ripplerec finetune`` promoted for this model, if any
+        (:mod:`ripplerec.streams.snapshot_job`); a head that does not load is logged and dropped."""
+        from ripplerec.models.base import ModelLoadError
+        from ripplerec.streams.snapshot_job import adopt_key
+
+        profiles = await self.runtime.store()
+        client = getattr(profiles, "client", None)
+        if client is None or self.trainer is None:
+            return None
+        key = adopt_key(self.settings.redis_key_prefix)
+        digest = await client.hget(key, self.settings.trainer.model_name)
+        if not digest:
+            return None
+        digest = digest.decode() if isinstance(digest, bytes) else str(digest)
+        trainer = self.trainer
+        self._flush()  # what was gathered before the snapshot is learned before it is adopted
+        try:
+            name = await self._in_thread(lambda: trainer.adopt(trainer.store.get(digest)))
+        except (ModelLoadError, ValueError, KeyError) as error:
+            log.error("trainer: the promoted snapshot %s cannot be adopted: %s", digest[:12], error)
+            name = None
+        await client.hdel(key, self.settings.trainer.model_name)
+        if name is not None:
+            log.info("trainer: adopted snapshot %s; the online head's anchor moved to it", name)
+        return name
 
     async def checkpoint(self) -> None:
         """Write a checkpoint (after the jobs already submitted) and ack every message it holds."""

@@ -1,0 +1,279 @@
+"""``ripplerec eval --scenario shift``: how much of phase A a model forgets after phase B, with and without
+replay and fine-tune snapshots.
+
+The stream is phase A, then phase B, then phase A again:
+
+* ``ml-100k``: the ratings split by the movie's genre family (A: action, adventure, sci-fi, thriller, war,
+  crime, western, horror, mystery, film-noir; B: the rest - comedy, drama, romance, children's, musical,
+  animation, documentary, fantasy); A's ratings in time order are cut in two halves around B's;
+* ``synthetic``: the generator's planted shifts (every user's preferences change at 1/3 and back at 2/3).
+
+Every tenth event of the first A phase is held out (never learned). After phase A and again after phase
+B, the model ranks each held-out positive among the whole catalog less the user's recent history
+(:func:`~ripplerec.models.finetune.holdout_ndcg`); **forgetting** is the drop of that NDCG@10. Overall
+NDCG@10 is the prequential figure (test-then-learn, every ``every``-th learned event) over the whole
+stream. Variants: the online head alone (no replay), + replay, + replay + head snapshots, + replay + LoRA
+snapshots (a snapshot every ``snapshot_every`` events and at each phase end, promoted only past its
+gate, adopted as the trainer adopts one: weights, L2 anchor and, for LoRA, the re-encoded catalog).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ripplerec.models.base import Interaction, Item
+from ripplerec.models.replay_buffer import ReplayExample
+
+__all__ = ["VARIANTS", "ShiftStream", "shift_stream", "run_shift"]
+
+VARIANTS = ("online", "replay", "snapshots-head", "snapshots-lora")
+FAMILY_A = {"Action", "Adventure", "Sci-Fi", "Thriller", "War", "Crime", "Western", "Horror", "Mystery", "Film-Noir"}
+
+
+@dataclass
+class ShiftStream:
+    """Items, the learned stream (A, B, A), where each phase ends, and the held-out events of the first A."""
+
+    name: str
+    items: list[Item]
+    events: list[Interaction]
+    phase_ends: list[int]  # indexes into events where phase A1 and B end
+    held_out: dict[int, Interaction]  # position in events (the event before which it is held out) -> event
+
+
+def _restamped(events: Sequence[Interaction], start: float = 1e9, gap: float = 60.0) -> list[Interaction]:
+    return [replace(e, ts=start + i * gap) for i, e in enumerate(events)]
+
+
+def shift_stream(dataset: str, *, limit: int = 0, seed: int = 0, hold_every: int = 10,
+                 data_dir: Path | None = None) -> ShiftStream:
+    """The A, B, A stream of ``dataset`` (``ml-100k`` or ``synthetic``); ``limit``: at most that many events."""
+    if dataset == "ml-100k":
+        from ripplerec.datasets.movielens import load_movielens_100k
+
+        data = load_movielens_100k(data_dir, neighbours_per_relation=0)
+        items = list(data.items)
+        family = {i.item_id: bool(set(str(i.attributes.get("genres", "")).split()) & FAMILY_A) for i in items}
+        interactions = list(data.interactions)
+        if limit:
+            interactions = interactions[:limit]
+        a = [e for e in interactions if family.get(e.item_id)]
+        b = [e for e in interactions if not family.get(e.item_id)]
+        half = len(a) // 2
+        phases = [a[:half], b, a[half:]]
+    elif dataset == "synthetic":
+        from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
+
+        n = limit or 30_000
+        data = synthetic_stream(SyntheticConfig(n_users=300, n_items=400, n_events=n, topics_per_user=2,
+                                                topic_prob=0.85, shift_at=(1 / 3, 2 / 3), seed=seed))
+        items = list(data.items)
+        interactions = list(data.interactions)
+        third = n // 3
+        # the generator draws new preferences at each shift; the last third goes back to the first third's
+        first, second = interactions[:third], interactions[third : 2 * third]
+        back = synthetic_stream(SyntheticConfig(n_users=300, n_items=400, n_events=third, topics_per_user=2,
+                                                topic_prob=0.85, seed=seed))
+        phases = [first, second, list(back.interactions)]
+    else:
+        raise ValueError(f"unknown dataset {dataset!r} (ml-100k or synthetic)")
+    learned: list[Interaction] = []
+    held: dict[int, Interaction] = {}
+    ends = []
+    for number, phase in enumerate(phases):
+        for k, event in enumerate(phase):
+            if number == 0 and k % hold_every == hold_every - 1:
+                held[len(learned)] = event
+            else:
+                learned.append(event)
+        ends.append(len(learned))
+    stamped = _restamped(learned)
+    # held-out events take the time of the learned event they come before
+    held = {pos: replace(e, ts=stamped[min(pos, len(stamped) - 1)].ts - 1.0) for pos, e in held.items()}
+    return ShiftStream(dataset, items, stamped, ends[:2], held)
+
+
+def _scorer(variant: str, seed: int, encoder: Any, cache: Any) -> Any:
+    from ripplerec.models.transformer_scorer import TransformerScorer
+    from ripplerec.models.zoo import ZooConfig, scorer_configs
+
+    config, _ = scorer_configs(ZooConfig(seed=seed, replay=0 if variant == "online" else 512))
+    return TransformerScorer(config, encoder, cache)
+
+
+def _example(scorer: Any, event: Interaction) -> ReplayExample | None:
+    row = scorer._index_of.get(event.item_id)
+    if row is None:
+        return None
+    encoded = scorer._encoded.get(event.user_id)
+    history = encoded.snapshot() if encoded is not None else np.zeros((0, 4))
+    return ReplayExample(0, history, row, event.ts)
+
+
+def _adopt(scorer: Any, result: Any) -> None:
+    """Take a promoted snapshot as the trainer does: weights and anchor (and for LoRA the item texts)."""
+    from ripplerec.models.finetune import _set_texts
+
+    if result.encoder is not None:
+        n = len(scorer.item_ids)
+        _set_texts(scorer, result.scorer.head.item_text[:n].numpy().copy())
+        scorer.encoder_version = result.scorer.encoder_version
+    scorer.adopt_head(result.scorer.export_head({"version_name": "snapshot"}))
+
+
+def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int = 10, batch: int = 256,
+                snapshot_every: int = 10_000, lora_epochs: int = 2, encoder: Any = None, cache: Any = None,
+                say: Callable[[str], None] = print) -> dict[str, Any]:
+    """One variant over the stream: NDCG@10 on the held-out A events after A and after B, overall NDCG@10."""
+    from ripplerec.models.finetune import FineTuneConfig, fine_tune, holdout_ndcg
+
+    started = time.monotonic()
+    scorer = _scorer(variant, seed, encoder, cache)
+    scorer.add_items(stream.items)
+    texts = None
+    if variant == "snapshots-lora":
+        from ripplerec.models.transformer_scorer import item_text
+
+        texts = {item.item_id: item_text(item) for item in stream.items}
+    held: list[ReplayExample] = []
+    held_at = sorted(stream.held_out)
+    ndcg_sum, tested = 0.0, 0
+    after: dict[str, float] = {}
+    curve: list[tuple[int, float]] = []
+    snapshots: list[dict[str, float]] = []
+    next_snapshot = snapshot_every
+    events = stream.events
+    h = 0
+
+    def snapshot(reason: str) -> None:
+        if not variant.startswith("snapshots") or len(scorer.replay) < 50:
+            return
+        if snapshots and snapshots[-1]["at"] == float(position):  # a phase end and the period coincide
+            return
+        mode = "lora" if variant == "snapshots-lora" else "head"
+        config = FineTuneConfig(mode=mode, epochs=lora_epochs if mode == "lora" else 6, patience=2,
+                                max_minutes=5.0, seed=seed)
+        result = fine_tune(scorer, config, texts=texts, cache=cache)
+        promoted = result.improved
+        if promoted:
+            _adopt(scorer, result)
+        snapshots.append({"at": float(position), "promoted": float(promoted), **result.metrics})
+        say(f"  {variant} snapshot at {position} ({reason}): held-out {result.metrics['ndcg@10']:.4f} vs "
+            f"{result.metrics['serving_ndcg@10']:.4f} -> {'promoted' if promoted else 'kept'} "
+            f"({result.metrics['minutes']:.2f} min)")
+
+    position = 0
+    for start in range(0, len(events), batch):
+        chunk = events[start : start + batch]
+        while h < len(held_at) and held_at[h] < start + len(chunk):  # held out: recorded, never learned
+            example = _example(scorer, stream.held_out[held_at[h]])
+            if example is not None:
+                held.append(example)
+            h += 1
+        tests = [_example(scorer, e) for i, e in enumerate(chunk) if (start + i) % every == 0]
+        tests = [t for t in tests if t is not None]
+        if tests:
+            report = holdout_ndcg(scorer, tests)
+            ndcg_sum += report.ndcg
+            tested += report.trained
+        scorer.learn(chunk, chunk[-1].ts)
+        position = start + len(chunk)
+        for phase, end in zip(("A", "B"), stream.phase_ends, strict=True):
+            if start < end <= position:
+                snapshot(f"end of phase {phase}")
+                after[phase] = holdout_ndcg(scorer, held).metrics().get("ndcg@10", 0.0)
+                say(f"  {variant}: NDCG@10 on held-out A after phase {phase}: {after[phase]:.4f}")
+        if position >= next_snapshot:
+            next_snapshot += snapshot_every
+            snapshot("periodic")
+        if tested and (position // batch) % 10 == 0:
+            curve.append((position, ndcg_sum / tested))
+    final = holdout_ndcg(scorer, held).metrics().get("ndcg@10", 0.0)
+    return {
+        "variant": variant,
+        "held_out": len(held),
+        "ndcg_A_after_A": after.get("A", 0.0),
+        "ndcg_A_after_B": after.get("B", 0.0),
+        "ndcg_A_at_end": final,
+        "forgetting": after.get("A", 0.0) - after.get("B", 0.0),
+        "overall_ndcg@10": ndcg_sum / tested if tested else 0.0,
+        "tested": tested,
+        "snapshots": snapshots,
+        "minutes": (time.monotonic() - started) / 60.0,
+        "curve": curve,
+    }
+
+
+def run_shift(dataset: str, out: Path, *, variants: Sequence[str] = VARIANTS, seed: int = 0, limit: int = 0,
+              snapshot_every: int = 10_000, encoder_name: str = "all-MiniLM-L6-v2", data_dir: Path | None = None,
+              say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every variant on the shift stream; writes shift.json, shift.md and shift.png into ``out``."""
+    from ripplerec.models.embedding_cache import shared_cache
+    from ripplerec.models.encoder import EncoderConfig, HashingEncoder, TransformerEncoder
+    from ripplerec.models.zoo import ZooConfig
+
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
+    stream = shift_stream(dataset, limit=limit, seed=seed, data_dir=data_dir)
+    say(f"shift scenario {dataset}: {len(stream.events)} learned events, phases end at {stream.phase_ends}, "
+        f"{len(stream.held_out)} held out")
+    encoder = HashingEncoder() if encoder_name == "hashing" else TransformerEncoder(EncoderConfig(model=encoder_name))
+    cache = shared_cache(None if encoder_name == "hashing" else ZooConfig().cache_dir)
+    rows = [run_variant(stream, v, seed=seed, snapshot_every=snapshot_every, encoder=encoder, cache=cache, say=say)
+            for v in variants]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shift.json").write_text(json.dumps({"dataset": dataset, "seed": seed, "limit": limit,
+                                                "snapshot_every": snapshot_every, "results": rows}, indent=2))
+    base = next((r for r in rows if r["variant"] == "online"), rows[0])
+    lines = [f"shift scenario, {dataset} (seed {seed}): NDCG@10 on phase A's held-out events", "",
+             "| variant | after A | after B | forgetting | vs online alone | overall NDCG@10 | snapshots "
+             "promoted/run | minutes |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        share = r["forgetting"] / base["forgetting"] if base["forgetting"] > 0 else float("nan")
+        promoted = sum(int(s["promoted"]) for s in r["snapshots"])
+        lines.append(f"| {r['variant']} | {r['ndcg_A_after_A']:.4f} | {r['ndcg_A_after_B']:.4f} | "
+                     f"{r['forgetting']:.4f} | {share:.2f}x | {r['overall_ndcg@10']:.4f} | "
+                     f"{promoted}/{len(r['snapshots'])} | {r['minutes']:.1f} |")
+    (out / "shift.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "shift.png", dataset)
+    for line in lines:
+        say(line)
+    return rows
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, dataset: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # optional: pip install ripplerec[plots]
+        return
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [r["variant"] for r in rows]
+    x = np.arange(len(rows))
+    left.bar(x - 0.2, [r["ndcg_A_after_A"] for r in rows], 0.4, label="after phase A")
+    left.bar(x + 0.2, [r["ndcg_A_after_B"] for r in rows], 0.4, label="after phase B")
+    left.set_xticks(x, names, rotation=15)
+    left.set_ylabel("NDCG@10 on held-out phase-A events")
+    left.legend()
+    for r in rows:
+        if r["curve"]:
+            xs, ys = zip(*r["curve"], strict=True)
+            right.plot(xs, ys, label=r["variant"])
+    right.set_xlabel("events learned")
+    right.set_ylabel("prequential NDCG@10 (cumulative)")
+    if any(r["curve"] for r in rows):
+        right.legend()
+    figure.suptitle(f"forgetting after a shift ({dataset})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
