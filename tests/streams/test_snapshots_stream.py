@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 def _alert(metric: str) -> dict:
-    return {"metric": metric, "detector": "adwin", "value": 0.5, "window": {"mean_before": 0.1}, "ts": int(time.time() * 1000),
-            "message": "hand-published", "events_seen": None, "event_ts": None, "model_version": None}
+    return {"metric": metric, "detector": "adwin", "value": 0.5, "window": {"mean_before": 0.1},
+            "ts": int(time.time() * 1000), "message": "hand-published", "events_seen": None, "event_ts": None,
+            "model_version": None}
 
 
 def test_a_drift_alert_triggers_a_snapshot_that_the_trainer_adopts(embedded_stack, tmp_path, stream_codec):
