@@ -129,7 +129,7 @@ def _adopt(scorer: Any, result: Any) -> None:
 
 
 def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int = 10, batch: int = 256,
-                snapshot_every: int = 10_000, lora_epochs: int = 2, encoder: Any = None, cache: Any = None,
+                snapshot_every: int = 10_000, lora_epochs: int = 1, encoder: Any = None, cache: Any = None,
                 say: Callable[[str], None] = print) -> dict[str, Any]:
     """One variant over the stream: NDCG@10 on the held-out A events after A and after B, overall NDCG@10."""
     from ripplerec.models.finetune import FineTuneConfig, fine_tune, holdout_ndcg
@@ -158,8 +158,11 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
         if snapshots and snapshots[-1]["at"] == float(position):  # a phase end and the period coincide
             return
         mode = "lora" if variant == "snapshots-lora" else "head"
-        config = FineTuneConfig(mode=mode, epochs=lora_epochs if mode == "lora" else 6, patience=2,
-                                max_minutes=5.0, seed=seed)
+        if mode == "lora":  # each epoch re-encodes the catalog: one epoch, 32 positives re-encoded per step
+            config = FineTuneConfig(mode=mode, epochs=lora_epochs, patience=1, encoder_items=32, max_minutes=3.0,
+                                    seed=seed)
+        else:
+            config = FineTuneConfig(mode=mode, epochs=6, patience=2, max_minutes=5.0, seed=seed)
         result = fine_tune(scorer, config, texts=texts, cache=cache)
         promoted = result.improved
         if promoted:
