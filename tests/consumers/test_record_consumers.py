@@ -40,7 +40,8 @@ def recommendation(user: str, n: int) -> dict:
 
 def alert(n: int) -> dict:
     return {"metric": "ctr", "detector": "ADWIN", "value": 0.1 * n, "window": {"mean_before": 0.2},
-            "ts": 1_714_564_800_000 + n, "message": f"shift {n}"}
+            "ts": 1_714_564_800_000 + n, "message": f"shift {n}", "events_seen": 1_000 + n, "event_ts": None,
+            "model_version": None}
 
 
 def test_recommendation_consumer_iterates_and_resumes_from_committed_offsets(
