@@ -691,13 +691,16 @@ class IngestProcessor:
             pool = self.item_pool
             pool.add_many([event["item_id"] for event in events])
             negatives, length = settings.training_negatives, settings.training_history_length
-            # The source events' partition, modulo the training topic's (one by default: one trainer).
+            # The source events' partition modulo the training topic's (one by default: one trainer).
             limit = settings.topics.training_partitions
             writer, lone = self._training, batch.lone
             sizes = [len(m) if m is not None else event_size(e) for e, m in zip(events, lone, strict=True)]
-            # One message per partition of the write (no cap by count), unless it would pass max_bytes:
-            # a user's events then all come with their history as the script gave it (Avro, copied).
-            plans = plan_training(events, outcome.new, batch.partitions, outcome.prior_history, pool.array,
+            # One message per training partition of the write (no cap by count; with one partition, one
+            # per batch, not one per source partition: the embedded broker's fetch cost grows with a
+            # partition's message count), unless it would pass max_bytes: a user's events then all come
+            # with their history as the script gave it (Avro, copied).
+            targets = [p % limit for p in batch.partitions]
+            plans = plan_training(events, outcome.new, targets, outcome.prior_history, pool.array,
                                   negatives, length, self.rng, max_events=len(events), sizes=sizes,
                                   longest_item=pool.longest)
             records: list[tuple[int, bytes | None, bytes]] = []

@@ -453,6 +453,7 @@ class TrainerAgent:
         self.reload_due = False  # given a partition it did not hold: the store's checkpoint may be newer
         self.settling = asyncio.Lock()  # the agent and its ticker both settle jobs: one at a time, in order
         self.taken_at = time.monotonic()  # when the agent last took messages (or started)
+        self.ticked_at = time.monotonic()  # when the ticker last came round
         self.stall_checked_at = time.monotonic()
         self._stream: Any = None
         self._dead_letters: Any = None
@@ -497,7 +498,9 @@ class TrainerAgent:
         self.jobs.clear()  # what an earlier run held comes again (redelivered) and is skipped or trained then
         self.trained.clear()
         self.untrained = 0
+        self.ticked_at = time.monotonic()
         ticker = asyncio.ensure_future(self._tick())
+        watchdog = asyncio.ensure_future(self._watch(ticker))
         try:
             async for batch in stream.noack_take(max(1, self.settings.trainer.queue_messages), within=0.05):
                 if ticker.done():
@@ -506,6 +509,28 @@ class TrainerAgent:
                 await self._submit(list(batch))
         finally:
             ticker.cancel()
+            watchdog.cancel()
+
+    async def _watch(self, ticker: asyncio.Future[None]) -> None:
+        """End the worker (crash-only, ``runtime.on_fatal``) when the ticker failed or has not come round
+        for ``stall_s``, or no message was taken for ``stall_s`` while the partition holds more: the
+        agent's own loop sees neither while no message comes."""
+        limit = self.settings.trainer.stall_s
+        while limit:
+            await asyncio.sleep(min(5.0, limit / 4))
+            try:
+                if ticker.done():
+                    ticker.result()
+                    raise RuntimeError("trainer ticker stopped")
+                if time.monotonic() - self.ticked_at > limit:
+                    raise RuntimeError(f"trainer stalled: its ticker (versions, checkpoints, acks) has not come round "
+                                       f"for {time.monotonic() - self.ticked_at:.0f} s")
+                await self._check_stall()
+            except Exception as exc:
+                self.metrics.trainer_stalls.inc()
+                self.runtime.health.dead("trainer", exc)
+                await self.runtime.on_fatal("trainer", exc)
+                return
 
     def assigned(self, partitions: set[int]) -> None:
         """The consumer group's new assignment of the training topic (``app.on_partitions_assigned``)."""
@@ -614,6 +639,7 @@ class TrainerAgent:
         every = self.settings.trainer
         while True:
             await asyncio.sleep(0.1)
+            self.ticked_at = time.monotonic()
             await self._settle()
             trainer = self.trainer  # replaced when another worker's checkpoint is resumed
             assert trainer is not None
@@ -626,7 +652,6 @@ class TrainerAgent:
             if trainer.publish_due():
                 self._flush()
                 await self.publish()
-            await self._check_stall()
             held = any(events for _, events in self.trained) or any(events for _, _, events in self.jobs)
             if held and (time.monotonic() - self.checkpointed_at >= every.checkpoint_every_s or self._rebalancing()):
                 self._flush()
@@ -653,7 +678,6 @@ class TrainerAgent:
         behind = {p: (self.trainer.offsets.get(p, -1), b.end - 1) for p, b in bounds.items()
                   if b.end - 1 > self.trainer.offsets.get(p, -1)}
         if behind:
-            self.metrics.trainer_stalls.inc()
             raise RuntimeError(
                 f"trainer stalled: no message taken for {now - self.taken_at:.0f} s while {topic} holds messages "
                 f"beyond those trained (partition: (trained, present) {behind}); ending the worker so it restarts "
