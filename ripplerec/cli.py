@@ -284,8 +284,7 @@ def topics() -> None:
 
 
 _MODES = "head (encoder frozen) | lora (peft adapters on the encoder + head) | full (every encoder weight)"
-_SNAPSHOT_DIR = typer.Option(Path("snapshots"), "--snapshots", envvar="RIPPLEREC_SNAPSHOT_DIR",
-                             help="The snapshot folders' root")
+_SNAPSHOT_DIR = typer.Option(Path("snapshots"), "--snapshots", help="The snapshot folders' root")
 
 
 @app.command()
