@@ -1,9 +1,12 @@
 """Request -> reply latency of recommendations through the topics, under a steady request rate.
 
     python bench/recommend.py [--rate 200 [100 50 ...]] [--seconds 20] [--users 1000] [--events 20000]
+                              [--scorers heuristic,transformer] [--model all-MiniLM-L6-v2]
 
-Starts its own embedded broker + redis-server and one worker (role all, heuristic scorer), fills
-profiles with synthetic events (waits until they are ingested), then sends requests with
+For each scorer (the heuristic first: the baseline of the same run), starts its own embedded broker +
+redis-server and one worker (role all), fills profiles with synthetic events (waits until they are
+ingested and, for the transformer, until the scorer serves a head version the trainer made from
+them, not the heuristic fallback), then sends requests with
 ``RecommendationClient.submit`` at a steady rate (after a warm-up) and records, for each, the time
 from submit to the reply reaching the client. Prints p50/p90/p99/max, the achieved rate, and the
 worker's own scoring time (decode -> publish) from its /metrics for comparison.
@@ -53,8 +56,8 @@ def stored_messages(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, stack: Any, rng: random.Random) -> None:
-    """Warm up, then send ``rate`` requests/s for ``args.seconds`` and print what happened."""
+def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, stack: Any, rng: random.Random) -> float:
+    """Warm up, then send ``rate`` requests/s for ``args.seconds``, print what happened; the p99 in ms."""
     settings = client.settings
     held = [stored_messages(settings.bootstrap_servers, t)
             for t in (settings.topics.rec_requests, settings.topics.recommendations)]
@@ -131,6 +134,7 @@ def measure(args: argparse.Namespace, rate: float, client: Any, worker: Any, sta
     if count:
         print(f"worker-side scoring (decode, Redis read, rank, publish): mean {total / count * 1000:.2f} ms",
               flush=True)
+    return percentile(ms, 99)
 
 
 def main() -> None:
@@ -144,7 +148,24 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
+    parser.add_argument("--scorers", default="heuristic,transformer",
+                        help="comma-separated; each on its own stack, in this order (the first is the baseline)")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="the transformer's encoder (or hashing)")
     args = parser.parse_args()
+    p99: dict[tuple[str, float], float] = {}
+    for scorer in args.scorers.split(","):
+        print(f"#### scorer: {scorer}", flush=True)
+        p99.update({(scorer, rate): value for rate, value in run_scorer(args, scorer).items()})
+    scorers = args.scorers.split(",")
+    for scorer in scorers[1:]:
+        for rate in args.rate:
+            base, value = p99[(scorers[0], rate)], p99[(scorer, rate)]
+            print(f"p99 at {rate:.0f}/s: {scorer} {value:.1f} ms, {scorers[0]} {base:.1f} ms: {value / base:.2f}x "
+                  "(goal: p99 < 50 ms at 200/s)", flush=True)
+
+
+def run_scorer(args: argparse.Namespace, scorer: str) -> dict[float, float]:
+    """One stack serving ``scorer``: fill it, then measure each rate; rate -> p99 ms."""
 
     from ripplerec.consumers import RecommendationClient
     from ripplerec.embedded import EmbeddedStack, create_topics, free_port
@@ -153,16 +174,22 @@ def main() -> None:
 
     with EmbeddedStack(partitions=args.partitions) as stack:
         topics = TopicNames(**{k: f"{v}.bench" for k, v in TopicNames().all().items()})
-        create_topics(stack.bootstrap_servers, topics.all().values(), args.partitions, topics.compacted())
+        create_topics(stack.bootstrap_servers, topics.all().values(),
+                      {**topics.partition_counts(), **dict.fromkeys(topics.all().values(), args.partitions),
+                       topics.training: topics.training_partitions}, topics.compacted())
         settings = Settings(bootstrap_servers=stack.bootstrap_servers, redis_url=stack.redis_url, topics=topics,
                             app_id=f"bench-rec-{uuid.uuid4().hex[:6]}", rebalance_timeout_s=2.0,
                             session_timeout_s=4.0, web_port=free_port(), proactive_min_events=0,
-                            schema_registry_path=Path(stack.workdir or ".") / "schemas.json")
+                            schema_registry_path=Path(stack.workdir or ".") / "schemas.json", scorer=scorer,
+                            model_name=args.model)
         worker = WorkerProcess(settings, "all", log_path=str(Path(stack.workdir or ".") / "worker.log")).start()
         try:
             rng = random.Random(5)
             t0 = 1_700_000_000_000
             with EventProducer(settings, envelope=True) as producer:
+                # the catalog (the transformer learns and scores only items it holds; the heuristic needs none)
+                for n in range(args.items):
+                    producer.publish_item(f"i{n}", f"item {n}", f"taste{n // 10} genre{n % 7} story {n}")
                 producer.track_many([
                     {"user_id": f"u{rng.randrange(args.users)}",
                      # a few "taste" clusters so co-occurrence has structure
@@ -178,13 +205,16 @@ def main() -> None:
                 if time.monotonic() > deadline or not worker.alive():
                     raise SystemExit("the worker did not ingest the profile events")
                 time.sleep(0.5)
+            while scorer == "transformer" and worker.read_metrics().get("ripplerec_model_version_examples", 0) <= 0:
+                if time.monotonic() > deadline + 180 or not worker.alive():
+                    raise SystemExit("the scorer did not load a head version")
+                time.sleep(0.5)
             print(f"{args.events} events ingested for {args.users} users; requesting k={args.k} at "
                   f"{', '.join(f'{r:.0f}' for r in args.rate)}/s, {args.seconds:.0f}s each after a "
                   f"{args.warmup:.0f}s warm-up", flush=True)
 
             with RecommendationClient(settings) as client:
-                for rate in args.rate:
-                    measure(args, rate, client, worker, stack, rng)
+                return {rate: measure(args, rate, client, worker, stack, rng) for rate in args.rate}
         finally:
             worker.stop()
 
