@@ -289,12 +289,14 @@ def test_two_workers_in_one_group_one_killed_the_other_takes_over(embedded_stack
                 return all(w.read_metrics().get("ripplerec_events_ingested_total", 0) > 0 for w in (victim, survivor))
 
             # a slice at a time until both workers apply events (the second joins the group meanwhile)
+            # (slower after 1,500: a loaded machine can take half a minute to start the second worker)
             sent = 0
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while not both_applying():
                 assert sent < 3000 and time.monotonic() < deadline, "both workers never applied events"
-                publisher.events(events[sent:sent + 100])
-                sent += 100
+                step = 100 if sent < 1500 else 10
+                publisher.events(events[sent:sent + step])
+                sent += step
                 time.sleep(0.2)
             publisher.events(events[sent:3000])
             victim.kill()
