@@ -137,7 +137,7 @@ def test_forget_reaches_registered_stores_and_tombstones_user_keyed_compacted_to
     report = forgetting.forget_user(settings.model_copy(update={"topics": topics}), user)
 
     assert Remembers.forgotten == [user]
-    assert report.deleted == {"redis profiles": 0, "replay buffer": 7}
+    assert report.deleted == {"redis profiles": 0, "trainer (request queued)": 1, "replay buffer": 7}
     assert report.tombstones == [settings.topics.recommendations]
     records = topic_records(settings, settings.topics.recommendations)
     assert (user.encode(), None) in [(key, value) for key, value, _ in records]
