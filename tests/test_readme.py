@@ -106,7 +106,7 @@ def test_readme_python_blocks_run_against_ripplerec_up(tmp_path: Path) -> None:
 
         lines.wait_for(r"events/s .*recommendations [1-9]", 60)  # the progress line saw the blocks' work
         up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=60) == 0
+        assert up.wait(timeout=150) == 0  # a clean exit, however loaded the machine (60 s was passed under CI load)
         lines.wait_for(r"^stopping", 5)
     finally:
         if up.poll() is None:
