@@ -75,6 +75,8 @@ def run_up(
 
     console = console or Console(highlight=False)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C must stop us even when we were started with SIGINT ignored (a shell's background job, CI)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = worker = client = counters = None
     try:
         if data_dir is not None:
@@ -131,6 +133,7 @@ def run_up(
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         for closing in (counters, client):
             if closing is not None:
                 closing.close()
