@@ -75,3 +75,52 @@ def ack_hooks(stream: Any) -> tuple[Callable[..., Any], Callable[..., Any]] | No
     if on_event_out is None or on_message_out is None:
         return None
     return on_event_out, on_message_out
+
+
+def consumer_state(app: Any, topic: str) -> dict[str, Any]:
+    """What Faust's consumer and the aiokafka consumer under it know of ``topic``'s partitions, for a
+    stall report (a read of private state, racy and meant for logs only).
+
+    Faust stops handing messages to an agent for several reasons its public API does not show: its
+    flow control (rebalances), a partition it took out of its fetch set while the agent's buffer was
+    full, a producer buffer it waits to drain, or aiokafka's own pause/position state.
+    """
+    consumer = app.consumer
+    tps = sorted((tp for tp in consumer.assignment() if tp.topic == topic), key=lambda tp: tp.partition)
+    active = consumer._active_partitions
+    state: dict[str, Any] = {
+        "flow_control_active": app.flow_control.is_active(),
+        "consumer_flow_active": consumer.flow_active,
+        "assigned": [tp.partition for tp in tps],
+        "active": None if active is None else sorted(tp.partition for tp in active if tp.topic == topic),
+        "paused": sorted(tp.partition for tp in consumer._paused_partitions if tp.topic == topic),
+        "buffered": sorted(tp.partition for tp in consumer._buffered_partitions if tp.topic == topic),
+        "read_offset": {tp.partition: consumer._read_offset.get(tp) for tp in tps},
+        "committed_offset": {tp.partition: consumer._committed_offset.get(tp) for tp in tps},
+        "producer_buffer": app.producer.buffer.size,
+    }
+    kafka = consumer._thread._consumer
+    if kafka is not None:
+        assignment = kafka._subscription.subscription
+        assignment = assignment.assignment if assignment is not None else None
+        fetched = kafka._fetcher._records
+        for tp in tps:
+            if assignment is None or tp not in assignment.tps:
+                state[f"aiokafka[{tp.partition}]"] = "not assigned"
+                continue
+            tp_state = assignment.state_value(tp)
+            state[f"aiokafka[{tp.partition}]"] = {
+                "paused": tp_state.paused,
+                "position": tp_state._position,
+                "highwater": tp_state.highwater,
+                "fetched": tp in fetched,
+            }
+    return state
+
+
+def channel_state(stream: Any) -> dict[str, Any]:
+    """The agent's buffer between Faust's consumer and the stream: its size and limit, and how many
+    "pressure dropped" callbacks (which put a partition back in the fetch set) wait for it to drain."""
+    queue = stream.channel.queue
+    return {"queued": queue.qsize(), "maxsize": queue.maxsize,
+            "pressure_drop_pending": len(queue._pending_pressure_drop_callbacks)}

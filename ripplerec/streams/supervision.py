@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AgentHealth", "OnFatal", "supervise", "exit_process", "park", "FATAL_EXIT_CODE"]
+__all__ = ["AgentHealth", "OnFatal", "supervise", "exit_process", "park", "FATAL_EXIT_CODE", "task_chains"]
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +119,25 @@ async def supervise(agent: str, body: Callable[[], Awaitable[None]], health: Age
         health.dead(agent, exc)
         await on_fatal(agent, exc)
         await asyncio.Event().wait()  # should on_fatal return, the agent still takes nothing more
+
+
+def task_chains(limit: int = 12) -> list[str]:
+    """Each task of the running loop with what it awaits, innermost last (``file:line function`` per
+    coroutine it awaits through): what a stalled worker waits on, for its last log lines.
+    ``Task.get_stack`` shows only a suspended task's outer frame; this follows ``cr_await``."""
+    lines = []
+    for task in asyncio.all_tasks():
+        chain = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < limit:
+            frame = (getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                     or getattr(awaited, "ag_frame", None))
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+            following = (getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+                         or getattr(awaited, "ag_await", None))
+            if following is None and frame is None:
+                chain.append(type(awaited).__name__)
+            awaited = following
+        lines.append(f"{task.get_name()}: " + " -> ".join(chain))
+    return lines

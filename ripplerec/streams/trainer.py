@@ -528,9 +528,24 @@ class TrainerAgent:
                 await self._check_stall()
             except Exception as exc:
                 self.metrics.trainer_stalls.inc()
+                self._log_stall_state()
                 self.runtime.health.dead("trainer", exc)
                 await self.runtime.on_fatal("trainer", exc)
                 return
+
+    def _log_stall_state(self) -> None:
+        """What the consumer, the agent's buffer and every task were doing when the trainer stalled."""
+        from ripplerec.streams.faust_compat import channel_state, consumer_state
+        from ripplerec.streams.supervision import task_chains
+
+        try:
+            log.error("trainer stalled; consumer: %s; agent buffer: %s; jobs %d, trained %d, untrained %d",
+                      consumer_state(self.runtime.app, self.settings.topics.training),
+                      channel_state(self._stream) if self._stream is not None else None,
+                      len(self.jobs), len(self.trained), self.untrained)
+            log.error("trainer stalled; tasks:\n%s", "\n".join(task_chains()))
+        except Exception:  # a report that fails must not keep the worker from ending
+            log.exception("trainer stalled; its state could not be read")
 
     def assigned(self, partitions: set[int]) -> None:
         """The consumer group's new assignment of the training topic (``app.on_partitions_assigned``)."""

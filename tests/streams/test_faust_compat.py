@@ -68,3 +68,62 @@ def test_stream_ack_is_the_two_hooks_we_call() -> None:
     assert hooks is not None
     source = inspect.getsource(faust.Stream.ack)
     assert "_on_stream_event_out" in source and "_on_message_out" in source
+
+
+_STATE_CHILD = """
+import json, os, sys
+from faust.worker import Worker
+from ripplerec.config import Settings
+from ripplerec.streams import faust_compat
+from ripplerec.streams.app import bare_app
+
+bootstrap, path, name = sys.argv[1:4]
+settings = Settings(bootstrap_servers=bootstrap, app_id=name, web_port=0)
+app = bare_app(settings)
+topic = app.topic(name, key_type=bytes, value_type=bytes, partitions=1)
+
+@app.agent(topic)
+async def reader(stream):
+    async for event in stream.events():
+        try:
+            report = {"consumer": faust_compat.consumer_state(app, name),
+                      "channel": faust_compat.channel_state(stream)}
+        except Exception as error:
+            report = {"error": repr(error)}
+        with open(path, "w") as out:
+            json.dump(report, out, default=str)
+        os._exit(0)
+
+sys.argv = [sys.argv[0]]
+Worker(app, loglevel="error", quiet=True).execute_from_commandline()
+"""
+
+
+def test_consumer_and_channel_state_read_what_a_running_worker_holds(embedded_stack, tmp_path) -> None:
+    """The stall report's reads of Faust's and aiokafka's private state, on a worker that holds a message."""
+    import json
+    import subprocess
+    import sys
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from ripplerec.embedded import create_topics
+
+    name = f"compat-state-{uuid.uuid4().hex[:8]}"
+    create_topics(embedded_stack.bootstrap_servers, [name], 1)
+    producer = KafkaProducer(bootstrap_servers=embedded_stack.bootstrap_servers)
+    producer.send(name, b"x", partition=0).get(timeout=30)
+    producer.close()
+    out = tmp_path / "state.json"
+    subprocess.run([sys.executable, "-c", _STATE_CHILD, embedded_stack.bootstrap_servers, str(out), name],
+                   timeout=120, check=False, cwd=tmp_path)
+    report = json.loads(out.read_text())
+    assert "error" not in report, report
+    consumer, channel = report["consumer"], report["channel"]
+    assert consumer["assigned"] == [0] and consumer["flow_control_active"] and consumer["consumer_flow_active"]
+    assert consumer["active"] == [0] and consumer["paused"] == [] and consumer["buffered"] == []
+    assert consumer["producer_buffer"] == 0
+    fetched = consumer["aiokafka[0]"]
+    assert fetched["paused"] is False and fetched["position"] >= 1 and fetched["highwater"] >= 1
+    assert channel["maxsize"] > 0 and channel["queued"] >= 0 and channel["pressure_drop_pending"] == 0
