@@ -157,6 +157,9 @@ class RecommendationClient:
         self._consumer = AIOKafkaConsumer(**self._consumer_kwargs)
         await asyncio.wait_for(self._producer.start(), timeout)
         await asyncio.wait_for(self._consumer.start(), max(0.1, deadline - time.monotonic()))
+        from ripplerec.streams.faust_compat import adapt_fetch_wait
+
+        adapt_fetch_wait(self._consumer)  # the replies log grows by a batch per reply: see its docstring
         partitions: set[int] = set()
         while True:
             try:  # a metadata request for all topics: asking for this one would auto-create it

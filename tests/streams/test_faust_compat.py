@@ -77,8 +77,8 @@ from ripplerec.config import Settings
 from ripplerec.streams import faust_compat
 from ripplerec.streams.app import bare_app
 
-bootstrap, path, name = sys.argv[1:4]
-settings = Settings(bootstrap_servers=bootstrap, app_id=name, web_port=0)
+bootstrap, path, name, wait = sys.argv[1:5]
+settings = Settings(bootstrap_servers=bootstrap, app_id=name, web_port=0, consumer_fetch_max_wait_ms=int(wait))
 app = bare_app(settings)
 topic = app.topic(name, key_type=bytes, value_type=bytes, partitions=1)
 
@@ -99,8 +99,8 @@ Worker(app, loglevel="error", quiet=True).execute_from_commandline()
 """
 
 
-def test_consumer_and_channel_state_read_what_a_running_worker_holds(embedded_stack, tmp_path) -> None:
-    """The stall report's reads of Faust's and aiokafka's private state, on a worker that holds a message."""
+def _worker_state(embedded_stack, tmp_path, wait_ms: int) -> dict:
+    """What a Faust worker (``consumer_fetch_max_wait_ms=wait_ms``) reports of itself once it holds a message."""
     import json
     import subprocess
     import sys
@@ -116,10 +116,16 @@ def test_consumer_and_channel_state_read_what_a_running_worker_holds(embedded_st
     producer.send(name, b"x", partition=0).get(timeout=30)
     producer.close()
     out = tmp_path / "state.json"
-    subprocess.run([sys.executable, "-c", _STATE_CHILD, embedded_stack.bootstrap_servers, str(out), name],
-                   timeout=120, check=False, cwd=tmp_path)
+    subprocess.run([sys.executable, "-c", _STATE_CHILD, embedded_stack.bootstrap_servers, str(out), name,
+                    str(wait_ms)], timeout=120, check=False, cwd=tmp_path)
     report = json.loads(out.read_text())
     assert "error" not in report, report
+    return report
+
+
+def test_consumer_and_channel_state_read_what_a_running_worker_holds(embedded_stack, tmp_path) -> None:
+    """The stall report's reads of Faust's and aiokafka's private state, on a worker that holds a message."""
+    report = _worker_state(embedded_stack, tmp_path, 10)
     consumer, channel = report["consumer"], report["channel"]
     assert consumer["assigned"] == [0] and consumer["flow_control_active"] and consumer["consumer_flow_active"]
     assert consumer["active"] == [0] and consumer["paused"] == [] and consumer["buffered"] == []
@@ -127,3 +133,50 @@ def test_consumer_and_channel_state_read_what_a_running_worker_holds(embedded_st
     fetched = consumer["aiokafka[0]"]
     assert fetched["paused"] is False and fetched["position"] >= 1 and fetched["highwater"] >= 1
     assert channel["maxsize"] > 0 and channel["queued"] >= 0 and channel["pressure_drop_pending"] == 0
+    assert consumer["fetch_wait_ms"] >= 10
+
+
+def test_the_worker_consumer_raises_its_fetch_wait_until_the_broker_answers(embedded_stack, tmp_path) -> None:
+    """At a 0 ms wait the embedded broker answers every fetch empty (as it does at 10 ms once a log holds
+    ~16,000 batches): the worker's consumer reads its message only because the wait grows."""
+    report = _worker_state(embedded_stack, tmp_path, 0)  # it returns once the agent holds the message
+    assert report["consumer"]["assigned"] == [0]
+
+
+def test_adapt_fetch_wait_reads_what_a_fixed_wait_never_gets(embedded_stack) -> None:
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from kafka import KafkaProducer
+
+    from ripplerec.embedded import create_topics
+
+    name = f"compat-wait-{uuid.uuid4().hex[:8]}"
+    create_topics(embedded_stack.bootstrap_servers, [name], 1)
+    producer = KafkaProducer(bootstrap_servers=embedded_stack.bootstrap_servers)
+    for n in range(20):
+        producer.send(name, str(n).encode(), partition=0)
+    producer.flush()
+    producer.close()
+
+    async def read(adapt: bool) -> tuple[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=embedded_stack.bootstrap_servers, enable_auto_commit=False,
+                                    fetch_max_wait_ms=0)
+        await consumer.start()
+        if adapt:
+            faust_compat.adapt_fetch_wait(consumer)
+        tp = TopicPartition(name, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        got = 0
+        for _ in range(20):
+            got += len((await consumer.getmany(tp, timeout_ms=100)).get(tp, []))
+            if got == 20:
+                break
+        wait = consumer._fetcher._fetch_max_wait_ms
+        await consumer.stop()
+        return got, wait
+
+    assert asyncio.run(read(adapt=False)) == (0, 0)  # the broker's behaviour this works around
+    got, wait = asyncio.run(read(adapt=True))
+    assert got == 20 and wait <= faust_compat.FETCH_WAIT_CAP_MS  # back towards 0 once records came
