@@ -73,6 +73,11 @@ class TappedMonitor(StreamMonitor):
                 self.variant_alerts.append((n, self.position))
         return super()._watch(metric, value, rule_name)
 
+    def _watch_many(self, metric: str, values: list[float], first_position: int) -> Any:
+        for n, watch in self.variant_watches.get(metric, ()):
+            self.variant_alerts += [(n, d.position) for d in watch.update_many(values, first_position)]
+        return super()._watch_many(metric, values, first_position)
+
 
 def run_stream(config: SyntheticConfig, settings: MonitorSettings) -> tuple[TappedMonitor, list[tuple[str, int]]]:
     data = synthetic_stream(config)

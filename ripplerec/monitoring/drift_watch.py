@@ -19,7 +19,7 @@ True
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,9 +85,39 @@ class DriftWatch:
         self.detector.update(int(value) if self.binary else value)
         if not self.detector.drift_detected:
             return None
+        return self._detection(value, position, list(self._values))
+
+    def update_many(self, values: Sequence[float], first_position: int) -> list[Detection]:
+        """:meth:`update` with each of ``values`` in turn, at ``first_position``, ``first_position + 1``...
+
+        One call per batch: a detector with an ``update_many`` of its own (our HDDM_A) goes through
+        the batch in one loop; the recent values are looked at only where it fired.
+        """
+        update_many = getattr(self.detector, "update_many", None) if self.binary else None
+        if update_many is None:
+            found = (self.update(value, first_position + i) for i, value in enumerate(values))
+            return [d for d in found if d is not None]
+        skip = min(len(values), max(0, self.quiet_until - first_position))
+        fired = update_many(list(map(int, values[skip:]))) if skip < len(values) else []  # as update() feeds it
+        self.updates += len(values) - skip
+        out: list[Detection] = []
+        if fired:
+            before = list(self._values)
+            keep = self._values.maxlen or len(before) + len(values)
+            for i in fired:
+                upto = skip + i + 1
+                recent = (before + list(values[:upto]))[-keep:]
+                detection = self._detection(values[upto - 1], first_position + upto - 1, recent)
+                if detection is not None:
+                    out.append(detection)
+        self._values.extend(values)
+        return out
+
+    def _detection(self, value: float, position: int, values: list[float]) -> Detection | None:
+        """The detector fired at ``position``: an alert unless cooling down or the wrong way
+        (``values``: the recent values, ``value`` last)."""
         if self.last_alert is not None and position - self.last_alert < self.cooldown:
             return None
-        values = list(self._values)
         after = values[-self.after_values:]
         before = values[:-self.after_values]
         if not before:

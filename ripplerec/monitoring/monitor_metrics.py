@@ -8,6 +8,7 @@ every few seconds does not grow the series without end.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 from typing import Any
 
@@ -80,10 +81,7 @@ class MonitorMetrics:
         self._trainer_versions: list[str] = []
 
     def count_events(self, actions: Iterable[str]) -> None:
-        counts: dict[str, int] = {}
-        for action in actions:
-            counts[action] = counts.get(action, 0) + 1
-        for action, n in counts.items():
+        for action, n in collections.Counter(actions).items():
             self.events.labels(action).inc(n)
 
     def alerted(self, alerts: Iterable[Alert]) -> None:

@@ -25,6 +25,7 @@ import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from ripplerec.config import MonitorSettings
@@ -34,6 +35,7 @@ from ripplerec.monitoring.follow_through import FollowThrough, Outcome
 __all__ = ["StreamMonitor", "Alert", "entropy_bits", "top_share"]
 
 _SERIES_POINTS = 900
+_ITEM, _ACTION = itemgetter("item_id"), itemgetter("action")
 
 
 def entropy_bits(counts: Iterable[int]) -> float:
@@ -58,6 +60,14 @@ def top_share(counts: Iterable[int], k: int) -> float:
     values = list(counts)
     total = sum(values)
     return sum(heapq.nlargest(k, values)) / total if total else 0.0
+
+
+def _ts_at(events: list[Mapping[str, Any]], index: int, before: int | None) -> int | None:
+    """The ``ts`` of the latest event up to ``index`` that has one (``before``: none has)."""
+    for n in range(index, -1, -1):
+        if "ts" in events[n]:
+            return events[n]["ts"]  # type: ignore[no-any-return]
+    return before
 
 
 @dataclass(frozen=True)
@@ -128,12 +138,12 @@ class StreamMonitor:
         self._tick_at: float | None = None
         self._tick_events = 0
         self._tick_dead = 0
-        self._recent_items: Counter[str] = Counter()
-        self._recent_queue: deque[str] = deque()
+        self._recent_queue: deque[str] = deque(maxlen=settings.window_events)  # the dashboard's "top items now"
 
     # -- watches ---------------------------------------------------------------------------------
 
-    def _watch(self, metric: str, value: float, rule_name: str | None = None) -> Detection | None:
+    def _watch_of(self, metric: str, rule_name: str | None = None) -> DriftWatch | None:
+        """The metric's watch, made on first use (its warm-up counts from there); None if not watched."""
         watch = self._watches.get(metric)
         if watch is None:
             rule = self.settings.rules.get(rule_name or metric)
@@ -143,55 +153,102 @@ class StreamMonitor:
                                cooldown=self.settings.cooldown_events,
                                quiet_until=self.position + self.settings.grace_events, seed=self.settings.seed)
             self._watches[metric] = watch
-        return watch.update(value, self.position)
+        return watch
 
-    def _alert(self, detection: Detection | None, now: float, out: list[Alert]) -> None:
+    def _watch(self, metric: str, value: float, rule_name: str | None = None) -> Detection | None:
+        watch = self._watch_of(metric, rule_name)
+        return watch.update(value, self.position) if watch is not None else None
+
+    def _watch_many(self, metric: str, values: list[float], first_position: int) -> list[Detection]:
+        """Per-event values of ``metric`` from ``first_position`` on (the watch made at the first)."""
+        self.position, position = first_position, self.position
+        watch = self._watch_of(metric)
+        self.position = position
+        return watch.update_many(values, first_position) if watch is not None and values else []
+
+    def _alert(self, detection: Detection | None, now: float, out: list[Alert], *, record: bool = True) -> None:
         if detection is None:
             return
         alert = Alert(detection, detection.metric, now, self.last_event_ts_ms, self.serving_version)
         out.append(alert)
-        self.alerts.append(alert.record())
+        if record:
+            self.alerts.append(alert.record())
 
     # -- inputs ----------------------------------------------------------------------------------
 
     def observe_events(self, events: Iterable[Mapping[str, Any]], now: float) -> list[Alert]:
-        """Behaviour events (``user_id``, ``item_id``, ``action``, ``ts`` in ms) in stream order."""
-        out: list[Alert] = []
+        """Behaviour events (``user_id``, ``item_id``, ``action``, ``ts`` in ms) in stream order.
+
+        The same state and alerts as feeding them one at a time, for less: only what needs each
+        event in turn (a user's recent items, the items seen, pending recommendations) runs per
+        event; counts, the per-event detector and the window metrics run once per batch and window.
+        """
+        batch = events if isinstance(events, list) else list(events)
+        found: list[tuple[int, int, Alert]] = []  # (position, order within an event, alert)
+        done = 0
+        while done < len(batch):
+            run = batch[done:done + self.settings.window_events - self._window.events]
+            self._observe_run(run, now, found)
+            done += len(run)
+        found.sort(key=lambda f: (f[0], f[1]))  # in the order one event at a time raises them
+        out = [alert for _, _, alert in found]
+        self.alerts.extend(alert.record() for alert in out)
+        return out
+
+    def _observe_run(self, run: list[Mapping[str, Any]], now: float, found: list[tuple[int, int, Alert]]) -> None:
+        """Events that all fall in the current window (closed when they fill it)."""
         s = self.settings
-        users, items, window = self._users, self._items, self._window
-        for event in events:
+        users, items, history_length, max_users, max_items = (self._users, self._items, s.user_history,
+                                                             s.max_users, s.max_items)
+        window = self._window
+        first = self.position + 1
+        last_ts = self.last_event_ts_ms
+        follow = self._follow if len(self._follow) else None  # only recommendations add pending ones
+        novelty: list[float] = []
+        new_users = new_items = 0
+        user_history, touch, add_item, novel = users.get, users.move_to_end, items.add, novelty.append
+        for n, event in enumerate(run):
             user, item = event["user_id"], event["item_id"]
-            self.position += 1
-            self._tick_events += 1
-            self.last_event_ts_ms = event.get("ts", self.last_event_ts_ms)
-            window.events += 1
-            window.actions[event["action"]] += 1
-            window.items[item] += 1
-            history = users.get(user)
+            history = user_history(user)
             if history is None:
-                window.new_users += 1
-                history = users[user] = deque(maxlen=s.user_history)
-                if len(users) > s.max_users:
+                new_users += 1
+                history = users[user] = deque(maxlen=history_length)
+                if len(users) > max_users:
                     users.popitem(last=False)
             else:
-                users.move_to_end(user)
+                touch(user)
             if item not in items:
-                window.new_items += 1
-                if len(items) < s.max_items:
-                    items.add(item)
-            novel = item not in history
-            if novel:
-                window.novel += 1
+                new_items += 1
+                if len(items) < max_items:
+                    add_item(item)
+            novel(0.0 if item in history else 1.0)
             history.append(item)
-            self._alert(self._watch("item_novelty", 1.0 if novel else 0.0), now, out)
-            outcome = self._follow.event(user, item, now)
-            if outcome is not None:
-                self._outcome(outcome, now, out)
-            self._recent(item)
-            if window.events >= s.window_events:
-                self._close_window(now, out)
-                window = self._window
-        return out
+            if follow is not None:
+                outcome = follow.event(user, item, now)
+                if outcome is not None:
+                    self.position, self.last_event_ts_ms = first + n, _ts_at(run, n, last_ts)
+                    alerts: list[Alert] = []
+                    self._outcome(outcome, now, alerts, record=False)
+                    found.extend((first + n, 1, alert) for alert in alerts)
+        self.position = first + len(run) - 1
+        self.last_event_ts_ms = _ts_at(run, len(run) - 1, last_ts)
+        self._tick_events += len(run)
+        for detection in self._watch_many("item_novelty", novelty, first):
+            alert = Alert(detection, detection.metric, now, _ts_at(run, detection.position - first, last_ts),
+                          self.serving_version)
+            found.append((detection.position, 0, alert))
+        run_items = list(map(_ITEM, run))
+        window.events += len(run)
+        window.actions.update(map(_ACTION, run))
+        window.items.update(run_items)
+        window.new_users += new_users
+        window.new_items += new_items
+        window.novel += novelty.count(1.0)
+        self._recent_queue.extend(run_items)
+        if window.events >= s.window_events:
+            alerts = []
+            self._close_window(now, alerts, record=False)
+            found.extend((self.position, 2, alert) for alert in alerts)
 
     def observe_recommendations(self, recommendations: Iterable[Mapping[str, Any]], now: float) -> list[Alert]:
         """``Recommendation`` records as published (answers with an error are skipped)."""
@@ -258,7 +315,7 @@ class StreamMonitor:
 
     # -- windows ---------------------------------------------------------------------------------
 
-    def _close_window(self, now: float, out: list[Alert]) -> None:
+    def _close_window(self, now: float, out: list[Alert], *, record: bool = True) -> None:
         w, self._window = self._window, _Window()
         n = w.events
         values = {
@@ -272,13 +329,13 @@ class StreamMonitor:
         for metric, value in values.items():
             self.window_values[metric] = value
             self._point(metric, now, value)
-            self._alert(self._watch(metric, value), now, out)
+            self._alert(self._watch(metric, value), now, out, record=record)
         watched = {name.split(":", 1)[1] for name in self._watches if name.startswith("action_share:")}
         for action in sorted(set(w.actions) | watched):
             metric = f"action_share:{action}"
             value = w.actions.get(action, 0) / n
             self.window_values[metric] = value
-            self._alert(self._watch(metric, value, "action_share"), now, out)
+            self._alert(self._watch(metric, value, "action_share"), now, out, record=record)
 
     def _close_rec_window(self, now: float, out: list[Alert]) -> None:
         rw, self._recs = self._recs, _RecWindow()
@@ -294,7 +351,7 @@ class StreamMonitor:
             self._point(metric, now, value)
             self._alert(self._watch(metric, value), now, out)
 
-    def _outcome(self, outcome: Outcome, now: float, out: list[Alert]) -> None:
+    def _outcome(self, outcome: Outcome, now: float, out: list[Alert], *, record: bool = True) -> None:
         counts = self.follow_by_version.setdefault(outcome.version, [0, 0])
         self.follow_by_version.move_to_end(outcome.version)
         self._trim(self.follow_by_version)
@@ -304,23 +361,11 @@ class StreamMonitor:
             counts[0] += 1
             self._recs.followed += 1
         self.totals["followed" if outcome.followed else "missed"] += 1
-        self._alert(self._watch("follow_through_miss", 0.0 if outcome.followed else 1.0), now, out)
+        self._alert(self._watch("follow_through_miss", 0.0 if outcome.followed else 1.0), now, out, record=record)
 
     def _trim(self, by_version: OrderedDict[str, Any]) -> None:
         while len(by_version) > self.settings.keep_versions:
             by_version.popitem(last=False)
-
-    def _recent(self, item: str) -> None:
-        """Item counts over the last ``window_events`` events (the dashboard's "top items now")."""
-        self._recent_items[item] += 1
-        self._recent_queue.append(item)
-        if len(self._recent_queue) > self.settings.window_events:
-            old = self._recent_queue.popleft()
-            left = self._recent_items[old] - 1
-            if left:
-                self._recent_items[old] = left
-            else:
-                del self._recent_items[old]
 
     def _point(self, name: str, now: float, value: float) -> None:
         series = self.series.get(name)
@@ -335,7 +380,8 @@ class StreamMonitor:
         return len(self._users)
 
     def top_items(self, k: int = 10) -> list[tuple[str, int]]:
-        return self._recent_items.most_common(k)
+        """The most frequent items of the last ``window_events`` events."""
+        return Counter(self._recent_queue).most_common(k)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the dashboard and ``ripplerec status`` show, as JSON-ready data."""

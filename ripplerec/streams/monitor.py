@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from operator import itemgetter
 from typing import Any
 
 from ripplerec.config import Settings
@@ -36,6 +37,7 @@ __all__ = ["MonitorRole", "register_monitor"]
 log = logging.getLogger(__name__)
 
 _EVENT_RECORDS = frozenset({"BehaviorEvent", "EventBatch"})
+_ACTION = itemgetter("action")
 
 
 class MonitorRole:
@@ -138,7 +140,7 @@ class MonitorRole:
                 events.append(record)
         if events:
             alerts += monitor.observe_events(events, now)
-            self.metrics.count_events(e["action"] for e in events)
+            self.metrics.count_events(map(_ACTION, events))
         letters = by_topic.get(topics.dlq, ())
         if letters:
             monitor.observe_dead_letters(len(letters))
@@ -152,7 +154,7 @@ class MonitorRole:
         if not events:
             return
         self._alerts += self.monitor.observe_events(events, time.time())
-        self.metrics.count_events(e["action"] for e in events)
+        self.metrics.count_events(map(_ACTION, events))
 
     def _decode(self, topic: str, name: str, data: bytes | None) -> dict[str, Any] | None:
         if data is None:  # a tombstone on a compacted topic

@@ -210,3 +210,78 @@ def test_our_hddm_a_raises_rivers_alarms(two_sided: bool) -> None:
 
     alarms = [alarms_of(ours), alarms_of(river)]
     assert alarms[0] == alarms[1] and len(alarms[0]) >= 2
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_hddm_a_batch_update_raises_the_same_alarms(two_sided: bool) -> None:
+    from ripplerec.monitoring.hddm_a import HDDMA
+
+    rng = random.Random(12)
+    stream = [int(rng.random() < p) for p in [0.3] * 3000 + [0.6] * 2000 + [0.1] * 3000 + [0.5] * 2000]
+    one, many = HDDMA(two_sided_test=two_sided), HDDMA(two_sided_test=two_sided)
+    alarms, batch_alarms, start = [], [], 0
+    for n, x in enumerate(stream):
+        one.update(x)
+        alarms += [n] if one.drift_detected else []
+    while start < len(stream):
+        chunk = stream[start:start + rng.randrange(1, 700)]
+        batch_alarms += [start + i for i in many.update_many(chunk)]
+        start += len(chunk)
+        assert many.drift_detected == (start - 1 in alarms)
+    assert batch_alarms == alarms and len(alarms) >= 2
+    assert (many.warning_detected, many._z.get(), many._x_min.n) == (one.warning_detected, one._z.get(), one._x_min.n)
+
+
+@pytest.mark.parametrize("kind", ["hddm_a", "ddm"])
+def test_watch_batch_update_gives_the_same_detections(kind: str) -> None:
+    rng = random.Random(13)
+    values = [float(rng.random() < (0.2 if n < 3000 else 0.7)) for n in range(6000)]
+
+    def watch() -> DriftWatch:
+        return DriftWatch("m", kind, direction="up", cooldown=200, quiet_until=1_000)
+
+    one, many = watch(), watch()
+    expected = [d for n, v in enumerate(values) if (d := one.update(v, n)) is not None]
+    found, start = [], 0
+    while start < len(values):
+        chunk = values[start:start + rng.randrange(1, 500)]
+        found += many.update_many(chunk, start)
+        start += len(chunk)
+    assert found == expected and expected
+    assert many.updates == one.updates and list(many._values) == list(one._values)
+
+
+def test_events_in_batches_give_what_events_one_at_a_time_give() -> None:
+    """Batches (split at window ends inside) against single events: the same alerts, in the same
+    order with the same positions and event times, and the same state."""
+    sensitive = {"detector": "hddm_a", "params": {"drift_confidence": 0.05, "two_sided_test": 1}}
+    rules = {"item_novelty": sensitive, "follow_through_miss": sensitive,
+             "action_share": {"detector": "page_hinkley", "params": {"threshold": 0.1}}}
+    settings = MonitorSettings(grace_events=300, cooldown_events=0, window_events=100, follow_events=1,
+                               max_users=55, rules=rules)
+    events: list[dict] = []
+    for block in range(20):  # novelty and follow-through alternate, so alerts of both come close together
+        events += _events(400, 400 * block, 60, (lambda r: f"i{r.randrange(20)}") if block % 2
+                          else (lambda r: f"j{r.randrange(3000)}"))
+    upcoming, later = [""] * len(events), {}  # each event's user's next item: followed when recommended
+    for n in range(len(events) - 1, -1, -1):
+        upcoming[n] = later.get(events[n]["user_id"], "x")
+        later[events[n]["user_id"]] = events[n]["item_id"]
+    cuts = sorted(random.Random(1).sample(range(1, len(events)), 80))
+
+    def feed(one_at_a_time: bool) -> tuple[list[dict], dict]:
+        monitor, records = StreamMonitor(settings), []
+        for start, end in zip([0, *cuts], [*cuts, len(events)]):
+            chunk = events[start:end]
+            for part in [[e] for e in chunk] if one_at_a_time else [chunk]:
+                records += [a.record() for a in monitor.observe_events(part, now=float(end))]
+            recs = [{"user_id": events[n]["user_id"], "model_version": "v", "error": None,
+                     "items": [{"item_id": upcoming[n] if (n // 600) % 2 else "x", "score": 1.0}]}
+                    for n in range(max(start, end - 40), end)]
+            records += [a.record() for a in monitor.observe_recommendations(recs, now=float(end))]
+        snap = monitor.snapshot()
+        return records, {k: v for k, v in snap.items() if k != "top_items"}
+
+    records, state = feed(one_at_a_time=False)
+    assert (records, state) == feed(one_at_a_time=True)
+    assert {r["metric"] for r in records} >= {"item_novelty", "follow_through_miss"}
