@@ -399,9 +399,9 @@ class VersionedModelBackend(ModelBackend):
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             await self._catalog_ready.wait()  # a version's rows go to the items the model knows
+            latest: dict[str, Any] | None = None
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
-                latest: dict[str, Any] | None = None
                 for records in batches.values():
                     for message in records:
                         try:
@@ -414,8 +414,11 @@ class VersionedModelBackend(ModelBackend):
                         if update["model_name"] == settings.trainer.model_name and update["kind"] == "head":
                             if latest is None or update["created_at"] >= latest["created_at"]:
                                 latest = update
-                if latest is not None and latest["version"] != self.loaded and latest["version"] not in self.refused:
+                if latest is None or await _behind(consumer, tps):
+                    continue  # a backlog (a start, a slow load) is read to its end: only its newest version loads
+                if latest["version"] != self.loaded and latest["version"] not in self.refused:
                     await self.load(latest, model_store, metrics)
+                latest = None
         finally:
             await consumer.stop()
 
@@ -595,3 +598,13 @@ class RequestProcessor:
         for _ in valid:
             self.metrics.request_seconds.observe(elapsed)
         return [records.get(id(r)) if r is not None else None for r in requests]
+
+
+async def _behind(consumer: Any, tps: Sequence[Any]) -> bool:
+    """Whether the consumer has messages of ``tps`` still to read, by the high watermarks its last
+    fetches saw (older versions in a backlog are superseded: the trainer may have deleted their blobs)."""
+    for tp in tps:
+        highwater = consumer.highwater(tp)
+        if highwater is not None and await consumer.position(tp) < highwater:
+            return True
+    return False

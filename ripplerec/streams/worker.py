@@ -90,6 +90,22 @@ class WorkerProcess:
                                          start_new_session=True)
         return self
 
+    def wait_ready(self, timeout: float = 120.0) -> WorkerProcess:
+        """Wait until the worker's web server answers (imports done, the app started; its agents then join
+        their consumer group); raises when it exits or the time runs out."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not self.read_metrics():
+            if not self.alive():
+                raise RuntimeError(f"the {self.role} worker exited with {self.proc.returncode} before it was ready "
+                                   f"(log: {self.log_path})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {self.role} worker was not ready within {timeout:.0f} s "
+                                   f"(log: {self.log_path})")
+            time.sleep(0.2)
+        return self
+
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.web_port}/metrics"
 

@@ -65,17 +65,28 @@ def _versions(settings: Settings, codec, expect_seen: int) -> list[dict]:
     return [r for _, r in records if r["model_name"] == settings.trainer.model_name]
 
 
-def test_sigkill_between_checkpoints_ends_with_the_examples_of_an_uninterrupted_run(
-        embedded_stack, tmp_path, stream_codec):
+@pytest.fixture
+def ingesting(embedded_stack, tmp_path, stream_codec):
+    """Settings of a fresh Redis prefix, a publisher after the catalog, and an ingest worker: what each
+    trainer test stands on. Yields ``(settings, publisher, log path)``."""
     base = make_settings(embedded_stack, tmp_path, model_name="hashing", redis_prefix=f"rp-{uuid.uuid4().hex[:6]}",
                          ingest_batch_size=200, proactive_min_events=0)
     publisher = Publisher(base, stream_codec)
     for item in _items():
         publisher.raw(base.topics.items, item["item_id"].encode(), stream_codec.encode("ItemUpsert", item))
     publisher.flush()
-    first, second = _events(0, 1500, 1), _events(1500, 1500, 2)
     log = str(tmp_path / "workers.log")
-    ingest = WorkerProcess(base, "ingest", log_path=log).start()
+    ingest = WorkerProcess(base, "ingest", log_path=log).start().wait_ready()
+    try:
+        yield base, publisher, log
+    finally:
+        ingest.stop()
+        publisher.close()
+
+
+def test_sigkill_between_checkpoints_ends_with_the_examples_of_an_uninterrupted_run(ingesting, stream_codec):
+    base, publisher, log = ingesting
+    first, second = _events(0, 1500, 1), _events(1500, 1500, 2)
     killed = _trainer_settings(base, "killed")
     trainer = WorkerProcess(killed, "trainer", log_path=log, loglevel="info")
     restarted = WorkerProcess(killed, "trainer", log_path=log, loglevel="info")
@@ -83,8 +94,8 @@ def test_sigkill_between_checkpoints_ends_with_the_examples_of_an_uninterrupted_
     calm = WorkerProcess(_trainer_settings(base, "calm", app_id=f"{base.app_id}-calm"), "trainer", log_path=log)
     try:
         publisher.events(first)
-        trainer.start()
-        wait_for(lambda: _seen(trainer) == len(first), 90, what="the first events trained")
+        trainer.start().wait_ready()
+        wait_for(lambda: _seen(trainer) == len(first), 120, what="the first events trained")
         wait_for(lambda: _checkpointed(killed).get("examples_seen") == len(first), 30, every=0.05,
                  what="a checkpoint of the first events")
         publisher.events(second)
@@ -93,11 +104,12 @@ def test_sigkill_between_checkpoints_ends_with_the_examples_of_an_uninterrupted_
         at_kill = _checkpointed(killed)
         assert at_kill["examples_seen"] == len(first), "the kill must land between two checkpoints"
 
-        restarted.start()
-        calm.start()
+        restarted.start().wait_ready()
+        calm.start().wait_ready()
         total = len(first) + len(second)
-        wait_for(lambda: _seen(restarted) >= total, 90, what="the restarted trainer to catch up")
-        wait_for(lambda: _seen(calm) >= total, 90, what="the uninterrupted trainer to finish")
+        # minutes on a loaded 2-core machine: two trainers (torch) and an ingest worker share it
+        wait_for(lambda: _seen(restarted) >= total, 180, what="the restarted trainer to catch up")
+        wait_for(lambda: _seen(calm) >= total, 180, what="the uninterrupted trainer to finish")
         wait_for(lambda: restarted.read_metrics().get("ripplerec_trainer_checkpoints_total", 0) >= 1, 30,
                  what="a checkpoint after the restart")
         metrics = restarted.read_metrics()
@@ -108,9 +120,8 @@ def test_sigkill_between_checkpoints_ends_with_the_examples_of_an_uninterrupted_
         wait_for(lambda: _checkpointed(killed).get("examples_seen") == total, 30,
                  what="a checkpoint of every example")
     finally:
-        for worker in (trainer, restarted, calm, ingest):
+        for worker in (trainer, restarted, calm):
             worker.stop()
-        publisher.close()
 
     versions = _versions(killed, stream_codec, total)
     assert versions[-1]["metrics"]["examples_seen"] == total
@@ -130,38 +141,31 @@ def test_sigkill_between_checkpoints_ends_with_the_examples_of_an_uninterrupted_
     assert scorer.with_head(blob).version == versions[-1]["version"]
 
 
-def test_two_workers_with_the_trainer_role_train_one_model_and_the_standby_takes_over(
-        embedded_stack, tmp_path, stream_codec):
+def test_two_workers_with_the_trainer_role_train_one_model_and_the_standby_takes_over(ingesting, stream_codec):
     """The training topic has one partition: of two trainers in one group, one trains, the other stands by
     (every `--role all` worker runs a trainer); killed, the active one's checkpoint passes to the standby."""
-    base = make_settings(embedded_stack, tmp_path, model_name="hashing", redis_prefix=f"rp-{uuid.uuid4().hex[:6]}",
-                         ingest_batch_size=200, proactive_min_events=0)
+    base, publisher, log = ingesting
     assert base.topics.training_partitions == 1
-    publisher = Publisher(base, stream_codec)
-    for item in _items():
-        publisher.raw(base.topics.items, item["item_id"].encode(), stream_codec.encode("ItemUpsert", item))
-    publisher.flush()
     first, second = _events(0, 800, 3), _events(800, 800, 4)
-    log = str(tmp_path / "workers.log")
-    ingest = WorkerProcess(base, "ingest", log_path=log).start()
     pair = _trainer_settings(base, "pair")
     a = WorkerProcess(pair, "trainer", log_path=log).start()
     b = WorkerProcess(pair.model_copy(update={"web_port": free_port()}), "trainer", log_path=log).start()
+    a.wait_ready()
+    b.wait_ready()
     try:
         publisher.events(first)
-        wait_for(lambda: max(_seen(a), _seen(b)) >= len(first), 90, what="the first events trained")
+        wait_for(lambda: max(_seen(a), _seen(b)) >= len(first), 120, what="the first events trained")
         active, standby = (a, b) if _seen(a) >= len(first) else (b, a)
         assert _seen(standby) <= 0  # it holds no partition: it learned nothing
         wait_for(lambda: _checkpointed(pair).get("examples_seen") == len(first), 30, what="a checkpoint")
         active.kill()
         publisher.events(second)
         total = len(first) + len(second)
-        wait_for(lambda: _seen(standby) >= total, 120, what="the standby to take over and catch up")
+        wait_for(lambda: _seen(standby) >= total, 180, what="the standby to take over and catch up")
         assert _seen(standby) == total
     finally:
-        for worker in (a, b, ingest):
+        for worker in (a, b):
             worker.stop()
-        publisher.close()
     versions = _versions(pair, stream_codec, total)
     runs = [v["version"].rsplit("-", 1)[1] for v in versions]
     assert len(set(runs)) == 2 and runs == sorted(runs, key=runs.index)  # one trainer at a time, in turn

@@ -38,7 +38,7 @@ def served(embedded_stack, tmp_path_factory, stream_codec):
         embedded_stack, tmp, scorer="transformer", model_name="hashing", proactive_min_events=0, history_length=20,
         trainer=TrainerSettings(publish_every_s=0.5, checkpoint_every_s=5.0, catalog_refresh_s=0.5),
     )
-    worker = WorkerProcess(settings, "all", log_path=str(tmp / "worker.log"), loglevel="info").start()
+    worker = WorkerProcess(settings, "all", log_path=str(tmp / "worker.log"), loglevel="info").start().wait_ready()
     publisher = Publisher(settings, stream_codec)
     client = RecommendationClient(settings)
     yield settings, worker, publisher, client, tmp / "worker.log"
@@ -97,6 +97,35 @@ def test_planted_events_change_the_next_recommendation_through_a_new_version(ser
     announced = next(r for _, r in updates if r["version"] == after["model_version"])
     assert announced["metrics"]["examples_seen"] >= 1001 + len(planted)
     assert announced["parent"] is not None
+
+
+def test_a_late_scorer_loads_only_the_newest_version_of_a_backlog(served, stream_codec, tmp_path):
+    """A scorer that starts after many versions (or falls behind) reads the backlog to its end and loads the
+    newest: the trainer deletes all but its last ``keep_versions`` blobs, which must not count as refusals."""
+    settings, worker, publisher, client, log = served
+    keep = settings.trainer.keep_versions
+    rng = random.Random(11)
+    for round_ in range(keep + 3):  # a version per round: more versions than the trainer keeps blobs for
+        seen = _metric(worker, "ripplerec_model_version_examples")
+        publisher.events([event(5000 + 50 * round_ + n, f"late{rng.randrange(20)}", f"m{rng.randrange(N_ITEMS)}",
+                                "click") for n in range(50)])
+        wait_for(lambda seen=seen: _metric(worker, "ripplerec_model_version_examples") > seen, 60,
+                 what="a new version")
+    newest = _ask(client, "target")["model_version"]
+    from ripplerec.embedded import free_port
+
+    # its own consumer group (the same Redis data): the served worker keeps every partition it has
+    alone = {"web_port": free_port(), "app_id": f"{settings.app_id}-late", "redis_prefix": settings.redis_key_prefix}
+    late = WorkerProcess(settings.model_copy(update=alone), "scorer", log_path=str(tmp_path / "late.log"),
+                         loglevel="info").start()
+    try:
+        wait_for(lambda: _metric(late, "ripplerec_model_versions_loaded_total") >= 1, 90, what="its first version")
+        metrics = late.read_metrics()
+        assert metrics["ripplerec_model_versions_loaded_total"] == 1
+        assert not any(k.startswith("ripplerec_model_versions_refused_total") and v for k, v in metrics.items())
+        assert f"serving model version {newest}" in (tmp_path / "late.log").read_text()
+    finally:
+        late.stop()
 
 
 def _tampered(blob: bytes, version: str, edit=None) -> bytes:
