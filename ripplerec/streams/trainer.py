@@ -558,10 +558,9 @@ class TrainerAgent:
         one trained and did not checkpoint is dropped unacked (redelivered, and skipped by the positions
         of the checkpoint where it holds them)."""
         self.reload_due = False
-        while self.jobs:
-            await self._settle(wait=True)
-            if self.jobs:
-                await asyncio.sleep(0.01)
+        while self.jobs:  # the ticker may queue a flush meanwhile
+            await asyncio.wait([future for _, future, _ in self.jobs])
+            await self._settle()
         assert self.trainer is not None
         trainer = await self._in_thread(self.trainer.reloaded)
         if trainer is not self.trainer:
