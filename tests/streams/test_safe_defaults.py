@@ -101,3 +101,12 @@ def test_debug_pages_on_request_and_any_free_port(embedded_stack, tmp_path):
         for path in ("/router/", "/table/"):
             assert _get(url + path)[0] == 200, path
         assert _get(url + "/metrics")[0] == 200
+
+
+def test_faust_idle_stream_errors_are_off_while_its_monitor_sensor_is_dropped() -> None:
+    """Faust's idle-stream check reads the Monitor sensor the worker drops by default: left on, it logged
+    a false ERROR every 7 s for each partition a consumer was behind on (the trainer, always)."""
+    from ripplerec.streams.app import faust_config
+
+    assert faust_config(Settings(web_port=1), web=False)["stream_processing_timeout"] >= 24 * 3600
+    assert "stream_processing_timeout" not in faust_config(Settings(web_port=1, faust_monitor=True), web=False)
