@@ -79,6 +79,10 @@ def evaluate(
     ),
     variants: str = typer.Option("all", help="--scenario shift: comma-separated variants, or 'all'"),
     snapshot_every: int = typer.Option(10_000, min=1, help="--scenario shift: events between snapshots"),
+    shadow_window: int = typer.Option(
+        2_000, min=1, help="--scenario shift: events a snapshot is raced on against the serving model before it "
+        "may serve"
+    ),
 ) -> None:
     """Run the prequential protocol and write result.json, results.md and rolling_ndcg.png."""
     from rich.console import Console
@@ -99,7 +103,8 @@ def evaluate(
 
         chosen = VARIANTS if variants == "all" else tuple(v.strip() for v in variants.split(",") if v.strip())
         run_shift(dataset, out or Path(f"runs/shift-{time.strftime('%Y%m%d-%H%M%S')}"), variants=chosen, seed=seed,
-                  limit=limit, snapshot_every=snapshot_every, encoder_name=encoder, data_dir=data_dir,
+                  limit=limit, snapshot_every=snapshot_every, shadow_window=shadow_window, encoder_name=encoder,
+                  data_dir=data_dir,
                   say=lambda line: console.print(line, markup=False, highlight=False))
         return
     if scenario != "prequential":

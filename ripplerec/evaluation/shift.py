@@ -15,8 +15,10 @@ B, the model ranks each held-out positive among the whole catalog less the user'
 (:func:`~ripplerec.models.finetune.holdout_ndcg`); **forgetting** is the drop of that NDCG@10. Overall
 NDCG@10 is the prequential figure (test-then-learn, every ``every``-th learned event) over the whole
 stream. Variants: the online head alone (no replay), + replay, + replay + head snapshots, + replay + LoRA
-snapshots (a snapshot every ``snapshot_every`` events and at each phase end, promoted only past its
-gate, adopted as the trainer adopts one: weights, L2 anchor and, for LoRA, the re-encoded catalog).
+snapshots (a snapshot every ``snapshot_every`` events and at each phase end). Each snapshot is raced
+against the serving scorer on the next ``shadow_window`` events (:mod:`ripplerec.models.shadow_gate`) and
+serves from then on only when it ranked them better: its weights, its L2 anchor at the snapshot and, for
+LoRA, its re-encoded catalog.
 """
 
 from __future__ import annotations
@@ -126,22 +128,17 @@ def _example(scorer: Any, event: Interaction) -> ReplayExample | None:
     return ReplayExample(0, history, row, event.ts)
 
 
-def _adopt(scorer: Any, result: Any) -> None:
-    """Take a promoted snapshot as the trainer does: weights and anchor (and for LoRA the item texts)."""
-    from ripplerec.models.finetune import _set_texts
-
-    if result.encoder is not None:
-        n = len(scorer.item_ids)
-        _set_texts(scorer, result.scorer.head.item_text[:n].numpy().copy())
-        scorer.encoder_version = result.scorer.encoder_version
-    scorer.adopt_head(result.scorer.export_head({"version_name": "snapshot"}))
-
-
 def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int = 10, batch: int = 256,
-                snapshot_every: int = 10_000, lora_epochs: int = 1, encoder: Any = None, cache: Any = None,
-                say: Callable[[str], None] = print) -> dict[str, Any]:
-    """One variant over the stream: NDCG@10 on the held-out A events after A and after B, overall NDCG@10."""
+                snapshot_every: int = 10_000, shadow_window: int = 2_000, lora_epochs: int = 1, encoder: Any = None,
+                cache: Any = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """One variant over the stream: NDCG@10 on the held-out A events after A and after B, overall NDCG@10.
+
+    A snapshot is fine-tuned on the serving scorer's replay buffer, then raced against it on the next
+    ``shadow_window`` events (:class:`~ripplerec.models.shadow_gate.ShadowGate`: both test, then learn,
+    each event); past the gate the candidate, which learned the window too, serves from then on. No
+    snapshot is taken while a race runs."""
     from ripplerec.models.finetune import FineTuneConfig, fine_tune, holdout_ndcg
+    from ripplerec.models.shadow_gate import ShadowGate, ShadowGateConfig
 
     started = time.monotonic()
     scorer = _scorer(variant, seed, encoder, cache)
@@ -160,26 +157,41 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
     next_snapshot = snapshot_every
     events = stream.events
     h = 0
+    race: ShadowGate | None = None
+    racing: dict[str, float] = {}
 
     def snapshot(reason: str) -> None:
+        nonlocal race, racing
         if not variant.startswith("snapshots") or len(scorer.replay) < 50:
             return
-        if snapshots and snapshots[-1]["at"] == float(position):  # a phase end and the period coincide
+        if race is not None:
+            say(f"  {variant}: no snapshot at {position} ({reason}): the last one is still in its shadow window")
             return
         mode = "lora" if variant == "snapshots-lora" else "head"
         if mode == "lora":  # each epoch re-encodes the catalog: one epoch, 32 positives re-encoded per step
             config = FineTuneConfig(mode=mode, epochs=lora_epochs, patience=1, encoder_items=32, max_minutes=3.0,
-                                    seed=seed)
+                                    seed=seed, keep_serving=False)
         else:
-            config = FineTuneConfig(mode=mode, epochs=6, patience=2, max_minutes=5.0, seed=seed)
+            config = FineTuneConfig(mode=mode, epochs=6, patience=2, max_minutes=5.0, seed=seed, keep_serving=False)
         result = fine_tune(scorer, config, texts=texts, cache=cache)
-        promoted = result.improved
-        if promoted:
-            _adopt(scorer, result)
-        snapshots.append({"at": float(position), "promoted": float(promoted), **result.metrics})
-        say(f"  {variant} snapshot at {position} ({reason}): held-out {result.metrics['ndcg@10']:.4f} vs "
-            f"{result.metrics['serving_ndcg@10']:.4f} -> {'promoted' if promoted else 'kept'} "
-            f"({result.metrics['minutes']:.2f} min)")
+        race = ShadowGate(scorer, result.scorer, ShadowGateConfig(window=shadow_window))
+        racing = {"at": float(position), **result.metrics}
+        say(f"  {variant} snapshot at {position} ({reason}): replay hold-out {result.metrics['ndcg@10']:.4f} vs "
+            f"serving {result.metrics['serving_ndcg@10']:.4f} ({result.metrics['minutes']:.2f} min); racing it "
+            f"on the next {shadow_window} events")
+
+    def decide() -> None:
+        nonlocal race, scorer
+        assert race is not None
+        verdict = race.verdict()
+        if verdict.promote:
+            scorer = race.candidate  # it learned the window too; its L2 anchor is the snapshot's weights
+        snapshots.append({**racing, "promoted": float(verdict.promote), "shadow_events": float(verdict.events),
+                          "shadow_ndcg@10": verdict.candidate_ndcg, "shadow_serving_ndcg@10": verdict.serving_ndcg})
+        say(f"  {variant} snapshot of {int(racing['at'])}: shadow window NDCG@10 {verdict.candidate_ndcg:.4f} vs "
+            f"serving {verdict.serving_ndcg:.4f} over {verdict.tested} events -> "
+            f"{'promoted' if verdict.promote else 'dropped'}")
+        race = None
 
     position = 0
     for start in range(0, len(events), batch):
@@ -195,7 +207,13 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
             report = holdout_ndcg(scorer, tests)
             ndcg_sum += report.ndcg
             tested += report.trained
-        scorer.learn(chunk, chunk[-1].ts)
+        rest = chunk
+        if race is not None:
+            rest = race.step(chunk, chunk[-1].ts)
+            if race.done:
+                decide()
+        if rest:
+            scorer.learn(rest, chunk[-1].ts)
         position = start + len(chunk)
         for phase, end in zip(("A", "B"), stream.phase_ends, strict=False):
             if start < end <= position:
@@ -204,9 +222,12 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
                 say(f"  {variant}: NDCG@10 on held-out A after phase {phase}: {after[phase]:.4f}")
         if position >= next_snapshot:
             next_snapshot += snapshot_every
-            snapshot("periodic")
+            if racing.get("at") != float(position):  # not when a phase end took one here
+                snapshot("periodic")
         if tested and (position // batch) % 10 == 0:
             curve.append((position, ndcg_sum / tested))
+    if race is not None:  # the stream ended inside a shadow window: judged on what it saw
+        decide()
     final = holdout_ndcg(scorer, held).metrics().get("ndcg@10", 0.0)
     return {
         "variant": variant,
@@ -224,8 +245,8 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
 
 
 def run_shift(dataset: str, out: Path, *, variants: Sequence[str] = VARIANTS, seed: int = 0, limit: int = 0,
-              snapshot_every: int = 10_000, encoder_name: str = "all-MiniLM-L6-v2", data_dir: Path | None = None,
-              say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              snapshot_every: int = 10_000, shadow_window: int = 2_000, encoder_name: str = "all-MiniLM-L6-v2",
+              data_dir: Path | None = None, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every variant on the shift stream; writes shift.json, shift.md and shift.png into ``out``."""
     from ripplerec.models.embedding_cache import shared_cache
     from ripplerec.models.encoder import EncoderConfig, HashingEncoder, TransformerEncoder
@@ -239,11 +260,12 @@ def run_shift(dataset: str, out: Path, *, variants: Sequence[str] = VARIANTS, se
         f"{len(stream.held_out)} held out")
     encoder = HashingEncoder() if encoder_name == "hashing" else TransformerEncoder(EncoderConfig(model=encoder_name))
     cache = shared_cache(None if encoder_name == "hashing" else ZooConfig().cache_dir)
-    rows = [run_variant(stream, v, seed=seed, snapshot_every=snapshot_every, encoder=encoder, cache=cache, say=say)
-            for v in variants]
+    rows = [run_variant(stream, v, seed=seed, snapshot_every=snapshot_every, shadow_window=shadow_window,
+                        encoder=encoder, cache=cache, say=say) for v in variants]
     out.mkdir(parents=True, exist_ok=True)
     (out / "shift.json").write_text(json.dumps({"dataset": dataset, "seed": seed, "limit": limit,
-                                                "snapshot_every": snapshot_every, "results": rows}, indent=2))
+                                                "snapshot_every": snapshot_every, "shadow_window": shadow_window,
+                                                "results": rows}, indent=2))
     base = next((r for r in rows if r["variant"] == "online"), rows[0])
     lines = [f"shift scenario, {dataset} (seed {seed}): NDCG@10 on phase A's held-out events", "",
              "| variant | after A | after B | forgetting | vs online alone | overall NDCG@10 | snapshots "

@@ -71,6 +71,9 @@ class FineTuneConfig:
     lora_targets: tuple[str, ...] = ("query", "value")
     seed: int = 0
     keep_best: bool = True  # False: keep the last epoch's weights (the gate still compares them)
+    # False: keep the best fine-tuned epoch even when the serving weights rank the held-out window better
+    # (they learned it online); a shadow window after the snapshot judges it (models/shadow_gate.py)
+    keep_serving: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -271,13 +274,14 @@ def fine_tune(
     encoder: AdaptedEncoder | None = None
     item_texts: list[str] = []
     if config.mode != "head":
-        if not isinstance(scorer.encoder, TransformerEncoder):
+        # a scorer that adopted a lora/full snapshot gets a fresh adapter on the same base encoder
+        base = scorer.encoder.base if isinstance(scorer.encoder, AdaptedEncoder) else scorer.encoder
+        if not isinstance(base, TransformerEncoder):
             raise ValueError(f"--mode {config.mode} fine-tunes a transformers encoder; this scorer has "
                              f"{type(scorer.encoder).__name__}")
         if texts is None or any(i not in texts for i in candidate.item_ids):
             raise ValueError(f"--mode {config.mode} needs every catalog item's text")
-        encoder = AdaptedEncoder.lora(scorer.encoder, config) if config.mode == "lora" else AdaptedEncoder.full(
-            scorer.encoder)
+        encoder = AdaptedEncoder.lora(base, config) if config.mode == "lora" else AdaptedEncoder.full(base)
         item_texts = [texts[i] for i in candidate.item_ids]
     groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": config.lr}]
     if encoder is not None:
@@ -286,7 +290,7 @@ def fine_tune(
     generator = torch.Generator().manual_seed(config.seed)
     n = len(candidate.item_ids)
     base_text = head.item_text[:n].detach().clone()
-    best = (serving, -1, _state(candidate, encoder))
+    best = (serving if config.keep_serving else -float("inf"), -1, _state(candidate, encoder))
     bad_epochs = 0
     epochs_run = 0
     steps = 0

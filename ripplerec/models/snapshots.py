@@ -31,6 +31,7 @@ from typing import Any
 
 from ripplerec.models.base import ModelLoadError
 from ripplerec.models.finetune import AdaptedEncoder, FineTuneResult
+from ripplerec.models.shadow_gate import ShadowVerdict
 from ripplerec.models.transformer_scorer import TransformerScorer
 
 __all__ = ["SnapshotStore", "SnapshotError", "Snapshot", "SNAPSHOT_FORMAT"]
@@ -83,8 +84,11 @@ class SnapshotStore:
 
     # -- writing ---------------------------------------------------------------------------------------
     def write(self, result: FineTuneResult, parent: str | None, version: str | None = None,
-              extra: Mapping[str, Any] | None = None) -> Snapshot:
-        """Write a fine-tune's result as a new snapshot folder (atomically) and return it, verified."""
+              extra: Mapping[str, Any] | None = None, verdict: ShadowVerdict | None = None) -> Snapshot:
+        """Write a fine-tune's result as a new snapshot folder (atomically) and return it, verified.
+
+        ``verdict``: its shadow-window race against the serving model (:mod:`ripplerec.models.shadow_gate`),
+        recorded as the gate; without one the gate recorded is the fine-tune's replay hold-out comparison."""
         scorer = result.scorer
         created = time.time()
         if version is None:
@@ -112,7 +116,8 @@ class SnapshotStore:
                 "created_at": created,
                 "window": result.window,
                 "metrics": result.metrics,
-                "gate_passed": result.improved,
+                "gate_passed": verdict.promote if verdict is not None else result.improved,
+                "gate": {"kind": "shadow", **verdict.to_dict()} if verdict is not None else {"kind": "replay-holdout"},
                 "finetune": result.config.to_dict(),
                 "adapter": result.encoder.adapter_config if result.encoder is not None else None,
                 "encoder_version": scorer.encoder_version,
@@ -207,11 +212,17 @@ class SnapshotStore:
         except ModelLoadError as error:
             raise SnapshotError(str(error)) from error
 
-    def commit(self, result: FineTuneResult, parent: str | None) -> tuple[Snapshot, bool]:
-        """Write ``result`` as a snapshot and promote it only when it passed the gate (it ranks the held-out
-        window better than the model it started from); (the snapshot, whether it was promoted)."""
-        snapshot = self.write(result, parent)
-        if not result.improved:
+    def commit(self, result: FineTuneResult, parent: str | None,
+               verdict: ShadowVerdict | None = None) -> tuple[Snapshot, bool]:
+        """Write ``result`` as a snapshot and promote it only when it passed the gate; (the snapshot, whether
+        it was promoted).
+
+        The gate is ``verdict``, the candidate's race against the serving model on the events after the
+        snapshot (:class:`~ripplerec.models.shadow_gate.ShadowGate`): promoted when it ranked them better.
+        Without a verdict it is the fine-tune's own comparison on the replay buffer's recent window, which
+        the serving model has already learned (so it rarely passes, and says little when it does)."""
+        snapshot = self.write(result, parent, verdict=verdict)
+        if not snapshot.manifest["gate_passed"]:
             return snapshot, False
         return self.promote(snapshot.version), True
 

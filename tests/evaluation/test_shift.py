@@ -23,12 +23,15 @@ def test_the_stream_holds_out_phase_a_events_and_shifts_back() -> None:
 def test_run_shift_reports_forgetting_per_variant(tmp_path) -> None:
     torch.set_num_threads(1)
     rows = run_shift("synthetic", tmp_path, variants=("online", "snapshots-head"), limit=900, snapshot_every=300,
-                     encoder_name="hashing", say=lambda _line: None)
+                     shadow_window=100, encoder_name="hashing", say=lambda _line: None)
     assert [r["variant"] for r in rows] == ["online", "snapshots-head"]
     for row in rows:
         assert row["held_out"] > 0 and row["tested"] > 0
         assert row["forgetting"] == row["ndcg_A_after_A"] - row["ndcg_A_after_B"]
     assert rows[1]["snapshots"] and not rows[0]["snapshots"]
+    for taken in rows[1]["snapshots"]:  # each raced the serving scorer on the events after it
+        assert 0 < taken["shadow_events"] <= 100 and taken["promoted"] in (0.0, 1.0)
+        assert taken["promoted"] == float(taken["shadow_ndcg@10"] > taken["shadow_serving_ndcg@10"])
     saved = json.loads((tmp_path / "shift.json").read_text())
     assert saved["results"][0]["variant"] == "online"
     assert "| snapshots-head |" in (tmp_path / "shift.md").read_text()
