@@ -196,22 +196,11 @@ def group_lag(settings: Settings, group: str, topics: list[str] | None = None,
             return {}
         ends = consumer.end_offsets(tps)
         by_topic: dict[str, int] = {}
-        for tp, offset in _committed(consumer, tps).items():
+        from ripplerec.streams.faust_compat import committed_offsets
+
+        for tp, offset in committed_offsets(consumer, tps).items():
             if offset is not None and offset >= 0:
                 by_topic[tp.topic] = by_topic.get(tp.topic, 0) + max(0, ends[tp] - offset)
         return by_topic
     finally:
         consumer.close()
-
-
-def _committed(consumer: Any, tps: list[Any]) -> dict[Any, int | None]:
-    """The group's committed offset of each partition, in one OffsetFetch.
-
-    ``KafkaConsumer.committed`` takes one partition, and a request per partition cost the monitor
-    about 50 ms of CPU per read (36 partitions); it is this coordinator call on a one-item list.
-    """
-    fetch = getattr(getattr(consumer, "_coordinator", None), "fetch_committed_offsets", None)
-    if fetch is None:  # another kafka-python: the public call, partition by partition
-        return {tp: consumer.committed(tp) for tp in tps}
-    found = fetch(tps)
-    return {tp: found[tp].offset if tp in found else None for tp in tps}

@@ -180,3 +180,25 @@ def test_adapt_fetch_wait_reads_what_a_fixed_wait_never_gets(embedded_stack) -> 
     assert asyncio.run(read(adapt=False)) == (0, 0)  # the broker's behaviour this works around
     got, wait = asyncio.run(read(adapt=True))
     assert got == 20 and wait <= faust_compat.FETCH_WAIT_CAP_MS  # back towards 0 once records came
+
+
+def test_committed_offsets_of_many_partitions_in_one_call_match_kafka_python_one_by_one(embedded_stack) -> None:
+    import uuid
+
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from ripplerec.embedded import create_topics
+
+    name = f"compat-committed-{uuid.uuid4().hex[:8]}"
+    create_topics(embedded_stack.bootstrap_servers, [name], 3)
+    consumer = KafkaConsumer(bootstrap_servers=embedded_stack.bootstrap_servers, group_id=name,
+                             enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(name, p) for p in range(3)]
+        consumer.commit({tps[0]: OffsetAndMetadata(7, "", -1), tps[2]: OffsetAndMetadata(3, "", -1)})
+        found = faust_compat.committed_offsets(consumer, tps)
+        assert found == {tp: consumer.committed(tp) for tp in tps}
+        assert found[tps[0]] == 7 and found[tps[2]] == 3
+    finally:
+        consumer.close()
