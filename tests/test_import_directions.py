@@ -127,3 +127,11 @@ def test_client_side_works_where_the_worker_dependencies_are_absent() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_only_the_monitor_role_loads_river() -> None:
+    """river.drift imports scikit-learn (through river's datasets): 1.8 s of a worker's start that the
+    ingest, scorer and trainer roles do not need."""
+    statement = ("from ripplerec.config import Settings\nfrom ripplerec.streams.app import create_app\n"
+                 "create_app(Settings(web_port=1, app_id='imports'), roles=['ingest'], web=False)")
+    assert _loaded_after(statement, ["river", "sklearn", "torch"]) == []
