@@ -162,8 +162,8 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
 
     def snapshot(reason: str) -> None:
         nonlocal race, racing
-        if not variant.startswith("snapshots") or len(scorer.replay) < 50:
-            return
+        if not variant.startswith("snapshots") or len(scorer.replay) < 50 or position >= len(events):
+            return  # at the stream's end no event is left to race it on
         if race is not None:
             say(f"  {variant}: no snapshot at {position} ({reason}): the last one is still in its shadow window")
             return
