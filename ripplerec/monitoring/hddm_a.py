@@ -68,23 +68,25 @@ class HDDMA(binary.HDDMA):
         min_n, min_mean = self._x_min.n, self._x_min.get()
         max_n, max_mean = self._x_max.n, self._x_max.get()
         drift = self._drift_detected
+        # a cut point's bound is the global one of the update that set it: kept, not recomputed
+        eps_min = sqrt(1.0 / (2 * min_n) * log_drift) if min_n else 0.0
+        eps_max = sqrt(1.0 / (2 * max_n) * log_drift) if max_n else 0.0
         for i, x in enumerate(xs):
             if drift:  # river resets at the update after a drift
                 zn = zmean = min_n = min_mean = max_n = max_mean = 0.0
             zn += 1.0
             zmean += (1.0 / zn) * (x - zmean)
-            if min_n == 0:
-                min_n, min_mean = zn, zmean
-            if max_n == 0:
-                max_n, max_mean = zn, zmean
             eps_z = sqrt(1.0 / (2 * zn) * log_drift)
-            if min_mean + sqrt(1.0 / (2 * min_n) * log_drift) >= zmean + eps_z:
-                min_n, min_mean = zn, zmean
-            if max_mean - sqrt(1.0 / (2 * max_n) * log_drift) <= zmean - eps_z:
-                max_n, max_mean = zn, zmean
-            drift = min_n != zn and zmean - min_mean >= sqrt((zn - min_n) / min_n * (1.0 / zn) / 2 * log_drift_2)
+            if min_n == 0 or min_mean + eps_min >= zmean + eps_z:
+                min_n, min_mean, eps_min = zn, zmean, eps_z
+            if max_n == 0 or max_mean - eps_max <= zmean - eps_z:
+                max_n, max_mean, eps_max = zn, zmean, eps_z
+            # a rise (fall) below zero never reaches the bound, which is above zero: no square root then
+            rise = zmean - min_mean
+            drift = min_n != zn and rise > 0.0 and rise >= sqrt((zn - min_n) / min_n * (1.0 / zn) / 2 * log_drift_2)
             if two_sided and not drift and max_n != zn:
-                drift = max_mean - zmean >= sqrt((zn - max_n) / max_n * (1.0 / zn) / 2 * log_drift_2)
+                fall = max_mean - zmean
+                drift = fall > 0.0 and fall >= sqrt((zn - max_n) / max_n * (1.0 / zn) / 2 * log_drift_2)
             if drift:
                 drifts.append(i)
         if xs:

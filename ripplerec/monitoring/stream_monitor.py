@@ -35,7 +35,7 @@ from ripplerec.monitoring.follow_through import FollowThrough, Outcome
 __all__ = ["StreamMonitor", "Alert", "entropy_bits", "top_share"]
 
 _SERIES_POINTS = 900
-_ITEM, _ACTION = itemgetter("item_id"), itemgetter("action")
+_USER, _ITEM, _ACTION = itemgetter("user_id"), itemgetter("item_id"), itemgetter("action")
 
 
 def entropy_bits(counts: Iterable[int]) -> float:
@@ -203,12 +203,11 @@ class StreamMonitor:
         window = self._window
         first = self.position + 1
         last_ts = self.last_event_ts_ms
-        follow = self._follow if len(self._follow) else None  # only recommendations add pending ones
+        run_users, run_items = list(map(_USER, run)), list(map(_ITEM, run))
         novelty: list[float] = []
         new_users = new_items = 0
         user_history, touch, add_item, novel = users.get, users.move_to_end, items.add, novelty.append
-        for n, event in enumerate(run):
-            user, item = event["user_id"], event["item_id"]
+        for user, item in zip(run_users, run_items, strict=True):
             history = user_history(user)
             if history is None:
                 new_users += 1
@@ -223,8 +222,9 @@ class StreamMonitor:
                     add_item(item)
             novel(0.0 if item in history else 1.0)
             history.append(item)
-            if follow is not None:
-                outcome = follow.event(user, item, now)
+        if len(self._follow):  # pending recommendations (independent of the state above: a pass of its own)
+            for n, (user, item) in enumerate(zip(run_users, run_items, strict=True)):
+                outcome = self._follow.event(user, item, now)
                 if outcome is not None:
                     self.position, self.last_event_ts_ms = first + n, _ts_at(run, n, last_ts)
                     alerts: list[Alert] = []
@@ -237,7 +237,6 @@ class StreamMonitor:
             alert = Alert(detection, detection.metric, now, _ts_at(run, detection.position - first, last_ts),
                           self.serving_version)
             found.append((detection.position, 0, alert))
-        run_items = list(map(_ITEM, run))
         window.events += len(run)
         window.actions.update(map(_ACTION, run))
         window.items.update(run_items)
