@@ -298,8 +298,13 @@ def finetune(
     every_s: float = typer.Option(0.0, help="--watch: fine-tune every this many seconds (0: off)"),
     every_examples: int = typer.Option(0, help="--watch: after this many new trainer examples (0: off)"),
     on_drift: bool = typer.Option(True, help="--watch: on every DriftAlert on ripple.drift"),
+    shadow_window: int = typer.Option(2_000, help="The gate: race the snapshot against the trainer's checkpoint "
+                                      "on this many training examples after it; promoted when it ranks them better"),
+    gate_wait_s: float = typer.Option(600.0, help="Wait at most this long for the shadow window's examples "
+                                      "(an incomplete window promotes nothing)"),
 ) -> None:
-    """Fine-tune a snapshot on the trainer's replay buffer; promote it when it beats the serving model."""
+    """Fine-tune a snapshot on the trainer's replay buffer; promote it when it beats the trainer's checkpoint
+    on the training examples after that checkpoint (exit 3 when the gate failed)."""
     from ripplerec.config import get_settings
     from ripplerec.models.finetune import MODES
     from ripplerec.streams import snapshot_job
@@ -309,10 +314,12 @@ def finetune(
     settings = get_settings()
     if watch:
         snapshot_job.watch(settings, mode, every_s=every_s, every_examples=every_examples, on_drift=on_drift,
-                           max_minutes=max_minutes, snapshot_dir=snapshots)
+                           max_minutes=max_minutes, snapshot_dir=snapshots, shadow_window=shadow_window,
+                           gate_wait_s=gate_wait_s)
         return
     result = snapshot_job.run_finetune(settings, mode, max_minutes=max_minutes, epochs=epochs,
-                                       snapshot_dir=snapshots, publish=publish)
+                                       snapshot_dir=snapshots, publish=publish, shadow_window=shadow_window,
+                                       gate_wait_s=gate_wait_s)
     raise typer.Exit(0 if result["promoted"] else 3)
 
 

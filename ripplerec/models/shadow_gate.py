@@ -8,7 +8,9 @@ with the user's history before it (the eval's protocol: the positive's rank amon
 that history, ties counted against it), then both learn it online with their own trainer settings, so it is
 a fair race. The candidate is promoted only when its NDCG@10 over the window beats the serving model's by
 more than ``margin``; otherwise it is dropped and the serving model, which learned the window too, carries
-on. Plain data only: the caller feeds the events (an eval loop, or a job reading the stream).
+on. Plain data only: the caller feeds the events (an eval loop: :meth:`ShadowGate.step`) or the trainer's
+ready-made examples (the fine-tune job reading ``ripple.training`` after its checkpoint:
+:meth:`ShadowGate.step_examples`).
 
 >>> ShadowVerdict(events=2_000, tested=2_000, candidate_ndcg=0.031, serving_ndcg=0.028, margin=0.0).promote
 True
@@ -24,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ripplerec.models.base import Interaction
-from ripplerec.models.transformer_scorer import _ACTION_INDEX, LearnReport, TransformerScorer
+from ripplerec.models.transformer_scorer import _ACTION_INDEX, Example, LearnReport, TransformerScorer
 
 __all__ = ["ShadowGate", "ShadowGateConfig", "ShadowVerdict", "shadow_examples"]
 
@@ -32,33 +34,44 @@ __all__ = ["ShadowGate", "ShadowGateConfig", "ShadowVerdict", "shadow_examples"]
 @dataclass(frozen=True)
 class ShadowGateConfig:
     """``window``: events raced after the snapshot; ``margin``: how much the candidate's NDCG@10 must exceed
-    the serving model's; ``top``: the cut-off of the ranking metrics."""
+    the serving model's; ``top``: the cut-off of the ranking metrics; ``min_events``: events the race must
+    have seen to promote (a stream job asks for the whole window; an eval whose stream ends inside a
+    window judges it on what it saw)."""
 
     window: int = 2_000
     margin: float = 0.0
     top: int = 10
+    min_events: int = 1
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.top < 1:
             raise ValueError("window and top must be >= 1")
         if self.margin < 0:
             raise ValueError("margin must be >= 0")
+        if not 1 <= self.min_events <= self.window:
+            raise ValueError("min_events must be in [1, window]")
 
 
 @dataclass(frozen=True)
 class ShadowVerdict:
-    """What the race found: events raced, positives scored (known items), and both models' NDCG@10."""
+    """What the race found: events raced, positives scored (known items), both models' NDCG@10, and the
+    events the race needed (``required``)."""
 
     events: int
     tested: int
     candidate_ndcg: float
     serving_ndcg: float
     margin: float = 0.0
+    required: int = 1
+
+    @property
+    def complete(self) -> bool:
+        return self.events >= self.required
 
     @property
     def promote(self) -> bool:
         """The gate: the candidate ranked the window's positives better than the serving model did."""
-        return self.tested > 0 and self.candidate_ndcg > self.serving_ndcg + self.margin
+        return self.complete and self.tested > 0 and self.candidate_ndcg > self.serving_ndcg + self.margin
 
     def to_dict(self) -> dict[str, float]:
         return {**{k: float(v) for k, v in asdict(self).items()}, "promote": float(self.promote)}
@@ -134,10 +147,22 @@ class ShadowGate:
             self.events += len(take)
         return list(events[len(take) :])
 
+    def step_examples(self, examples: Sequence[Example]) -> list[Example]:
+        """:meth:`step` for ready-made examples (each carries its user's history, as on ``ripple.training``):
+        both models test, then learn, them in chunks, as a trainer does (:meth:`TransformerScorer.learn_examples`).
+        Returns the examples past the window's end, left alone."""
+        take = list(examples[: max(0, self.config.window - self.events)])
+        if take:
+            self._serving.add(self.serving.learn_examples(take, self.config.top))
+            self._candidate.add(self.candidate.learn_examples(take, self.config.top))
+            self.events += len(take)
+        return list(examples[len(take) :])
+
     def verdict(self) -> ShadowVerdict:
         serving = self._serving.metrics().get("ndcg@10", 0.0)
         candidate = self._candidate.metrics().get("ndcg@10", 0.0)
-        return ShadowVerdict(self.events, self._serving.trained, candidate, serving, self.config.margin)
+        return ShadowVerdict(self.events, self._serving.trained, candidate, serving, self.config.margin,
+                             self.config.min_events)
 
     @property
     def winner(self) -> TransformerScorer:

@@ -212,8 +212,8 @@ class SnapshotStore:
         except ModelLoadError as error:
             raise SnapshotError(str(error)) from error
 
-    def commit(self, result: FineTuneResult, parent: str | None,
-               verdict: ShadowVerdict | None = None) -> tuple[Snapshot, bool]:
+    def commit(self, result: FineTuneResult, parent: str | None, verdict: ShadowVerdict | None = None,
+               extra: Mapping[str, Any] | None = None) -> tuple[Snapshot, bool]:
         """Write ``result`` as a snapshot and promote it only when it passed the gate; (the snapshot, whether
         it was promoted).
 
@@ -221,7 +221,7 @@ class SnapshotStore:
         snapshot (:class:`~ripplerec.models.shadow_gate.ShadowGate`): promoted when it ranked them better.
         Without a verdict it is the fine-tune's own comparison on the replay buffer's recent window, which
         the serving model has already learned (so it rarely passes, and says little when it does)."""
-        snapshot = self.write(result, parent, verdict=verdict)
+        snapshot = self.write(result, parent, extra=extra, verdict=verdict)
         if not snapshot.manifest["gate_passed"]:
             return snapshot, False
         return self.promote(snapshot.version), True

@@ -116,3 +116,32 @@ def test_config_is_validated() -> None:
         ShadowGateConfig(window=0)
     with pytest.raises(ValueError):
         ShadowGateConfig(margin=-0.1)
+    with pytest.raises(ValueError):
+        ShadowGateConfig(window=100, min_events=101)
+
+
+def test_ready_made_examples_race_as_a_trainer_learns_them_and_a_short_race_promotes_nothing(stream, trained) -> None:
+    """The fine-tune job's race: ``ripple.training``'s examples (each with its history) tested, then learned,
+    by both models; a race that has not seen ``min_events`` does not promote even a clear winner."""
+    from ripplerec.models.base import Behavior
+    from ripplerec.models.transformer_scorer import Example
+
+    events = list(stream.interactions)[1_200:]
+    seen: dict[str, list[Behavior]] = {}
+    examples = []
+    for e in events:
+        history = seen.setdefault(e.user_id, [])
+        examples.append(Example(e.user_id, e.item_id, e.action, e.value, e.ts, tuple(history[-10:])))
+        history.append(Behavior(e.item_id, e.action, e.value, e.ts))
+    config = ShadowGateConfig(window=300, min_events=300)
+    short = ShadowGate(_fresh(stream), _copy(trained), config)
+    assert short.step_examples(examples[:100]) == []
+    verdict = short.verdict()
+    assert verdict.candidate_ndcg > verdict.serving_ndcg and not verdict.complete and not verdict.promote
+    assert verdict.to_dict()["required"] == 300.0
+
+    full = ShadowGate(_fresh(stream), _copy(trained), config)
+    assert full.step_examples(examples[:250]) == []
+    assert full.step_examples(examples[250:384]) == examples[300:384]  # past the window: the caller's
+    verdict = full.verdict()
+    assert full.done and verdict.events == 300 and verdict.promote and full.winner is full.candidate
