@@ -21,7 +21,8 @@ first learn ``--count-events`` events (items drawn with a 1/rank popularity, use
 as a served scorer gets them with a head version; ``--counts dense`` keeps them in dense item x item
 matrices (as before the counts were sparse) instead of each item's top neighbours, for comparison. The
 timed user's 50 behaviours are drawn with the same popularity. ``count_features_ms`` and
-``text_feature_ms`` are the median time of the served top-10's count features and text feature.
+``text_feature_ms`` are the median time of the served top-10's count features and text feature (above
+5,000 items the text feature is folded into the user vector, and ``text_terms_ms`` times its per-user terms).
 
 Item text embeddings are random unit vectors of MiniLM's size (384): latency does not depend on what
 they say, and the benchmark then needs no model download or cache.
@@ -46,7 +47,7 @@ from ripplerec.models.base import Behavior, Interaction, Item, UserState
 from ripplerec.models.count_features import AlignedHistories, CountFeatures
 from ripplerec.models.head import HeadConfig
 from ripplerec.models.trainer import TrainerConfig
-from ripplerec.models.transformer_scorer import TransformerScorer, TransformerScorerConfig
+from ripplerec.models.transformer_scorer import TEXT_COSINES_MAX_ITEMS, TransformerScorer, TransformerScorerConfig
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -172,13 +173,18 @@ def training_rate(scorer: TransformerScorer, n_items: int, examples: int, replay
 
 
 def feature_parts(scorer: TransformerScorer, user: UserState, now: float, repeats: int) -> dict[str, float]:
-    """Median time of a served top-10's count features and text feature (ms)."""
+    """Median time of a served top-10's count features and text feature (ms); above ``TEXT_COSINES_MAX_ITEMS``
+    items, where the text feature is folded into the user vector, of its per-user terms (its product with the
+    catalog's texts is the text affinity's)."""
     batch = scorer._history_batch([user.history], [now])
     histories = AlignedHistories(batch.items.numpy(), batch.mask.numpy())
     n = len(scorer.item_ids)
     counts = time_calls(lambda: scorer._counts.features(histories, n), repeats)
     parts = {"count_features_ms": statistics.median(counts)}
-    if scorer.config.head.text_feature:
+    if scorer.config.head.text_feature and n > TEXT_COSINES_MAX_ITEMS:  # folded into the user vector: its terms
+        text = time_calls(lambda: scorer._text_terms(histories, n), repeats)
+        parts["text_terms_ms"] = statistics.median(text)
+    elif scorer.config.head.text_feature:
         text = time_calls(lambda: scorer._text_feature(histories, n), repeats)
         parts["text_feature_ms"] = statistics.median(text)
     return parts
@@ -241,6 +247,8 @@ def line(row: dict[str, object]) -> str:
         text += f" | count features {row['count_features_ms']:.2f} ms"
     if "text_feature_ms" in row:
         text += f", text feature {row['text_feature_ms']:.2f} ms"
+    if "text_terms_ms" in row:
+        text += f", text feature's terms (folded) {row['text_terms_ms']:.2f} ms"
     text += f" | RSS {row['rss_mb']:,.0f} MB (peak {row['peak_rss_mb']:,.0f}), counts {row['counts_mb']:,.1f} MB"
     if "naive_loop_p50_ms" in row:
         text += f" | naive loop p50 {row['naive_loop_p50_ms']:.0f} ms, p99 {row['naive_loop_p99_ms']:.0f} ms"

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import struct
+import weakref
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -77,8 +78,15 @@ _PER_ITEM = ("item_bias", "item_ids", "item_counts")  # head tensors with one ro
 _ACTION_INDEX = {action: i for i, action in enumerate(ACTIONS)}
 TEXT_FEATURE_HISTORY = 10  # the text feature reads the user's last 10 items ...
 TEXT_FEATURE_DECAY = 0.7  # ... the k-th most recent weighted 0.7 ** k
-# up to here the text feature and the training of the text affinity share an (n, n) cosine matrix (100 MB at 5,000)
+# up to here the text feature and the training of the text affinity share an (n, n) cosine matrix (100 MB at 5,000);
+# beyond, scoring folds the text feature into the user vector and a top-k scans the item vectors in float16
 TEXT_COSINES_MAX_ITEMS = 5_000
+# a float16 scan's score is within HALF_SCAN_ERROR * |user| * |item| + HALF_SCAN_FLOOR * |user| of the float32 one:
+# rounding the operands and the result to float16 is 3 * 2**-11 of that Cauchy-Schwarz bound, float32 sums of w
+# terms w * 2**-24 more (w = 448 served), and the floor covers float16's subnormals (2**-25 a term); 2**-8 leaves
+# a factor of 2.5 (tests/models check the bound against torch's float16 product)
+HALF_SCAN_ERROR = 2.0**-8
+HALF_SCAN_FLOOR = 2.0**-18
 
 
 def item_text(item: Item) -> str:
@@ -196,6 +204,8 @@ class TransformerScorer(RankingModel):
         self._histories: dict[str, deque[Behavior]] = {}
         self._encoded: dict[str, _EncodedHistory] = {}
         self._vectors: torch.Tensor | None = None  # item vectors of the current weights
+        # (a weak reference to the item vectors, them in float16, their rows' norms): see _top_rows
+        self._half: tuple[weakref.ref[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
         trainer_config = self.config.trainer
         self.replay = ReplayBuffer(
             trainer_config.replay_capacity, trainer_config.replay_window, trainer_config.replay_max_bytes
@@ -209,6 +219,9 @@ class TransformerScorer(RankingModel):
         # first _cosine_rows items
         self._text_cosines = np.zeros((0, 0), dtype=np.float32)
         self._cosine_rows = 0
+        # above TEXT_COSINES_MAX_ITEMS, the moments of the unit item texts that fold the text feature into the
+        # user vector when scoring (see _scores_with_folded_text)
+        self._text_moments = _TextMoments(head_config.text_dim if head_config.uses_text else 0)
         # the name of the head version loaded with with_head (a trainer's announced version), if any
         self.version_name: str | None = None
 
@@ -238,6 +251,7 @@ class TransformerScorer(RankingModel):
             return
         start = len(self._item_ids)
         needed = start + len(fresh)
+        moments_current = self._text_moments.matches(self.head.item_text)
         if needed > self.head.capacity:
             self.trainer.grow(max(needed, 2 * self.head.capacity, 64))
         if self.config.head.uses_text:
@@ -257,6 +271,8 @@ class TransformerScorer(RankingModel):
         self._counts.grow(needed)
         self._vectors = None
         self._unit_text = None
+        if moments_current:  # only rows after its own were written: the moments extend to them when next read
+            self._text_moments.follow(self.head.item_text)
 
     # -- tensors from plain data ------------------------------------------------------------------
     def _encode(self, history: Sequence[Behavior]) -> list[tuple[int, int, float, float]]:
@@ -271,13 +287,27 @@ class TransformerScorer(RankingModel):
     def _history_batch(self, histories: Sequence[Sequence[Behavior]], nows: Sequence[float]) -> HistoryBatch:
         return self._batch_from_encoded([self._encode(history) for history in histories], nows)
 
-    def _feature_scores(self, batch: HistoryBatch) -> torch.Tensor | None:
-        """The count features' part of the scores ``(B, n)`` for a batch of histories (None without features)."""
+    def _feature_scores(self, batch: HistoryBatch, rows: Sequence[int] | None = None) -> torch.Tensor | None:
+        """The count features' part of the scores ``(B, n)`` for a batch of histories, or of the catalog ``rows``
+        only ``(B, len(rows))`` (None without features).
+
+        With ``rows`` above ``TEXT_COSINES_MAX_ITEMS`` items, the text feature of those rows alone, standardised
+        as :meth:`_scores_with_folded_text` does it.
+        """
         if not self.config.head.count_features:
             return None
-        features = self._count_features(batch)
+        n = len(self._item_ids)
         with torch.no_grad():
-            return self.head.feature_scores(features)
+            if rows is None or not self.config.head.text_feature or n <= TEXT_COSINES_MAX_ITEMS:
+                scores = self.head.feature_scores(self._count_features(batch))
+                return scores if rows is None else scores[:, list(rows)]
+            histories = AlignedHistories(batch.items.numpy(), batch.mask.numpy())
+            profiles, scale, offset = self._text_terms(histories, n)
+            index = torch.tensor(list(rows), dtype=torch.long)
+            texts = nn.functional.normalize(self.head.item_text[index], dim=-1)
+            scores = (profiles @ texts.T * scale.unsqueeze(1) + offset.unsqueeze(1)) * self._feature_weights()[-1]
+            counts = self._weighted_counts(histories, n)
+            return scores if counts is None else scores + counts[:, index]
 
     def _count_features(self, batch: HistoryBatch, users: int | None = None) -> torch.Tensor:
         """The count features ``(B, K, n)`` of the histories in ``batch`` (its first ``users`` only, when given)."""
@@ -592,18 +622,150 @@ class TransformerScorer(RankingModel):
         with torch.no_grad():
             vectors = self._item_vectors()
             user_vectors, _ = self.head.user_vectors(batch, vectors)
-            scores = user_vectors @ vectors.T + self.head.biases(slice(0, len(self._item_ids)))
-            extra = self._feature_scores(batch)
-            if extra is not None:
-                scores = scores + extra
+            if self.config.head.text_feature and len(self._item_ids) > TEXT_COSINES_MAX_ITEMS:
+                scores = self._scores_with_folded_text(batch, user_vectors, vectors)
+            else:
+                scores = user_vectors @ vectors.T + self.head.biases(slice(0, len(self._item_ids)))
+                extra = self._feature_scores(batch)
+                if extra is not None:
+                    scores = scores + extra
         return scores.numpy().astype(np.float32, copy=False)
 
+    def _scores_with_folded_text(
+        self, batch: HistoryBatch, user_vectors: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores of the whole catalog ``(B, n)`` with the text feature folded into the user vectors.
+
+        The text feature of item ``i`` is ``(p . u_i - mean) / spread``, for the user's recency-weighted recent
+        unit texts ``p`` and the unit item texts ``u``; the mean and spread over the catalog follow from ``p``
+        and the texts' moments (:meth:`_text_terms`), so the feature is ``p / spread`` in the user vector's text
+        columns (with text affinity, whose columns are the unit texts) and a constant per user. The catalog's
+        texts are then read once per request, not twice, and the feature's ``(B, n)`` values are never made.
+        The same scores as :meth:`_text_feature` and :meth:`Head.feature_scores`, up to rounding.
+        """
+        users, rest = self._folded(batch, user_vectors, vectors)
+        width = vectors.shape[1]
+        if users.shape[1] == width:  # text affinity: its columns are the unit texts
+            return torch.addmm(rest, users, vectors.T)
+        n = len(self._item_ids)
+        return torch.addmm(torch.addmm(rest, users[:, :width], vectors.T), users[:, width:], self.head.unit_texts(n).T)
+
+    def _folded(
+        self, batch: HistoryBatch, user_vectors: torch.Tensor, vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_scores_with_folded_text` in two parts: user vectors with the text feature folded into their text
+        columns ``(B, width)`` and what is added to their products ``(B, n)`` (biases, the text feature's constant,
+        the count features). Without text affinity the folded columns come after the user vector's own, for the
+        unit item texts."""
+        n = len(self._item_ids)
+        d = self.config.head.dim
+        histories = AlignedHistories(batch.items.numpy(), batch.mask.numpy())
+        profiles, scale, offset = self._text_terms(histories, n)
+        text_weight = self._feature_weights()[-1]
+        folded = profiles * (text_weight * scale).unsqueeze(1)
+        if vectors.shape[1] > d:  # text affinity: its columns are the unit texts
+            users = user_vectors.clone()
+            users[:, d:] += folded
+        else:
+            users = torch.cat([user_vectors, folded], dim=1)
+        rest = self.head.biases(slice(0, n)) + (text_weight * offset).unsqueeze(1)
+        counts = self._weighted_counts(histories, n)
+        if counts is not None:
+            rest += counts
+        return users, rest
+
+    def _top_rows(
+        self, user: UserState, k: int, exclude: Collection[str], now: float | None
+    ) -> list[tuple[int, float]] | None:
+        """The top-``k`` catalog rows for ``user`` and their scores, best first (ties by lower row), none from
+        ``exclude``, by a half-precision scan: None where it does not apply (up to ``TEXT_COSINES_MAX_ITEMS``
+        items, or without the folded text feature's text-affinity columns; ``score_all`` then).
+
+        One request reads every item's row of the item vectors (text columns included), which is what its time
+        goes to; in float16 it reads half the bytes. The scan's scores are within a bound of the float32 ones
+        (:data:`HALF_SCAN_ERROR`), so every item whose bound reaches the ``k``-th best lower bound is a candidate
+        (the true top-``k`` among them) and the candidates alone are scored in float32: the same items, in the
+        same order, as from :meth:`score_all`, up to float32 rounding.
+        """
+        n = len(self._item_ids)
+        config = self.config.head
+        if not (config.text_feature and config.text_affinity) or n <= TEXT_COSINES_MAX_ITEMS or k >= n:
+            return None
+        batch = self._history_batch([user.history], clocks_for([user], now))
+        with torch.no_grad():
+            vectors = self._item_vectors()
+            user_vectors, _ = self.head.user_vectors(batch, vectors)
+            users, rest = self._folded(batch, user_vectors, vectors)
+            query, rest = users[0], rest[0]
+            norm = float(query.norm())
+            if not 0.0 < norm < math.inf:
+                return None
+            half, row_norms = self._half_vectors(vectors)
+            if not row_norms.shape[0]:  # an item vector beyond float16's range
+                return None
+            # the query scaled to unit length: the products stay within the item rows' norms, far from float16's
+            # range limits
+            approx = (half @ (query / norm).to(torch.float16)).float().mul_(norm).add_(rest)
+            margin = row_norms * (norm * HALF_SCAN_ERROR) + norm * HALF_SCAN_FLOOR
+            lower = approx - margin
+            excluded = torch.tensor([self._index_of[i] for i in exclude if i in self._index_of], dtype=torch.long)
+            lower[excluded] = -torch.inf
+            threshold = torch.topk(lower, min(k, n)).values[-1]
+            if not bool(torch.isfinite(threshold)):  # fewer than k items left: score them all
+                return None
+            candidate = approx.add_(margin) >= threshold
+            candidate[excluded] = False
+            rows = torch.nonzero(candidate).flatten()  # ascending: ties go to the lower row, as in top_k_indices
+            exact = torch.addmv(rest[rows], vectors[rows], query).numpy()
+        order = top_k_indices(exact, k)
+        return [(int(rows[i]), float(exact[i])) for i in order]
+
+    def _half_vectors(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``vectors`` in float16 and the norms of their rows (float32), kept while ``vectors`` are the item
+        vectors (a weak reference: the old ones are not held once learning replaced them)."""
+        kept = self._half
+        if kept is not None and kept[0]() is vectors:
+            return kept[1], kept[2]
+        half, norms = vectors.to(torch.float16), vectors.norm(dim=1)
+        if not bool(torch.isfinite(half).all()):  # no scan (an empty norms says so)
+            half, norms = half[:0], norms[:0]
+        self._half = (weakref.ref(vectors), half, norms)
+        return half, norms
+
+    def _text_terms(self, histories: AlignedHistories, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each user's recency-weighted recent unit texts ``p`` ``(B, text_dim)``, and the ``scale`` and ``offset``
+        ``(B,)`` that make the text feature of the first ``n`` items ``(unit texts @ p) * scale + offset``."""
+        rows, weights = recent_rows(histories, TEXT_FEATURE_HISTORY, TEXT_FEATURE_DECAY)
+        recent = nn.functional.normalize(self.head.item_text[torch.from_numpy(rows)], dim=-1)  # a few rows each
+        profiles = torch.einsum("bl,blt->bt", torch.from_numpy(weights), recent)
+        scale, offset = self._text_moments.update(self.head.item_text, n).standardising(profiles.numpy(), n)
+        return profiles, torch.from_numpy(scale), torch.from_numpy(offset)
+
+    def _weighted_counts(self, histories: AlignedHistories, n: int) -> torch.Tensor | None:
+        """The count features (without the text feature) times their weights, summed ``(B, n)``; None without."""
+        if not len(self._counts):
+            return None
+        # laid out as in _count_features: each feature's (B, n) plane contiguous
+        planes = np.empty((len(self._counts), len(histories), n), dtype=np.float32)
+        self._counts.features(histories, n, out=planes.transpose(1, 0, 2))
+        weights = self._feature_weights()
+        scores = torch.from_numpy(planes[0]) * weights[0]
+        for k in range(1, len(planes)):
+            scores += torch.from_numpy(planes[k]) * weights[k]
+        return scores
+
+    def _feature_weights(self) -> torch.Tensor:
+        weights = self.head.feature_weights
+        if weights is None:
+            raise ValueError("this head has no count features")
+        return weights
+
     def _leave_one_out(
-        self, user: UserState, now: float | None
+        self, user: UserState, now: float | None, rows: Sequence[int]
     ) -> tuple[torch.Tensor, torch.Tensor, list[int], torch.Tensor | None]:
         """User vectors with all behaviours (row 0) and with each one removed (rows 1..), the attention
         weights of the behaviours, their positions in ``user.history``, and the count features' scores of
-        the same variants (None without count features)."""
+        the same variants for the catalog ``rows`` (a column each; None without count features)."""
         clock = clocks_for([user], now)[0]
         length = self.config.head.history_length
         history = user.history
@@ -616,7 +778,7 @@ class TransformerScorer(RankingModel):
         batch = self._batch_from_encoded(variants, [clock] * len(variants))
         with torch.no_grad():
             user_vectors, weights = self.head.user_vectors(batch, self._item_vectors())
-        return user_vectors, weights[0, length - len(encoded) :], positions, self._feature_scores(batch)
+        return user_vectors, weights[0, length - len(encoded) :], positions, self._feature_scores(batch, rows)
 
     def _influences(
         self,
@@ -627,11 +789,12 @@ class TransformerScorer(RankingModel):
         row: int,
         extra: torch.Tensor | None = None,
     ) -> list[Influence]:
+        """``extra``: the count features' scores of ``row`` for each variant of :meth:`_leave_one_out` ``(V,)``."""
         vectors = self._item_vectors()
         with torch.no_grad():
             scores = user_vectors @ vectors[row]  # bias cancels in the differences
             if extra is not None:
-                scores = scores + extra[:, row]
+                scores = scores + extra
         deltas = (scores[0] - scores[1:]).tolist()
         influences = [
             Influence(
@@ -657,28 +820,36 @@ class TransformerScorer(RankingModel):
             raise KeyError(f"unknown item {item_id!r}")
         if not user.history:
             return []
-        user_vectors, weights, positions, extra = self._leave_one_out(user, now)
-        return self._influences(user, user_vectors, weights, positions, row, extra)
+        user_vectors, weights, positions, extra = self._leave_one_out(user, now, [row])
+        return self._influences(user, user_vectors, weights, positions, row, None if extra is None else extra[:, 0])
 
     def recommend(
         self, user: UserState, k: int, exclude: Collection[str] = (), now: float | None = None
     ) -> list[ScoredItem]:
         """Top-k items with their strongest ``config.influences`` influences attached."""
-        top = super().recommend(user, k, exclude, now)
+        scanned = self._top_rows(user, k, exclude, now) if k > 0 else None
+        if scanned is None:
+            top = super().recommend(user, k, exclude, now)
+        else:
+            top = [ScoredItem(self._item_ids[row], score) for row, score in scanned if math.isfinite(score)]
         if not top or not user.history or self.config.influences == 0:
             return top
-        user_vectors, weights, positions, extra = self._leave_one_out(user, now)
+        rows = [self._index_of[scored.item_id] for scored in top]
+        user_vectors, weights, positions, extra = self._leave_one_out(user, now, rows)
         if not positions:
             return top
         out = []
-        for scored in top:
-            row = self._index_of[scored.item_id]
-            influences = self._influences(user, user_vectors, weights, positions, row, extra)
+        for column, (scored, row) in enumerate(zip(top, rows, strict=True)):
+            column_extra = None if extra is None else extra[:, column]
+            influences = self._influences(user, user_vectors, weights, positions, row, column_extra)
             out.append(ScoredItem(scored.item_id, scored.score, tuple(influences[: self.config.influences])))
         return out
 
     def top_k(self, user: UserState, k: int, now: float | None = None) -> list[tuple[str, float]]:
         """Top-k (item, score) over the whole catalog without influences (the fast path)."""
+        scanned = self._top_rows(user, k, (), now) if k > 0 else None
+        if scanned is not None:
+            return [(self._item_ids[row], score) for row, score in scanned]
         scores = self.score_all(user, now)
         return [(self._item_ids[i], float(scores[i])) for i in top_k_indices(scores, k)]
 
@@ -918,6 +1089,12 @@ class TransformerScorer(RankingModel):
         new._item_vectors()  # ready before the first request
         if self.config.head.text_feature and n <= TEXT_COSINES_MAX_ITEMS:
             new._cosines(n)
+        elif self.config.head.text_feature:  # the same texts in the same rows: the moments carry over
+            if self._text_moments.matches(self.head.item_text):
+                new._text_moments = self._text_moments.copied_for(new.head.item_text)
+            new._text_moments.update(new.head.item_text, n)
+            if self.config.head.text_affinity:  # what _top_rows scans
+                new._half_vectors(new._item_vectors())
         return new
 
     def adopt_head(self, blob: bytes, source: str = "snapshot") -> str | None:
@@ -1097,6 +1274,77 @@ def _manifest_of(blob: bytes, source: str) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ModelLoadError(f"{source}: the manifest is not a JSON object")
     return manifest
+
+
+class _TextMoments:
+    """The sum and the sum of outer products (float64) of the first ``rows`` unit item texts, for the texts they
+    were computed from: the mean and spread over the catalog of the cosines of any text profile ``p`` with
+    every item text, ``p . sum / n`` and the root of ``p^T squares p / n - mean^2``, without those ``n`` cosines.
+    """
+
+    CHUNK = 4096  # rows normalised and multiplied at a time (float32 products, summed in float64)
+
+    def __init__(self, dim: int) -> None:
+        self.sum = np.zeros(dim)
+        self.squares = np.zeros((dim, dim))
+        self.rows = 0
+        self._source: tuple[torch.Tensor, int] | None = None  # (item texts, their version) when computed
+
+    def matches(self, texts: torch.Tensor) -> bool:
+        """Whether these moments are of the first :attr:`rows` rows of ``texts`` as they are now."""
+        return self._source is not None and self._source[0] is texts and self._source[1] == texts._version
+
+    def follow(self, texts: torch.Tensor) -> None:
+        """``texts`` hold the same first :attr:`rows` rows as the texts these moments were computed from (they
+        grew, or rows after those were written)."""
+        self._source = (texts, texts._version)
+
+    def update(self, texts: torch.Tensor, n: int) -> _TextMoments:
+        """These moments brought to the first ``n`` rows of the raw item texts ``texts`` (normalised here);
+        from scratch when the texts changed otherwise than by :meth:`follow`."""
+        if self.matches(texts) and self.rows == n:
+            return self
+        # new arrays, set together at the end: a scorer serving from these moments in another thread
+        # (with_head runs beside serving) reads either the old ones or the new ones
+        if self.matches(texts) and self.rows < n:
+            total, squares, done = self.sum.copy(), self.squares.copy(), self.rows
+        else:
+            total, squares, done = np.zeros(texts.shape[1]), np.zeros((texts.shape[1], texts.shape[1])), 0
+        source = (texts, texts._version)
+        with torch.no_grad():
+            for start in range(done, n, self.CHUNK):
+                unit = nn.functional.normalize(texts[start : min(n, start + self.CHUNK)], dim=-1)
+                total += unit.sum(dim=0, dtype=torch.float64).numpy()
+                squares += (unit.T @ unit).numpy()
+        self.sum, self.squares, self.rows, self._source = total, squares, n, source
+        return self
+
+    def copied_for(self, texts: torch.Tensor) -> _TextMoments:
+        """These moments, for ``texts`` that hold the same first :attr:`rows` rows (a copy of the catalog)."""
+        copy = _TextMoments(0)
+        copy.sum, copy.squares, copy.rows = self.sum, self.squares, self.rows  # never changed in place
+        copy.follow(texts)
+        return copy
+
+    def standardising(self, profiles: NDArray[np.float32], n: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """``(scale, offset)`` per profile ``(B,)``: the cosines ``c`` of each profile with the first ``n`` unit
+        texts standardise to ``c * scale + offset``, as :func:`standardised` would; 0 and 0 where they are
+        constant up to rounding (an empty profile).
+
+        >>> moments = _TextMoments(2).update(torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]]), 3)
+        >>> scale, offset = moments.standardising(np.array([[1.0, 0.0], [0.0, 0.0]], dtype=np.float32), 3)
+        >>> (np.array([1.0, 0.0, 0.6]) * scale[0] + offset[0]).round(3).tolist()  # standardised([1.0, 0.0, 0.6])
+        [1.136, -1.298, 0.162]
+        >>> float(scale[1]), float(offset[1]) == 0.0
+        (0.0, True)
+        """
+        p = profiles.astype(np.float64)
+        mean = p @ self.sum / n
+        second = np.einsum("bt,tu,bu->b", p, self.squares, p) / n
+        spread = np.sqrt(np.maximum(second - mean * mean, 0.0))
+        informative = spread > 1e-6 * (1.0 + np.abs(mean))  # standardised's test
+        scale = np.where(informative, 1.0 / np.where(informative, spread, 1.0), 0.0)
+        return scale.astype(np.float32), (-mean * scale).astype(np.float32)
 
 
 class _EncodedHistory:

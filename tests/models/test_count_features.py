@@ -10,7 +10,7 @@ import torch
 
 from ripplerec.datasets.synthetic import SyntheticConfig, synthetic_stream
 from ripplerec.models import transformer_scorer
-from ripplerec.models.base import Behavior, Interaction, Item, ModelLoadError, UserState
+from ripplerec.models.base import Behavior, Interaction, Item, ModelLoadError, UserState, top_k_indices
 from ripplerec.models.count_features import AlignedHistories, CountFeatures, HistoryRows, recent_rows, standardised
 from ripplerec.models.encoder import HashingEncoder
 from ripplerec.models.head import HeadConfig
@@ -281,3 +281,73 @@ def test_aligned_histories_have_the_recent_rows_and_features_of_the_lists(width:
         for got, expected in zip(recent_rows(aligned, length, decay), recent_rows(clipped, length, decay), strict=True):
             np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(features.features(aligned, 40), features.features(clipped, 40))
+
+
+@pytest.mark.parametrize("affinity", [True, False])  # folded into the text-affinity columns, or one more product
+def test_folded_text_feature_scores_as_the_features_do(affinity: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above TEXT_COSINES_MAX_ITEMS, scoring folds the text feature into the user vector (its mean and spread
+    from the texts' moments): the same scores as the head's features, and after the catalog grows, after the
+    texts change, and in a scorer loaded with the head."""
+    monkeypatch.setattr(transformer_scorer, "TEXT_COSINES_MAX_ITEMS", 10)
+    head = HeadConfig(
+        dim=16, history_length=20, tower_hidden=32, cooccurrence_feature=True, transition_feature=True,
+        text_feature=True, text_affinity=affinity,
+    )  # fmt: skip
+    scorer = TransformerScorer(TransformerScorerConfig(head, TrainerConfig(batch_size=32)), HashingEncoder(32))
+    items = [Item(f"i{n}", f"item {n} {'jazz' if n % 3 else 'folk'} {n % 5}") for n in range(45)]
+    rng = np.random.default_rng(5)
+
+    def check(model: TransformerScorer, n: int) -> None:
+        users = [
+            UserState(f"u{b}", tuple(Behavior(f"i{r}", "view", None, float(t)) for t, r in enumerate(rows)))
+            for b, rows in enumerate(rng.integers(0, n, length).tolist() for length in (0, 1, 4, 12, 25))
+        ]
+        got = model.score_many(users, 100.0)
+        batch = model._history_batch([user.history for user in users], [100.0] * len(users))
+        with torch.no_grad():
+            vectors = model._item_vectors()
+            user_vectors, _ = model.head.user_vectors(batch, vectors)
+            expected = user_vectors @ vectors.T + model.head.biases(slice(0, n))
+            expected += model.head.feature_scores(model._count_features(batch))
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+        rows = [3, 0, n - 1]  # what influences read: the features of a few items, the text feature of those alone
+        full = model._feature_scores(batch)
+        assert full is not None
+        np.testing.assert_allclose(model._feature_scores(batch, rows), full[:, rows], rtol=1e-4, atol=1e-4)
+        for user, scores in zip(users, got, strict=True):  # top-k by the float16 scan (text affinity), or not
+            seen = {b.item_id for b in user.history}
+            kept = scores.astype(np.float64)
+            kept[[model._index_of[i] for i in seen]] = -np.inf
+            assert [i for i, _ in model.top_k(user, 7, 100.0)] == [model.item_ids[r] for r in top_k_indices(scores, 7)]
+            top = model.recommend(user, 7, exclude=seen, now=100.0)
+            assert [s.item_id for s in top] == [model.item_ids[r] for r in top_k_indices(kept, 7)]
+            np.testing.assert_allclose([s.score for s in top], np.sort(kept)[::-1][:7], rtol=1e-5, atol=1e-5)
+
+    for n in (30, 45):  # the catalog grows between two calls: the moments are extended
+        scorer.add_items(items[:n])
+        scorer.learn([Interaction(f"u{u}", f"i{rng.integers(0, n)}", "view", None, 1.0 * u) for u in range(60)], 60.0)
+        check(scorer, n)
+        assert scorer._text_moments.rows == n
+    check(scorer.with_head(scorer.export_head()), 45)
+    with torch.no_grad():  # texts changed in place (as a LoRA fine-tune re-encodes them): moments from scratch
+        scorer.head.item_text[:45] = torch.flip(scorer.head.item_text[:45], dims=(1,))
+    scorer._vectors = scorer._unit_text = None
+    check(scorer, 45)
+
+
+def test_half_scan_error_bound_holds_for_torch_float16_products() -> None:
+    """The float16 scan's bound (HALF_SCAN_ERROR, HALF_SCAN_FLOOR) against torch's own float16 product, on rows
+    of very different norms and tiny entries (float16 subnormals)."""
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(20_000, 448, generator=generator) * torch.logspace(-4, 1, 20_000).unsqueeze(1)
+    vectors[:100, 300:] = 1e-6
+    for seed in range(3):
+        query = torch.randn(448, generator=generator) * 10.0**seed
+        norm = float(query.norm())
+        exact = (vectors.double() @ query.double()).float()
+        scanned = (vectors.to(torch.float16) @ (query / norm).to(torch.float16)).float() * norm
+        bound = (
+            vectors.norm(dim=1) * (norm * transformer_scorer.HALF_SCAN_ERROR)
+            + norm * transformer_scorer.HALF_SCAN_FLOOR
+        )
+        assert float(((scanned - exact).abs() / bound).max()) < 0.5  # the bound holds with room to spare
