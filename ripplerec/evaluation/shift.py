@@ -18,7 +18,8 @@ stream. Variants: the online head alone (no replay), + replay, + replay + head s
 snapshots (a snapshot every ``snapshot_every`` events and at each phase end). Each snapshot is raced
 against the serving scorer on the next ``shadow_window`` events (:mod:`ripplerec.models.shadow_gate`) and
 serves from then on only when it ranked them better: its weights, its L2 anchor at the snapshot and, for
-LoRA, its re-encoded catalog.
+LoRA, its re-encoded catalog. ``anchor_l2`` (snapshot variants): the strength of that anchor's pull on the
+online head's shared weights from the first snapshot raced on (the trainer's default, 1e-5, before).
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def _example(scorer: Any, event: Interaction) -> ReplayExample | None:
 
 def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int = 10, batch: int = 256,
                 snapshot_every: int = 10_000, shadow_window: int = 2_000, lora_epochs: int = 1, encoder: Any = None,
-                cache: Any = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+                cache: Any = None, anchor_l2: float | None = None,
+                say: Callable[[str], None] = print) -> dict[str, Any]:
     """One variant over the stream: NDCG@10 on the held-out A events after A and after B, overall NDCG@10.
 
     A snapshot is fine-tuned on the serving scorer's replay buffer, then raced against it on the next
@@ -174,6 +176,8 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
         else:
             config = FineTuneConfig(mode=mode, epochs=6, patience=2, max_minutes=5.0, seed=seed, keep_serving=False)
         result = fine_tune(scorer, config, texts=texts, cache=cache)
+        if anchor_l2 is not None:  # it races as it would serve: pulled toward the snapshot's weights
+            result.scorer.trainer.config = replace(result.scorer.trainer.config, anchor_l2=anchor_l2)
         race = ShadowGate(scorer, result.scorer, ShadowGateConfig(window=shadow_window))
         racing = {"at": float(position), **result.metrics}
         say(f"  {variant} snapshot at {position} ({reason}): replay hold-out {result.metrics['ndcg@10']:.4f} vs "
@@ -239,6 +243,7 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
         "overall_ndcg@10": ndcg_sum / tested if tested else 0.0,
         "tested": tested,
         "snapshots": snapshots,
+        "anchor_l2": float(scorer.trainer.config.anchor_l2),  # the serving head's at the end
         "minutes": (time.monotonic() - started) / 60.0,
         "curve": curve,
     }
@@ -246,7 +251,8 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
 
 def run_shift(dataset: str, out: Path, *, variants: Sequence[str] = VARIANTS, seed: int = 0, limit: int = 0,
               snapshot_every: int = 10_000, shadow_window: int = 2_000, encoder_name: str = "all-MiniLM-L6-v2",
-              data_dir: Path | None = None, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              data_dir: Path | None = None, anchor_l2: float | None = None,
+              say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every variant on the shift stream; writes shift.json, shift.md and shift.png into ``out``."""
     from ripplerec.models.embedding_cache import shared_cache
     from ripplerec.models.encoder import EncoderConfig, HashingEncoder, TransformerEncoder
@@ -261,10 +267,11 @@ def run_shift(dataset: str, out: Path, *, variants: Sequence[str] = VARIANTS, se
     encoder = HashingEncoder() if encoder_name == "hashing" else TransformerEncoder(EncoderConfig(model=encoder_name))
     cache = shared_cache(None if encoder_name == "hashing" else ZooConfig().cache_dir)
     rows = [run_variant(stream, v, seed=seed, snapshot_every=snapshot_every, shadow_window=shadow_window,
-                        encoder=encoder, cache=cache, say=say) for v in variants]
+                        encoder=encoder, cache=cache, anchor_l2=anchor_l2, say=say) for v in variants]
     out.mkdir(parents=True, exist_ok=True)
     (out / "shift.json").write_text(json.dumps({"dataset": dataset, "seed": seed, "limit": limit,
                                                 "snapshot_every": snapshot_every, "shadow_window": shadow_window,
+                                                "anchor_l2": anchor_l2,
                                                 "results": rows}, indent=2))
     base = next((r for r in rows if r["variant"] == "online"), rows[0])
     lines = [f"shift scenario, {dataset} (seed {seed}): NDCG@10 on phase A's held-out events", "",

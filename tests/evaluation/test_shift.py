@@ -36,3 +36,12 @@ def test_run_shift_reports_forgetting_per_variant(tmp_path) -> None:
     assert saved["results"][0]["variant"] == "online"
     assert "| snapshots-head |" in (tmp_path / "shift.md").read_text()
     assert (tmp_path / "shift.png").stat().st_size > 0
+
+
+def test_a_promoted_snapshot_pulls_the_online_head_with_the_anchor_strength_asked(tmp_path) -> None:
+    torch.set_num_threads(1)
+    (anchored,) = run_shift("synthetic", tmp_path, variants=("snapshots-head",), limit=1_200, snapshot_every=200,
+                            shadow_window=100, encoder_name="hashing", anchor_l2=0.5, say=lambda _line: None)
+    assert any(taken["promoted"] for taken in anchored["snapshots"])  # seed 0: the second one won its race
+    assert anchored["anchor_l2"] == 0.5
+    assert json.loads((tmp_path / "shift.json").read_text())["anchor_l2"] == 0.5
