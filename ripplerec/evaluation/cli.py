@@ -87,6 +87,9 @@ def evaluate(
         -1.0, help="--scenario shift: the pull of the online head toward the last snapshot raced on (snapshot "
         "variants; negative: the trainer's default, 1e-5)"
     ),
+    shadow_margin: float = typer.Option(
+        0.0, min=0.0, help="--scenario shift: how much a snapshot's NDCG@10 must exceed the serving model's in its race"
+    ),
 ) -> None:
     """Run the prequential protocol and write result.json, results.md and rolling_ndcg.png."""
     from rich.console import Console
@@ -108,7 +111,7 @@ def evaluate(
         chosen = VARIANTS if variants == "all" else tuple(v.strip() for v in variants.split(",") if v.strip())
         run_shift(dataset, out or Path(f"runs/shift-{time.strftime('%Y%m%d-%H%M%S')}"), variants=chosen, seed=seed,
                   limit=limit, snapshot_every=snapshot_every, shadow_window=shadow_window, encoder_name=encoder,
-                  data_dir=data_dir, anchor_l2=anchor_l2 if anchor_l2 >= 0 else None,
+                  data_dir=data_dir, anchor_l2=anchor_l2 if anchor_l2 >= 0 else None, shadow_margin=shadow_margin,
                   say=lambda line: console.print(line, markup=False, highlight=False))
         return
     if scenario != "prequential":

@@ -131,7 +131,7 @@ def _example(scorer: Any, event: Interaction) -> ReplayExample | None:
 
 def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int = 10, batch: int = 256,
                 snapshot_every: int = 10_000, shadow_window: int = 2_000, lora_epochs: int = 1, encoder: Any = None,
-                cache: Any = None, anchor_l2: float | None = None,
+                cache: Any = None, anchor_l2: float | None = None, shadow_margin: float = 0.0,
                 say: Callable[[str], None] = print) -> dict[str, Any]:
     """One variant over the stream: NDCG@10 on the held-out A events after A and after B, overall NDCG@10.
 
@@ -178,7 +178,7 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
         result = fine_tune(scorer, config, texts=texts, cache=cache)
         if anchor_l2 is not None:  # it races as it would serve: pulled toward the snapshot's weights
             result.scorer.trainer.config = replace(result.scorer.trainer.config, anchor_l2=anchor_l2)
-        race = ShadowGate(scorer, result.scorer, ShadowGateConfig(window=shadow_window))
+        race = ShadowGate(scorer, result.scorer, ShadowGateConfig(window=shadow_window, margin=shadow_margin))
         racing = {"at": float(position), **result.metrics}
         say(f"  {variant} snapshot at {position} ({reason}): replay hold-out {result.metrics['ndcg@10']:.4f} vs "
             f"serving {result.metrics['serving_ndcg@10']:.4f} ({result.metrics['minutes']:.2f} min); racing it "
@@ -251,7 +251,7 @@ def run_variant(stream: ShiftStream, variant: str, *, seed: int = 0, every: int 
 
 def run_shift(dataset: str, out: Path, *, variants: Sequence[str] = VARIANTS, seed: int = 0, limit: int = 0,
               snapshot_every: int = 10_000, shadow_window: int = 2_000, encoder_name: str = "all-MiniLM-L6-v2",
-              data_dir: Path | None = None, anchor_l2: float | None = None,
+              data_dir: Path | None = None, anchor_l2: float | None = None, shadow_margin: float = 0.0,
               say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every variant on the shift stream; writes shift.json, shift.md and shift.png into ``out``."""
     from ripplerec.models.embedding_cache import shared_cache
@@ -267,11 +267,12 @@ def run_shift(dataset: str, out: Path, *, variants: Sequence[str] = VARIANTS, se
     encoder = HashingEncoder() if encoder_name == "hashing" else TransformerEncoder(EncoderConfig(model=encoder_name))
     cache = shared_cache(None if encoder_name == "hashing" else ZooConfig().cache_dir)
     rows = [run_variant(stream, v, seed=seed, snapshot_every=snapshot_every, shadow_window=shadow_window,
-                        encoder=encoder, cache=cache, anchor_l2=anchor_l2, say=say) for v in variants]
+                        encoder=encoder, cache=cache, anchor_l2=anchor_l2, shadow_margin=shadow_margin, say=say)
+            for v in variants]
     out.mkdir(parents=True, exist_ok=True)
     (out / "shift.json").write_text(json.dumps({"dataset": dataset, "seed": seed, "limit": limit,
                                                 "snapshot_every": snapshot_every, "shadow_window": shadow_window,
-                                                "anchor_l2": anchor_l2,
+                                                "anchor_l2": anchor_l2, "shadow_margin": shadow_margin,
                                                 "results": rows}, indent=2))
     base = next((r for r in rows if r["variant"] == "online"), rows[0])
     lines = [f"shift scenario, {dataset} (seed {seed}): NDCG@10 on phase A's held-out events", "",
