@@ -135,3 +135,12 @@ def test_only_the_monitor_role_loads_river() -> None:
     statement = ("from ripplerec.config import Settings\nfrom ripplerec.streams.app import create_app\n"
                  "create_app(Settings(web_port=1, app_id='imports'), roles=['ingest'], web=False)")
     assert _loaded_after(statement, ["river", "sklearn", "torch"]) == []
+
+
+def test_a_worker_of_every_role_starts_without_torch_or_river() -> None:
+    """torch, the encoder's weights and river cost a worker of ``--role all`` about 4 s before it could
+    join its consumer group, and so before its first event after a restart (``bench/recovery.py``): the
+    trainer, the scorer's model and the monitor build them in their threads once the worker runs."""
+    statement = ("from ripplerec.config import Settings\nfrom ripplerec.streams.app import create_app\n"
+                 "create_app(Settings(web_port=1, app_id='imports', scorer='transformer'), roles=['all'], web=True)")
+    assert _loaded_after(statement, ["river", "sklearn", "torch", "transformers"]) == []

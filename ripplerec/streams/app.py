@@ -31,7 +31,7 @@ from aiokafka.structs import RecordMetadata
 from ripplerec.config import Settings
 from ripplerec.monitoring import CONTENT_TYPE, StreamMetrics
 from ripplerec.schemas import AvroCodec
-from ripplerec.streams.faust_compat import ack_hooks, aiokafka_producer, patch_consumer_factory
+from ripplerec.streams.faust_compat import ack_hooks, aiokafka_producer, patch_consumer_factory, skip_table_start_delay
 from ripplerec.streams.ingest import CatalogProcessor, IngestProcessor, ItemPool
 from ripplerec.streams.log_identity import KafkaLogProbe
 from ripplerec.streams.scoring import RequestProcessor, make_backend
@@ -383,6 +383,7 @@ def _tune(app: faust.App, settings: Settings) -> None:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
     patch_consumer_factory()
+    skip_table_start_delay()
     app.ripple_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
     app.ripple_group_instance_id = settings.group_instance_id  # type: ignore[attr-defined]
     if not settings.faust_monitor:
@@ -516,8 +517,10 @@ def _add_pages(app: faust.App, runtime: Runtime) -> None:
         report["model_version"] = _serving_version(runtime)
         if runtime.monitor is not None:
             report["consumer_lag"] = runtime.monitor.lag
-            report["monitor"] = {"reading": runtime.monitor.reading, "events_seen": runtime.monitor.monitor.position,
-                                 "alerts": len(runtime.monitor.monitor.alerts)}
+            monitor = runtime.monitor.monitor  # None while it starts
+            report["monitor"] = {"reading": runtime.monitor.reading,
+                                 "events_seen": monitor.position if monitor is not None else 0,
+                                 "alerts": len(monitor.alerts) if monitor is not None else 0}
         return web.json(report, status=503 if report["status"] == "unhealthy" else 200)
 
     if runtime.monitor is not None:
@@ -561,6 +564,6 @@ def _serving_version(runtime: Runtime) -> str | None:
         version = getattr(requests.backend, "version", None)
         if version:
             return str(version)
-    if runtime.monitor is not None:
+    if runtime.monitor is not None and runtime.monitor.monitor is not None:
         return runtime.monitor.monitor.serving_version
     return None

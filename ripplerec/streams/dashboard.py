@@ -25,6 +25,12 @@ def _uplot_js() -> bytes:
     return (resources.files("ripplerec.streams") / "static" / "uplot.iife.min.js").read_bytes()
 
 
+def _starting() -> dict[str, Any]:
+    """What the dashboard reads while the monitor is still being built (a second or two after a start)."""
+    return {"events_seen": 0, "serving_version": None, "window": {}, "series": {}, "follow_through": {},
+            "trainer": {}, "lag": {}, "top_items": [], "alerts": [], "versions": []}
+
+
 def add_dashboard(app: Any, runtime: Any) -> None:
     @app.page("/dashboard")
     async def dashboard_page(web: Any, request: Any) -> Any:
@@ -37,7 +43,7 @@ def add_dashboard(app: Any, runtime: Any) -> None:
     @app.page("/dashboard/data")
     async def data_page(web: Any, request: Any) -> Any:
         role = runtime.monitor
-        data = role.monitor.snapshot()
+        data = role.monitor.snapshot() if role.monitor is not None else _starting()
         data["health"] = runtime.health.report()
         data["reading"] = role.reading
         return web.json(data)

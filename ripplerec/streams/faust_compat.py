@@ -19,6 +19,8 @@ faust-streaming to the range those tests cover.
   kafka-python's coordinator (``KafkaConsumer.committed`` asks one partition per request).
 * :func:`consumer_state`, :func:`channel_state`: reads of the consumer's and a stream's buffer state for
   the trainer's stall report.
+* :func:`skip_table_start_delay`: Faust's table manager sleeps a second when it starts, before the
+  worker subscribes and joins its group; an app without tables skips it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["patch_consumer_factory", "aiokafka_producer", "ack_hooks", "adapt_fetch_wait", "consumer_state",
-           "channel_state", "committed_offsets", "CONSUMER_FACTORY", "FETCH_WAIT_CAP_MS"]
+           "channel_state", "committed_offsets", "skip_table_start_delay", "CONSUMER_FACTORY", "FETCH_WAIT_CAP_MS"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,36 @@ def patch_consumer_factory() -> None:
 
     setattr(thread_class, CONSUMER_FACTORY, create_worker_consumer)
     setattr(thread_class, "_ripple_patched", True)  # noqa: B010
+
+
+def skip_table_start_delay() -> None:
+    """Skip the second Faust's ``TableManager.on_start`` sleeps before it starts table recovery, in apps
+    without tables (ours have none). The worker subscribes and joins its consumer group only after
+    that, so the second is on the path of every start and every restart after a crash
+    (``python bench/recovery.py``). Apps with tables keep Faust's behaviour. Idempotent.
+    """
+    from faust.tables.manager import TableManager
+
+    if getattr(TableManager, "_ripple_original_on_start", None) is not None:
+        return
+    original = TableManager.on_start
+
+    async def on_start(self: Any) -> None:
+        if self.data:  # tables: Faust's own start, delay included
+            await original(self)
+            return
+
+        async def no_delay(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        self.sleep = no_delay  # shadows the Service method for this one call
+        try:
+            await original(self)
+        finally:
+            del self.sleep
+
+    TableManager._ripple_original_on_start = original  # type: ignore[attr-defined]
+    TableManager.on_start = on_start  # type: ignore[method-assign]
 
 
 def aiokafka_producer(app: Any) -> Any:

@@ -17,8 +17,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ripplerec.models.replay_buffer import user_key
-
 __all__ = ["ForgetRequests", "forget_requests_key", "FORGET_POLL_S"]
 
 #: How often a running trainer looks for forget requests (seconds).
@@ -49,6 +47,8 @@ class ForgetRequests:
 
     async def forget_user(self, user_id: str) -> int:
         """Ask the trainer to forget ``user_id``; 1 (the request; the trainer applies it, see the module)."""
+        from ripplerec.models.replay_buffer import user_key  # torch: only where a user is forgotten
+
         await self.client.hset(self.key, f"{user_key(user_id):016x}", str(int(time.time() * 1000)))
         return 1
 

@@ -25,12 +25,14 @@ import asyncio
 import logging
 import time
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ripplerec.config import Settings
-from ripplerec.monitoring import StreamMonitor
-from ripplerec.monitoring.monitor_metrics import MonitorMetrics
-from ripplerec.monitoring.stream_monitor import Alert
+
+if TYPE_CHECKING:  # river: imported by ready(), in a thread, not while the worker starts
+    from ripplerec.monitoring import StreamMonitor
+    from ripplerec.monitoring.monitor_metrics import MonitorMetrics
+    from ripplerec.monitoring.stream_monitor import Alert
 
 __all__ = ["MonitorRole", "register_monitor"]
 
@@ -50,10 +52,30 @@ class MonitorRole:
         self._alerts: list[Alert] = []  # found while the ingest agent fed events, published by run()
         self.codec = codec
         self.send = send
-        self.monitor = StreamMonitor(settings.monitor)
-        self.metrics = MonitorMetrics(registry, settings.monitor.keep_versions)
+        self._registry = registry
+        # Built by ready() in a thread: river's import takes a second or two, which would otherwise
+        # delay the worker's group join (and its first event after a restart) in --role all.
+        self.monitor: StreamMonitor | None = None
+        self.metrics: MonitorMetrics | None = None
+        self._early: list[dict[str, Any]] = []  # events the ingest agent handed over before that
         self.reading = False  # every partition assigned and positioned
         self.lag: dict[str, dict[str, int]] = {}
+
+    async def ready(self) -> StreamMonitor:
+        """The pure monitor and its series, built in a thread the first time; events handed over
+        meanwhile are fed to it then."""
+        if self.monitor is None:
+            def build() -> tuple[StreamMonitor, MonitorMetrics]:
+                from ripplerec.monitoring import StreamMonitor
+                from ripplerec.monitoring.monitor_metrics import MonitorMetrics
+
+                return (StreamMonitor(self.settings.monitor),
+                        MonitorMetrics(self._registry, self.settings.monitor.keep_versions))
+
+            self.monitor, self.metrics = await asyncio.get_running_loop().run_in_executor(None, build)
+            early, self._early = self._early, []
+            self.take_events(early)
+        return self.monitor
 
     def _consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer
@@ -67,6 +89,7 @@ class MonitorRole:
     async def run(self) -> None:
         from aiokafka import TopicPartition
 
+        await self.ready()
         lag_every_s = self.settings.monitor.lag_every_s
         if lag_every_s:  # the first read loads and warms kafka-python (about 0.3 s of CPU): at start, not amid a stream
             await self.read_lag()
@@ -156,6 +179,9 @@ class MonitorRole:
         """Events the ingest agent of this worker decoded (synchronous, on its hot path: alerts
         found here are published by :meth:`run` within ``tick_s``)."""
         if not events:
+            return
+        if self.monitor is None or self.metrics is None:
+            self._early.extend(events)
             return
         self._alerts += self.monitor.observe_events(events, time.time())
         self.metrics.count_events(map(_ACTION, events))

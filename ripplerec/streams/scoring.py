@@ -30,7 +30,7 @@ import concurrent.futures
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ripplerec.config import Settings
@@ -257,7 +257,9 @@ def make_backend(settings: Settings, store: ProfileStore) -> ScoringBackend:
                 half_life_s=settings.popularity_half_life_s, cooccurrence_window=settings.cooccurrence_window
             ),
         )
-        return VersionedModelBackend(store, build_transformer(settings), fallback=fallback)
+        # built in the model thread once the worker runs: torch and the encoder's weights take seconds
+        # that would otherwise delay the worker's group join (and its first event after a restart)
+        return VersionedModelBackend(store, lambda: build_transformer(settings), fallback=fallback)
     raise ValueError(f"unknown scorer {settings.scorer!r}")
 
 
@@ -271,13 +273,21 @@ class VersionedModelBackend(ModelBackend):
     Until a version is loaded, ``fallback`` (the heuristic) answers and names the version. Catalog
     items (from the catalog agent through :meth:`add_items`, and from the profile store's catalog)
     are encoded in a thread and added between requests.
+
+    ``scorer`` may be a function that builds it: with a ``fallback`` it is then called in the model
+    thread when :meth:`follow` starts (:meth:`ready`), not on the event loop while the worker starts.
     """
 
     def __init__(
-        self, store: ProfileStore, scorer: TransformerScorer, *, fallback: ScoringBackend | None = None
+        self, store: ProfileStore, scorer: TransformerScorer | Callable[[], TransformerScorer], *,
+        fallback: ScoringBackend | None = None,
     ) -> None:
-        super().__init__(store, scorer)
-        self.scorer: TransformerScorer = scorer
+        build = scorer if callable(scorer) else None  # a scorer itself is not callable
+        if build is not None and fallback is None:  # nothing could answer meanwhile: build it now
+            scorer, build = build(), None
+        super().__init__(store, scorer)  # type: ignore[arg-type]  # a builder until ready() replaced it
+        self._build_scorer = build
+        self.scorer: TransformerScorer = scorer  # type: ignore[assignment]
         self.fallback = fallback
         self.loaded: str | None = None  # the version being served (None: none loaded yet)
         self.refused: dict[str, str] = {}  # version -> why it was refused (the latest few)
@@ -293,6 +303,13 @@ class VersionedModelBackend(ModelBackend):
         if self.loaded is None and self.fallback is not None:
             return self.fallback.version
         return self.scorer.version
+
+    async def ready(self) -> TransformerScorer:
+        """The scorer, built in the model thread first if it was given as a builder."""
+        if self._build_scorer is not None:
+            build, self._build_scorer = self._build_scorer, None
+            self.scorer = await asyncio.get_running_loop().run_in_executor(self._executor, build)
+        return self.scorer
 
     async def recommend_many(self, asks: Sequence[Ask], now: float) -> list[tuple[list[ScoredItem], bool]]:
         # one model for the whole call, whatever is swapped in meanwhile (the caller read its version before)
@@ -333,6 +350,7 @@ class VersionedModelBackend(ModelBackend):
         from ripplerec.modelstore import open_model_store
 
         self._codec = codec
+        await self.ready()
         model_store = open_model_store(settings)
         catalog = asyncio.ensure_future(self._follow_catalog(settings.trainer.catalog_refresh_s))
         versions = asyncio.ensure_future(self._follow_versions(settings, metrics, model_store))

@@ -50,18 +50,20 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ripplerec.config import Settings
 from ripplerec.models.base import Behavior, Item
 from ripplerec.models.store import ModelStore
-from ripplerec.models.transformer_scorer import Example, LearnReport, TransformerScorer
 from ripplerec.monitoring import StreamMetrics
 from ripplerec.schemas import AvroCodec
 from ripplerec.schemas.records import ModelUpdate
 from ripplerec.schemas.training import decode_training
 from ripplerec.streams.forget_requests import FORGET_POLL_S, ForgetRequests
 from ripplerec.streams.log_identity import fingerprint
+
+if TYPE_CHECKING:  # torch: imported by the training thread, not while the worker starts
+    from ripplerec.models.transformer_scorer import Example, LearnReport, TransformerScorer
 
 __all__ = ["StreamTrainer", "TrainerAgent", "TrainingJob", "JobResult", "checkpoint_ref", "to_example",
            "register_trainer"]
@@ -76,6 +78,8 @@ def checkpoint_ref(model_name: str) -> str:
 
 def to_example(record: Mapping[str, Any]) -> Example:
     """A ``TrainingExample`` record (times in ms) as a model :class:`Example` (times in seconds)."""
+    from ripplerec.models.transformer_scorer import Example
+
     return Example(
         record["user_id"],
         record["positive_item_id"],
@@ -92,6 +96,13 @@ def _event_key(event_id: str) -> str:
     return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
 
 
+def _learn_report() -> LearnReport:
+    """An empty :class:`LearnReport` (imported here: torch loads with the model, in the training thread)."""
+    from ripplerec.models.transformer_scorer import LearnReport
+
+    return LearnReport()
+
+
 @dataclass
 class TrainingJob:
     """Messages taken together (each has ``topic``, ``partition``, ``offset``, ``key``, ``value``)."""
@@ -105,7 +116,7 @@ class TrainingJob:
 @dataclass
 class JobResult:
     seq: int
-    report: LearnReport = field(default_factory=LearnReport)
+    report: LearnReport = field(default_factory=_learn_report)
     redelivered: int = 0  # messages skipped: the model holds them already
     duplicates: int = 0
     sampled_out: int = 0  # examples left out to catch up (the trainer was more than max_lag_s behind)
@@ -150,7 +161,7 @@ class StreamTrainer:
         self.seq = 0  # versions published
         self.parent: str | None = None
         self.versions: list[tuple[str, str]] = []  # (name, digest), oldest first, still in the store
-        self.window = LearnReport()
+        self.window = _learn_report()
         self.published_at = clock()
         self.trained_job = 0  # seq of the last job trained
         self.received_job = 0  # seq of the last job taken (trained, or its examples still gathered)
@@ -179,6 +190,8 @@ class StreamTrainer:
             log.info("trainer %s: no checkpoint, starting from untrained weights", settings.trainer.model_name)
             return cls(fresh, settings, codec, store, **kwargs)
         blob = store.get(digest)
+        from ripplerec.models.transformer_scorer import TransformerScorer
+
         scorer, extra = TransformerScorer.restore(blob, fresh.encoder, fresh.cache, source=f"checkpoint {digest[:12]}")
         if scorer.config != fresh.config:
             log.warning("trainer %s: the checkpoint's config differs from the configured one; the checkpoint's "
@@ -299,7 +312,7 @@ class StreamTrainer:
         if not (flush or self.gathered_due()):
             take -= take % self.step_examples
         if not take:
-            return LearnReport()
+            return _learn_report()
         chunk, self.gathered = self.gathered[:take], self.gathered[take:]
         self.gathered_since = self.clock() if self.gathered else None
         if not self.gathered:
@@ -386,7 +399,7 @@ class StreamTrainer:
         keep = self.settings.trainer.keep_versions
         stale = [d for _, d in self.versions[:-keep]]
         self.versions = self.versions[-keep:]
-        self.window = LearnReport()
+        self.window = _learn_report()
         self.published_at = self.clock()
         return record, stale
 

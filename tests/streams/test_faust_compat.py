@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -202,3 +203,38 @@ def test_committed_offsets_of_many_partitions_in_one_call_match_kafka_python_one
         assert found[tps[0]] == 7 and found[tps[2]] == 3
     finally:
         consumer.close()
+
+
+def test_faust_table_manager_sleeps_at_start_and_the_patch_skips_it_without_tables() -> None:
+    from faust.tables.manager import TableManager
+
+    faust_compat.skip_table_start_delay()
+    original = TableManager._ripple_original_on_start
+    assert "self.sleep(1.0)" in inspect.getsource(original)  # Faust's delay, still there to skip
+
+    class Manager:  # what Faust's on_start touches, recording the calls
+        def __init__(self, tables: dict) -> None:
+            self.data, self.should_stop, self.calls = tables, False, []
+
+        async def sleep(self, seconds: float) -> None:
+            self.calls.append(("sleep", seconds))
+
+        async def _update_channels(self) -> None:
+            self.calls.append(("channels",))
+
+        @property
+        def recovery(self) -> Any:
+            manager = self
+
+            class Recovery:
+                async def start(self) -> None:
+                    manager.calls.append(("recovery",))
+
+            return Recovery()
+
+    without, with_tables = Manager({}), Manager({"t": object()})
+    asyncio.run(TableManager.on_start(without))
+    asyncio.run(TableManager.on_start(with_tables))
+    assert without.calls == [("channels",), ("recovery",)]
+    assert with_tables.calls == [("sleep", 1.0), ("channels",), ("recovery",)]
+    assert "sleep" not in vars(without)  # the shadowing is undone

@@ -80,9 +80,17 @@ def test_served_transformer_uses_the_evaluated_configuration(tmp_path, monkeypat
     from ripplerec.streams.scoring import make_backend
 
     monkeypatch.chdir(tmp_path)  # the embedding cache goes under .ripplerec/ of the working folder
+    from ripplerec.models.transformer_scorer import TransformerScorer
+    from ripplerec.streams.scoring import VersionedModelBackend
+
     backend = make_backend(Settings(scorer="transformer"), _Store())
-    assert isinstance(backend, ModelBackend)
-    served = backend.scorer.config
+    assert isinstance(backend, VersionedModelBackend)
+    # not built on the event loop while the worker starts (seconds of torch and encoder weights before
+    # its group join): the heuristic answers until the model thread has built it and a version loaded
+    assert not isinstance(backend.scorer, TransformerScorer)
+    assert backend.version == backend.fallback.version
+    served = asyncio.run(backend.ready()).config
+    assert isinstance(backend.scorer, TransformerScorer)
     evaluated, id_only = scorer_configs(ZooConfig())
     assert served == evaluated
     assert served != id_only  # the text-only options are on for the served text model
