@@ -1304,8 +1304,7 @@ class _TextMoments:
         from scratch when the texts changed otherwise than by :meth:`follow`."""
         if self.matches(texts) and self.rows == n:
             return self
-        # new arrays, set together at the end: a scorer serving from these moments in another thread
-        # (with_head runs beside serving) reads either the old ones or the new ones
+        # new arrays, never changed in place: a scorer made by with_head shares them (copied_for)
         if self.matches(texts) and self.rows < n:
             total, squares, done = self.sum.copy(), self.squares.copy(), self.rows
         else:
