@@ -164,7 +164,7 @@ def run_one(args: argparse.Namespace, scorer: str, data: Any) -> dict[str, Any]:
             bootstrap_servers=stack.bootstrap_servers, redis_url=stack.redis_url,
             app_id=f"freshness-{uuid.uuid4().hex[:6]}", scorer=scorer, model_name=args.model,
             proactive_min_events=1, proactive_interval_s=60.0, rebalance_timeout_s=2.0, session_timeout_s=6.0,
-            trainer=TrainerSettings(publish_every_s=args.publish_every_s),
+            trainer=TrainerSettings(publish_every_s=args.publish_every_s, max_lag_s=args.max_lag_s),
         )
         log = str(workdir / "workers.log")
         roles = ["ingest", "scorer"] + (["trainer"] if scorer == "transformer" else [])
@@ -359,6 +359,8 @@ def main() -> None:
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="encoder of the transformer (or hashing)")
     parser.add_argument("--publish-every-s", type=float, default=TrainerSettings().publish_every_s,
                         help="the trainer's version cadence (RIPPLEREC_TRAINER__PUBLISH_EVERY_S)")
+    parser.add_argument("--max-lag-s", type=float, default=TrainerSettings().max_lag_s,
+                        help="the trainer samples beyond this lag (RIPPLEREC_TRAINER__MAX_LAG_S; 0: learn all)")
     parser.add_argument("--scorers", default="heuristic,transformer")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of torch/BLAS in the workers (OMP_NUM_THREADS; 0: their default)")
