@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import pytest
 import redis
-from streamkit import Publisher, event, make_settings, read_topic, wait_for
-from test_trainer import _checkpointed, _items, _trainer_settings
+from streamkit import event, read_topic, wait_for
+from test_trainer import _checkpointed, _trainer_stack
 from test_trainer_forget import _checkpoint
 
 from ripplerec.models.base import Interaction, Item
@@ -33,12 +32,7 @@ def _alert(metric: str) -> dict:
 
 
 def test_a_drift_alert_triggers_a_snapshot_that_the_trainer_adopts(embedded_stack, tmp_path, stream_codec):
-    base = make_settings(embedded_stack, tmp_path, redis_prefix=f"rs-{uuid.uuid4().hex[:6]}", proactive_min_events=0)
-    settings = _trainer_settings(base, "snap")
-    publisher = Publisher(settings, stream_codec)
-    for item in _items():
-        publisher.raw(settings.topics.items, item["item_id"].encode(), stream_codec.encode("ItemUpsert", item))
-    publisher.flush()
+    base, settings, publisher = _trainer_stack(embedded_stack, tmp_path, stream_codec, "rs", "snap")
     log = str(tmp_path / "workers.log")
     ingest = WorkerProcess(base, "ingest", log_path=log).start()
     trainer = WorkerProcess(settings, "trainer", log_path=log, loglevel="info").start()
@@ -104,12 +98,7 @@ def _untrained(scorer: TransformerScorer) -> TransformerScorer:
 
 def test_the_job_promotes_a_snapshot_only_when_it_wins_the_race_on_the_examples_after_the_checkpoint(
         embedded_stack, tmp_path, stream_codec):
-    base = make_settings(embedded_stack, tmp_path, redis_prefix=f"rg-{uuid.uuid4().hex[:6]}", proactive_min_events=0)
-    settings = _trainer_settings(base, "gate")
-    publisher = Publisher(settings, stream_codec)
-    for item in _items():
-        publisher.raw(settings.topics.items, item["item_id"].encode(), stream_codec.encode("ItemUpsert", item))
-    publisher.flush()
+    base, settings, publisher = _trainer_stack(embedded_stack, tmp_path, stream_codec, "rg", "gate")
     log = str(tmp_path / "workers.log")
     ingest = WorkerProcess(base, "ingest", log_path=log).start()
     trainer = WorkerProcess(settings, "trainer", log_path=log, loglevel="info").start()

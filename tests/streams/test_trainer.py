@@ -7,6 +7,7 @@ import json
 import random
 import struct
 import uuid
+from typing import Any
 
 import pytest
 from streamkit import Publisher, event, make_settings, read_topic, wait_for
@@ -43,6 +44,25 @@ def _trainer_settings(settings: Settings, model_name: str, **overrides) -> Setti
     return settings.model_copy(update={"trainer": trainer, "web_port": free_port(), **overrides})
 
 
+def _publish_catalog(publisher: Publisher, settings: Settings, codec: Any) -> None:
+    """The test catalog (:func:`_items`) on the items topic, flushed."""
+    for item in _items():
+        publisher.raw(settings.topics.items, item["item_id"].encode(), codec.encode("ItemUpsert", item))
+    publisher.flush()
+
+
+def _trainer_stack(embedded_stack: Any, tmp_path: Any, codec: Any, prefix: str,
+                   model_name: str) -> tuple[Settings, Settings, Publisher]:
+    """Settings for an ingest worker and for a trainer of ``model_name`` (own Redis prefix), and a
+    publisher that has published the catalog."""
+    base = make_settings(embedded_stack, tmp_path, redis_prefix=f"{prefix}-{uuid.uuid4().hex[:6]}",
+                         proactive_min_events=0)
+    settings = _trainer_settings(base, model_name)
+    publisher = Publisher(settings, codec)
+    _publish_catalog(publisher, settings, codec)
+    return base, settings, publisher
+
+
 def _seen(worker: WorkerProcess) -> float:
     return worker.read_metrics().get("ripplerec_trainer_examples_seen", -1.0)
 
@@ -72,9 +92,7 @@ def ingesting(embedded_stack, tmp_path, stream_codec):
     base = make_settings(embedded_stack, tmp_path, model_name="hashing", redis_prefix=f"rp-{uuid.uuid4().hex[:6]}",
                          ingest_batch_size=200, proactive_min_events=0)
     publisher = Publisher(base, stream_codec)
-    for item in _items():
-        publisher.raw(base.topics.items, item["item_id"].encode(), stream_codec.encode("ItemUpsert", item))
-    publisher.flush()
+    _publish_catalog(publisher, base, stream_codec)
     log = str(tmp_path / "workers.log")
     ingest = WorkerProcess(base, "ingest", log_path=log).start().wait_ready()
     try:
@@ -163,10 +181,11 @@ def test_two_workers_with_the_trainer_role_train_one_model_and_the_standby_takes
         total = len(first) + len(second)
         wait_for(lambda: _seen(standby) >= total, 180, what="the standby to take over and catch up")
         assert _seen(standby) == total
+        versions = _versions(pair, stream_codec, total)  # while it runs: its version of `total` may still come
     finally:
         for worker in (a, b):
             worker.stop()
-    versions = _versions(pair, stream_codec, total)
     runs = [v["version"].rsplit("-", 1)[1] for v in versions]
-    assert len(set(runs)) == 2 and runs == sorted(runs, key=runs.index)  # one trainer at a time, in turn
+    seen = [(v["version"], v["metrics"]["examples_seen"]) for v in versions]
+    assert len(set(runs)) == 2 and runs == sorted(runs, key=runs.index), seen  # one trainer at a time, in turn
     assert versions[-1]["metrics"]["examples_seen"] == total

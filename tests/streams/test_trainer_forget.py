@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 from scankit import where_found
-from streamkit import Publisher, event, make_settings, wait_for
-from test_trainer import _items, _trainer_settings
+from streamkit import event, wait_for
+from test_trainer import _trainer_stack
 
 from ripplerec.models.replay_buffer import user_key
 from ripplerec.models.transformer_scorer import TransformerScorer
@@ -38,12 +38,7 @@ def _holds(scorer: TransformerScorer | None, user: str) -> bool:
 
 
 def test_forget_rewrites_the_trainer_checkpoint(embedded_stack, tmp_path, stream_codec):
-    base = make_settings(embedded_stack, tmp_path, redis_prefix=f"rf-{uuid.uuid4().hex[:6]}", proactive_min_events=0)
-    settings = _trainer_settings(base, "forget")
-    publisher = Publisher(settings, stream_codec)
-    for item in _items():
-        publisher.raw(settings.topics.items, item["item_id"].encode(), stream_codec.encode("ItemUpsert", item))
-    publisher.flush()
+    base, settings, publisher = _trainer_stack(embedded_stack, tmp_path, stream_codec, "rf", "forget")
     tag = uuid.uuid4().hex[:8]
     gone, kept = f"gone-{tag}", f"kept-{tag}"
     log = str(tmp_path / "workers.log")
