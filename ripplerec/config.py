@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "TopicNames", "Limits", "KafkaSecurity", "TrainerSettings", "MonitorSettings", "DriftRule",
@@ -343,6 +343,10 @@ class Settings(BaseSettings):
     # /health turns 503 when an agent's oldest batch has been in flight this long (Redis down, the
     # broker refusing writes: the batch is retried, not skipped, so the agent stalls).
     health_stall_s: float = Field(default=60.0, gt=0)
+    # ... and when a partition's committed offset at the broker has not moved for this long while the
+    # worker's consumer read on past it (Faust's commits failing quietly; a restart would redeliver
+    # everything since). Above trainer.checkpoint_every_s: the trainer commits what a checkpoint covers.
+    health_commit_stuck_s: float = Field(default=120.0, gt=0)
     # Faust's own Monitor sensor (per-message statistics in Python); off on the hot path by default.
     faust_monitor: bool = False
     # The worker's cyclic garbage collector runs once this many objects were allocated and not freed
@@ -379,6 +383,14 @@ class Settings(BaseSettings):
         if not all(p.isdigit() for p in parts):
             raise ValueError(f"kafka_api_version must look like '2.4', got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _commit_check_outlasts_checkpoints(self) -> Settings:
+        if self.health_commit_stuck_s <= self.trainer.checkpoint_every_s:
+            raise ValueError(f"health_commit_stuck_s ({self.health_commit_stuck_s}) must exceed "
+                             f"trainer.checkpoint_every_s ({self.trainer.checkpoint_every_s}): the trainer commits "
+                             "only what a checkpoint covers, so shorter would report its commits stuck")
+        return self
 
     @property
     def api_version_tuple(self) -> tuple[int, ...]:

@@ -31,7 +31,13 @@ from aiokafka.structs import RecordMetadata
 from ripplerec.config import Settings
 from ripplerec.monitoring import CONTENT_TYPE, StreamMetrics
 from ripplerec.schemas import AvroCodec
-from ripplerec.streams.faust_compat import ack_hooks, aiokafka_producer, patch_consumer_factory, skip_table_start_delay
+from ripplerec.streams.faust_compat import (
+    ack_hooks,
+    aiokafka_producer,
+    commit_progress,
+    patch_consumer_factory,
+    skip_table_start_delay,
+)
 from ripplerec.streams.ingest import CatalogProcessor, IngestProcessor, ItemPool
 from ripplerec.streams.log_identity import KafkaLogProbe
 from ripplerec.streams.scoring import RequestProcessor, make_backend
@@ -75,7 +81,8 @@ class Runtime:
         self.app = app
         self.settings = settings
         self.metrics = metrics
-        self.health = AgentHealth(stall_after_s=settings.health_stall_s)
+        self.health = AgentHealth(stall_after_s=settings.health_stall_s,
+                                  commit_stuck_after_s=settings.health_commit_stuck_s)
         self.on_fatal = on_fatal
         self.codec = _worker_codec(settings)
         self.item_pool = ItemPool()
@@ -493,6 +500,16 @@ def create_app(
             async def drift_drain(stream: Any) -> None:
                 async for _ in stream:
                     pass
+
+    @app.timer(min(10.0, settings.health_commit_stuck_s / 4))
+    async def check_commits() -> None:
+        """Compare the group's committed offsets at the broker with the consumer's positions (``/health``)."""
+        try:
+            progress = await commit_progress(app)
+        except Exception as exc:  # the broker's reachability is /health's own check
+            log.debug("could not read the committed offsets: %r", exc)
+            return
+        runtime.health.commits(progress)
 
     if web:
         _add_pages(app, runtime)

@@ -21,17 +21,21 @@ faust-streaming to the range those tests cover.
   the trainer's stall report.
 * :func:`skip_table_start_delay`: Faust's table manager sleeps a second when it starts, before the
   worker subscribes and joins its group; an app without tables skips it.
+* :func:`commit_progress`: what the broker holds as the group's committed offset of each partition the
+  worker consumes, beside the worker's fetch position, for ``/health``'s "commits stuck" check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["patch_consumer_factory", "aiokafka_producer", "ack_hooks", "adapt_fetch_wait", "consumer_state",
-           "channel_state", "committed_offsets", "skip_table_start_delay", "CONSUMER_FACTORY", "FETCH_WAIT_CAP_MS"]
+           "channel_state", "committed_offsets", "commit_progress", "skip_table_start_delay", "CONSUMER_FACTORY",
+           "FETCH_WAIT_CAP_MS"]
 
 log = logging.getLogger(__name__)
 
@@ -242,3 +246,44 @@ def committed_offsets(consumer: Any, tps: list[Any]) -> dict[Any, int | None]:
     monitor about 50 ms of CPU per lag read of 36 partitions (it reads every ``lag_every_s``)."""
     found = consumer._coordinator.fetch_committed_offsets(tps)
     return {tp: found[tp].offset if tp in found else None for tp in tps}
+
+
+async def commit_progress(app: Any, timeout: float = 5.0) -> dict[tuple[str, int], tuple[int | None, int | None]]:
+    """``{(topic, partition): (committed, position)}`` for every partition the worker's consumer holds:
+    the offset the broker holds as committed for the app's group (None: none yet), read with one
+    OffsetFetch, and the consumer's fetch position (None: not known yet). Empty before the consumer
+    has started.
+
+    Faust commits acked offsets on a timer and does not say when that stops working: a commit the
+    broker refuses as "already rebalanced" returns quietly and Faust records the offset as committed
+    anyway (``Consumer._commit_offsets``), and an ack missing below newer ones (a gap Faust does not
+    know about) holds every later commit back for good. The worker carries on, but a restart would
+    redeliver everything since. Faust's own record of what it committed cannot tell, so this asks the
+    broker. The aiokafka consumer lives in Faust's consumer thread, on that thread's loop, so the read
+    runs there (``ConsumerThread.call_thread``).
+    """
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is None or thread._consumer is None:
+        return {}
+
+    async def read() -> dict[tuple[str, int], tuple[int | None, int | None]]:
+        kafka = thread._consumer
+        tps = sorted(kafka.assignment())
+        if not tps:
+            return {}
+        # bounded: the thread runs Faust's own commits with two method-queue workers; this takes one
+        found = await asyncio.wait_for(kafka._coordinator.fetch_committed_offsets(tps), timeout)
+        subscription = kafka._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        progress: dict[tuple[str, int], tuple[int | None, int | None]] = {}
+        for tp in tps:
+            committed = found[tp].offset if tp in found and found[tp].offset >= 0 else None
+            position = None
+            if assignment is not None and tp in assignment.tps:
+                state = assignment.state_value(tp)
+                position = state.position if state.has_valid_position else None
+            progress[(tp.topic, tp.partition)] = (committed, position)
+        return progress
+
+    result: dict[tuple[str, int], tuple[int | None, int | None]] = await thread.call_thread(read)
+    return result

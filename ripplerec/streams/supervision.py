@@ -9,7 +9,9 @@ the supervisor restarts it and the batch is redelivered). In-process apps (tests
 instead: it takes nothing more, and ``/health`` reports it dead.
 
 :class:`AgentHealth` also notices an agent whose oldest batch has been in flight too long (a stall:
-Redis down, the broker refusing writes) and keeps recent warnings that leave the worker working but
+Redis down, the broker refusing writes), a partition whose committed offset at the broker stays
+behind while the consumer reads on (commits stuck: a restart would redeliver everything since; see
+``faust_compat.commit_progress``), and keeps recent warnings that leave the worker working but
 deserve a look (``degraded``: a partition's log was replaced, see ``log_identity``).
 """
 
@@ -21,7 +23,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,15 +42,21 @@ class AgentHealth:
     """Per-agent liveness for ``/health``: dead, stalled, or fine; plus recent degradations.
 
     ``stall_after_s``: a batch in flight longer than this makes the agent stalled.
+    ``commit_stuck_after_s``: a partition whose committed offset has not moved for this long while the
+    consumer's position moved on makes the worker unhealthy.
     ``degraded_for_s``: how long a degradation note keeps ``/health`` at ``degraded``.
     """
 
     stall_after_s: float = 60.0
+    commit_stuck_after_s: float = 120.0
     degraded_for_s: float = 900.0
     clock: Callable[[], float] = time.monotonic
     died: dict[str, str] = field(default_factory=dict)
     _in_flight: dict[str, deque[float]] = field(default_factory=dict)
     _notes: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
+    # (topic, partition) -> (committed offset, when it was first seen, the position then, the position now)
+    _commits: dict[tuple[str, int], tuple[int | None, float, int | None, int | None]] = field(default_factory=dict)
+    _logged_stuck: set[tuple[str, int]] = field(default_factory=set)
 
     def taken(self, agent: str) -> None:
         """A batch was taken (it is in flight until :meth:`settled`)."""
@@ -70,6 +78,35 @@ class AgentHealth:
     def degrade(self, note: str) -> None:
         self._notes.append((self.clock(), note))
 
+    def commits(self, progress: Mapping[tuple[str, int], tuple[int | None, int | None]]) -> None:
+        """Record a read of ``{(topic, partition): (committed offset, consumer position)}`` (all the
+        partitions the worker holds; those missing are forgotten). Logs each partition once when it
+        becomes stuck."""
+        now = self.clock()
+        known, self._commits = self._commits, {}
+        for tp, (committed, position) in progress.items():
+            before = known.get(tp)
+            if before is None or before[0] != committed:
+                self._commits[tp] = (committed, now, position, position)
+                continue
+            self._commits[tp] = entry = (committed, before[1], before[2], position)
+            why = self._stuck(entry, now)
+            if why is None:
+                self._logged_stuck.discard(tp)
+            elif tp not in self._logged_stuck:
+                self._logged_stuck.add(tp)
+                log.error("%s[%d]: %s", tp[0], tp[1], why)
+        self._logged_stuck &= self._commits.keys()
+
+    def _stuck(self, entry: tuple[int | None, float, int | None, int | None], now: float) -> str | None:
+        committed, since, first, position = entry
+        if now - since < self.commit_stuck_after_s or position is None or position == first:
+            return None
+        if committed is not None and position <= committed:
+            return None
+        return (f"commits stuck: the committed offset ({committed}) has not moved for {now - since:.0f}s while "
+                f"the consumer read on to {position}; a restart would redeliver everything since")
+
     def report(self) -> dict[str, Any]:
         """``{"status": "ok" | "degraded" | "unhealthy", "agents": {...}, "notes": [...]}``."""
         now = self.clock()
@@ -86,9 +123,14 @@ class AgentHealth:
                 unhealthy = True
             else:
                 agents[agent] = "ok"
+        stuck = {f"{topic}[{partition}]": why for (topic, partition), entry in self._commits.items()
+                 if (why := self._stuck(entry, now)) is not None}
         notes = [note for at, note in self._notes if now - at <= self.degraded_for_s]
-        status = "unhealthy" if unhealthy else "degraded" if notes else "ok"
-        return {"status": status, "agents": agents, "notes": notes}
+        status = "unhealthy" if unhealthy or stuck else "degraded" if notes else "ok"
+        report: dict[str, Any] = {"status": status, "agents": agents, "notes": notes}
+        if stuck:
+            report["commits"] = stuck
+        return report
 
 
 async def exit_process(agent: str, exc: BaseException) -> None:

@@ -14,6 +14,7 @@ and each bad message in the dead letters.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import urllib.error
@@ -239,6 +240,67 @@ def test_negative_enum_index_is_a_dead_letter_not_a_skip(embedded_stack, tmp_pat
         letters = read_topic(settings, settings.topics.dlq, stream_codec, "DeadLetter", expect=1, timeout=30)
     assert len(letters) == 1 and letters[0][1]["error_type"] == "DecodeError"
     assert redis_profiles(settings, ["u-forged"])["u-forged"] is None
+
+
+# Faust's quiet path when the broker refuses a commit ("already rebalanced"): nothing committed, no error,
+# and Faust records the offsets as committed all the same. Loaded by the worker through PYTHONPATH.
+_REFUSE_COMMITS = """
+from faust.transport.drivers import aiokafka as driver
+
+
+async def _refused(self, offsets):
+    return False
+
+
+driver.Consumer._commit = _refused
+"""
+
+
+def test_health_turns_unhealthy_when_commits_are_stuck_while_the_worker_reads_on(embedded_stack, tmp_path,
+                                                                                stream_codec, monkeypatch):
+    settings = make_settings(embedded_stack, tmp_path, ingest_batch_size=50, proactive_min_events=0,
+                             health_commit_stuck_s=3.0, trainer={"checkpoint_every_s": 1.0})
+    events = _events(4000, seed=21)
+    publisher = Publisher(settings, stream_codec)
+    sent = 0
+
+    def publish_until(check):  # events keep coming, so the consumer keeps reading on
+        nonlocal sent
+        def step():
+            nonlocal sent
+            result = check()
+            publisher.events(events[sent:sent + 40])
+            sent += 40
+            return result
+        return step
+
+    log = tmp_path / "worker.log"
+    with WorkerProcess(settings, "ingest", log_path=str(log)) as worker:
+        worker.wait_ready()
+        wait_for(publish_until(lambda: sent > 400 and _applied(settings, events[:sent]) > 0), 60,
+                 what="events applied")
+        deadline = time.monotonic() + 5.0  # longer than health_commit_stuck_s, with commits working
+        while time.monotonic() < deadline:
+            publish_until(lambda: None)()
+            time.sleep(0.25)
+        status, body = _health(worker)
+        assert status == 200 and "commits" not in body, body
+
+    stuck = settings.model_copy(update={"app_id": f"{settings.app_id}-stuck"})  # a group with no commits yet
+    patch_dir = tmp_path / "refuse-commits"
+    patch_dir.mkdir()
+    (patch_dir / "sitecustomize.py").write_text(_REFUSE_COMMITS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(patch_dir), os.environ.get("PYTHONPATH")])))
+    with WorkerProcess(stuck, "ingest", log_path=str(log)) as worker:
+        worker.wait_ready()
+        status, body = wait_for(publish_until(lambda: (lambda h: h if h[0] == 503 else None)(_health(worker))), 60,
+                                what="/health to report the stuck commits")
+        assert worker.alive()
+    publisher.close()
+    assert body["status"] == "unhealthy" and body["commits"], body
+    assert all("commits stuck" in why for why in body["commits"].values()), body
+    assert any(name.startswith(settings.topics.events) for name in body["commits"]), body
+    assert "commits stuck" in log.read_text()
 
 
 def test_redis_stopped_and_restarted_under_a_running_worker_loses_nothing(embedded_stack, tmp_path, stream_codec):

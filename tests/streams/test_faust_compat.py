@@ -87,8 +87,10 @@ topic = app.topic(name, key_type=bytes, value_type=bytes, partitions=1)
 async def reader(stream):
     async for event in stream.events():
         try:
+            progress = await faust_compat.commit_progress(app)
             report = {"consumer": faust_compat.consumer_state(app, name),
-                      "channel": faust_compat.channel_state(stream)}
+                      "channel": faust_compat.channel_state(stream),
+                      "progress": {f"{t}[{p}]": list(v) for (t, p), v in progress.items()}}
         except Exception as error:
             report = {"error": repr(error)}
         with open(path, "w") as out:
@@ -135,6 +137,22 @@ def test_consumer_and_channel_state_read_what_a_running_worker_holds(embedded_st
     assert fetched["paused"] is False and fetched["position"] >= 1 and fetched["highwater"] >= 1
     assert channel["maxsize"] > 0 and channel["queued"] >= 0 and channel["pressure_drop_pending"] == 0
     assert consumer["fetch_wait_ms"] >= 10
+    # commit_progress: the broker's committed offset (none yet: nothing acked) beside the fetch position
+    (name, (committed, position)), = report["progress"].items()
+    assert name.endswith("[0]") and committed is None and position == fetched["position"]
+
+
+def test_faust_records_a_refused_commit_as_committed_so_health_asks_the_broker() -> None:
+    """What ``commit_progress`` works around: Faust's driver returns False when the broker refuses a
+    commit as "already rebalanced", and ``_commit_offsets`` updates ``_committed_offset`` either way."""
+    from faust.transport import consumer
+    from faust.transport.drivers import aiokafka as driver
+
+    refused = inspect.getsource(driver.AIOKafkaConsumerThread._commit)
+    assert '"already rebalanced" in str(exc)' in refused and "return False" in refused
+    source = inspect.getsource(consumer.Consumer._commit_offsets)
+    assert source.index("self._committed_offset.update(committable_offsets)") > source.index("if did_commit:")
+    assert callable(driver.AIOKafkaConsumerThread.call_thread)
 
 
 def test_the_worker_consumer_raises_its_fetch_wait_until_the_broker_answers(embedded_stack, tmp_path) -> None:
